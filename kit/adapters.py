@@ -1,0 +1,153 @@
+"""Fine-tuning types: full, freeze (some layers), LoRA and its variants (peft underneath)."""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import AdapterConfig, RunConfig
+from .models.registry import get_family
+
+log = logging.getLogger(__name__)
+
+# output heads never get LoRA under target 'all' (vocabulary-sized, tied to embeddings)
+HEAD_NAMES = ("lm_head", "score", "classifier", "v_head", "output", "embed_out")
+
+
+def _as_list(x: Any) -> list[str]:
+    if x is None:
+        return []
+    if isinstance(x, str):
+        return [s.strip() for s in x.split(",") if s.strip()]
+    return list(x)
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Distinct leaf names of linear layers (including bitsandbytes ones), heads excluded."""
+    names = set()
+    for full, mod in model.named_modules():
+        leaf = full.rsplit(".", 1)[-1]
+        is_linear = isinstance(mod, nn.Linear) or type(mod).__name__ in ("Linear4bit", "Linear8bitLt")
+        if is_linear and leaf not in HEAD_NAMES:
+            names.add(leaf)
+    return sorted(names)
+
+
+def lora_targets(model: nn.Module, target: Any) -> list[str]:
+    t = _as_list(target)
+    if t == ["all"]:
+        fam = get_family(getattr(model.config, "model_type", ""))
+        found = linear_module_names(model)
+        preferred = [n for n in fam.lora_targets if n in found]
+        return preferred or found
+    missing = [n for n in t if not any(full.endswith(n) for full, _ in model.named_modules())]
+    if missing:
+        raise ValueError(f"adapter.lora_target: no module named {missing} in this model; "
+                         f"linear layers are {linear_module_names(model)}")
+    return t
+
+
+def lora_config(model: nn.Module, a: AdapterConfig, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig
+
+    init: Any = True
+    extra: dict = {}
+    if a.init == "gaussian":
+        init = "gaussian"
+    elif a.init == "pissa":
+        init = "pissa"
+    elif a.init == "loftq":
+        from peft import LoftQConfig
+        init = "loftq"
+        extra["loftq_config"] = LoftQConfig(loftq_bits=4)
+    return LoraConfig(
+        r=a.lora_rank, lora_alpha=a.lora_alpha or 2 * a.lora_rank, lora_dropout=a.lora_dropout,
+        target_modules=lora_targets(model, a.lora_target), modules_to_save=a.modules_to_save,
+        use_dora=a.use_dora, use_rslora=a.use_rslora, init_lora_weights=init, task_type=task_type, **extra)
+
+
+def _freeze(model: nn.Module, a: AdapterConfig) -> nn.Module:
+    """Train only the last (or first, if negative) n decoder layers, optionally only some modules in them."""
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    if not n_layers:
+        raise ValueError("adapter.type=freeze needs a model with config.num_hidden_layers")
+    k = a.freeze_trainable_layers
+    if k == 0 or abs(k) > n_layers:
+        raise ValueError(f"adapter.freeze_trainable_layers must be in [-{n_layers}, {n_layers}] and not 0, got {k}")
+    layer_ids = list(range(n_layers - k, n_layers)) if k > 0 else list(range(0, -k))
+    modules = _as_list(a.freeze_trainable_modules)
+    extra = _as_list(a.freeze_extra_modules)
+    pat = re.compile(r"\.layers\.(\d+)\.")
+    for name, p in model.named_parameters():
+        m = pat.search(name)
+        train = False
+        if m and int(m.group(1)) in layer_ids:
+            train = modules == ["all"] or any(f".{mod}." in name or name.endswith(f".{mod}.weight") for mod in modules)
+        if any(name.startswith(e + ".") or f".{e}." in name for e in extra):
+            train = True
+        p.requires_grad_(train)
+    return model
+
+
+def apply_adapter(model: nn.Module, cfg: RunConfig, task_type: str = "CAUSAL_LM") -> nn.Module:
+    """Return the model ready to train as ``cfg.adapter`` says (a PeftModel for LoRA)."""
+    a = cfg.adapter
+    quantized = cfg.quant.bits is not None
+    if a.type == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if a.type == "freeze":
+        return _freeze(model, a)
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    if cfg.train.gradient_checkpointing:
+        model.enable_input_require_grads()
+    if a.resume_adapter:
+        # stacking: merge the trained adapter into the base, then train a fresh one on top
+        if quantized:
+            raise ValueError("adapter.resume_adapter (stacking) needs an unquantized base to merge into; set quant.bits=null")
+        model = PeftModel.from_pretrained(model, str(find_adapter_dir(a.resume_adapter))).merge_and_unload()
+    return get_peft_model(model, lora_config(model, a, task_type))
+
+
+def find_adapter_dir(path: str | Path) -> Path:
+    """A LoRA adapter directory from a run dir, a checkpoint dir or the adapter dir itself."""
+    p = Path(path).expanduser()
+    for cand in (p, p / "adapter"):
+        if (cand / "adapter_config.json").exists():
+            return cand
+    ckpts = sorted(p.glob("checkpoints/checkpoint-*"), key=lambda c: int(c.name.split("-")[-1]))
+    for c in reversed(ckpts):
+        if (c / "adapter_config.json").exists():
+            return c
+    raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {p}, {p / 'adapter'} or its checkpoints")
+
+
+def param_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters; 4-bit weights count as their logical size."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if type(p).__name__ == "Params4bit":
+            n *= 2  # two 4-bit values per stored byte
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def estimate_memory_bytes(model: nn.Module, cfg: RunConfig) -> dict:
+    """Rough training memory: weights + grads + Adam states of trainable params (activations excluded)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    opt_bytes = 2 if cfg.train.optim == "adamw_8bit" else 8  # two states per param
+    grads = trainable * 4
+    states = trainable * opt_bytes
+    return {"weights": weights, "grads": grads, "optimizer": states, "total": weights + grads + states}

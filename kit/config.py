@@ -1,0 +1,624 @@
+"""The typed run configuration: the one contract every front end produces.
+
+A :class:`RunConfig` has seven groups (model, quant, adapter, data, stage, train,
+generate). Each group is a dataclass whose fields carry their documentation and
+allowed values as metadata, so the same text feeds error messages, widget
+tooltips and the docs.
+
+Ways in, all validated at construction:
+
+* ``RunConfig.from_dict({"model": {"name": ...}, "train": {...}})``
+* ``RunConfig.from_yaml("run.yaml")`` / ``RunConfig.from_yaml_text(text)``
+* ``RunConfig.from_kwargs(model="smollm2-135m-instruct", dataset="demo_sft", learning_rate=1e-4)``
+  (flat names that are unique across groups, or ``group__field`` / ``"group.field"``)
+* ``cfg.override(["train.max_steps=5", "lora_rank=8"])`` for CLI/magic ``key=value`` pairs
+
+Ways out: ``cfg.to_dict()``, ``cfg.to_yaml()`` (round trip exact), ``cfg.to_yaml(minimal=True)``
+(only what differs from the defaults, what the board shows).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "QuantConfig",
+    "AdapterConfig",
+    "DataConfig",
+    "StageConfig",
+    "TrainConfig",
+    "GenerateConfig",
+    "RunConfig",
+    "DEFAULT_MODEL",
+]
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is wrong; the message names the key (and the YAML line if known)."""
+
+    def __init__(self, message: str, key: str | None = None, line: int | None = None):
+        self.key = key
+        self.line = line
+        where = []
+        if line is not None:
+            where.append(f"line {line}")
+        if key is not None:
+            where.append(f"key '{key}'")
+        prefix = (", ".join(where) + ": ") if where else ""
+        super().__init__(prefix + message)
+
+
+def _f(default: Any = None, help: str = "", *, min: float | None = None, max: float | None = None,
+       factory: Any = None, **extra: Any):
+    """A dataclass field with documentation and bounds in its metadata."""
+    meta = {"help": help, "min": min, "max": max, **extra}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------- groups
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how.
+
+    ``name`` is a registered name (``smollm2-135m-instruct``, the embedded default), a
+    Hugging Face hub id, a local directory, or a ``.gguf`` file.
+    """
+
+    name: str = _f(DEFAULT_MODEL, "Registered name, hub id, local directory or .gguf file.")
+    gguf_file: Optional[str] = _f(None, "GGUF file name inside `name` (a directory or repo), if loading from GGUF.")
+    revision: Optional[str] = _f(None, "Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = _f(False, "Run model code shipped with the checkpoint. Off unless you trust it.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
+        "auto", "Weights dtype. auto: bf16 on GPUs that support it, else fp32 (CPU).")
+    device: Literal["auto", "cpu", "cuda", "mps"] = _f("auto", "Where to put the model. auto: CUDA if present, else CPU.")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = _f(
+        "auto", "Attention kernel. auto: flash_attention_2 when installed on GPU, else sdpa.")
+    template: Optional[str] = _f(None, "Override the tokenizer's chat template: a registered template name or a Jinja string.")
+    adapter_path: Optional[str] = _f(None, "A trained adapter (run dir or adapter dir) applied on load (for chat, or stacking).")
+
+
+@dataclass
+class QuantConfig:
+    """On-the-fly quantization of the base model (QLoRA when combined with a LoRA adapter)."""
+
+    bits: Optional[Literal[4, 8]] = _f(None, "None (no quantization), 4 or 8 bits with bitsandbytes.")
+    method: Literal["bitsandbytes"] = _f("bitsandbytes", "Quantization library used for on-the-fly loading.")
+    quant_type: Literal["nf4", "fp4"] = _f("nf4", "4-bit data type.")
+    double_quant: bool = _f(True, "Quantize the 4-bit quantization constants too (saves ~0.4 bit/param).")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
+        "auto", "dtype of the matmuls on dequantized weights. auto: the model dtype.")
+
+
+@dataclass
+class AdapterConfig:
+    """How the model is fine-tuned: full, freeze (some layers) or LoRA (and variants)."""
+
+    type: Literal["lora", "full", "freeze"] = _f("lora", "Fine-tuning type.")
+    lora_rank: int = _f(16, "LoRA rank r.", min=1)
+    lora_alpha: Optional[int] = _f(None, "LoRA alpha. None: 2 x rank.", min=1)
+    lora_dropout: float = _f(0.0, "Dropout on the LoRA input.", min=0.0, max=1.0)
+    lora_target: Union[str, list] = _f("all", "'all' linear layers except the output head, or module names (list or comma string).")
+    modules_to_save: Optional[list] = _f(None, "Extra modules trained in full and saved with the adapter (e.g. lm_head).")
+    use_dora: bool = _f(False, "DoRA: weight-decomposed LoRA.")
+    use_rslora: bool = _f(False, "rsLoRA: scale by alpha/sqrt(r).")
+    init: Literal["default", "gaussian", "pissa", "loftq"] = _f("default", "LoRA initialisation.")
+    loraplus_lr_ratio: Optional[float] = _f(None, "LoRA+: learning rate of B = ratio x learning rate of A.", min=0.0)
+    freeze_trainable_layers: int = _f(2, "freeze: train the last n layers (negative: the first n).")
+    freeze_trainable_modules: Union[str, list] = _f("all", "freeze: which modules inside the trainable layers ('all' or names).")
+    freeze_extra_modules: Optional[list] = _f(None, "freeze: extra top-level modules to train (e.g. embed_tokens, lm_head).")
+    resume_adapter: Optional[str] = _f(None, "Stack: start from this trained LoRA adapter (path) and train a new one on top.")
+
+
+@dataclass
+class DataConfig:
+    """Which data, in which format, and how it is encoded."""
+
+    dataset: Union[str, list] = _f("demo_sft", "Registered dataset name(s), file path(s) (json/jsonl/csv/parquet), comma separated or a list.")
+    eval_dataset: Optional[Union[str, list]] = _f(None, "Dataset(s) used for evaluation.")
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "preference", "kto", "text", "prompt"] = _f(
+        "auto", "Row format. auto: detected from the columns.")
+    cutoff_len: int = _f(512, "Maximum tokens per example (longer ones are truncated).", min=8)
+    max_samples: Optional[int] = _f(None, "Use at most this many rows per dataset.", min=1)
+    val_size: float = _f(0.0, "Fraction (<1) or count (>=1) of rows held out for evaluation.", min=0.0)
+    train_on_prompt: bool = _f(False, "Also train on prompt tokens (system/user turns).")
+    mask_history: bool = _f(False, "Train only on the last assistant answer.")
+    packing: bool = _f(True, "Pack several examples per row, with attention kept inside each example.")
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = _f("concat", "How several datasets are mixed.")
+    interleave_probs: Optional[list] = _f(None, "Sampling probabilities for interleaving.")
+    shuffle: bool = _f(True, "Shuffle the training rows (deterministically, with the seed).")
+    cache: bool = _f(True, "Cache tokenized data by a content hash of (data, tokenizer, template, options).")
+
+
+@dataclass
+class StageConfig:
+    """The training stage (method) and its own knobs."""
+
+    name: Literal["sft", "pt", "rm", "dpo", "kto", "grpo", "ppo"] = _f("sft", "Training stage.")
+    # preference optimisation (dpo family)
+    loss_type: Literal["sigmoid", "ipo", "hinge", "orpo", "simpo"] = _f("sigmoid", "dpo: loss (sigmoid = DPO; orpo/simpo are reference-free).")
+    beta: float = _f(0.1, "dpo/kto/ppo: strength of the KL / preference term.", min=0.0)
+    ftx: float = _f(0.0, "dpo: weight of an added SFT loss on the chosen answer.", min=0.0)
+    label_smoothing: float = _f(0.0, "dpo: label smoothing (robust DPO).", min=0.0, max=0.5)
+    simpo_gamma: float = _f(0.5, "simpo: target reward margin.", min=0.0)
+    ref_model: Optional[str] = _f(None, "dpo/kto/ppo: reference model. None: the base model (adapter disabled).")
+    kto_desirable_weight: float = _f(1.0, "kto: weight of desirable examples.", min=0.0)
+    kto_undesirable_weight: float = _f(1.0, "kto: weight of undesirable examples.", min=0.0)
+    # online RL
+    reward_funcs: Optional[list] = _f(None, "grpo: reward functions: built-in names (exact_match, format, length) or 'module:function'.")
+    reward_model: Optional[str] = _f(None, "ppo (and optionally grpo): path of a trained reward model (rm stage run dir).")
+    num_generations: int = _f(4, "grpo/ppo: completions sampled per prompt.", min=1)
+    max_new_tokens: int = _f(32, "grpo/ppo: tokens generated per completion.", min=1)
+    temperature: float = _f(1.0, "grpo/ppo: sampling temperature during rollouts.", min=0.0)
+    ppo_epochs: int = _f(2, "ppo: optimisation epochs per rollout batch.", min=1)
+    ppo_clip: float = _f(0.2, "ppo: clip range of the policy ratio.", min=0.0)
+    vf_coef: float = _f(0.1, "ppo: value loss coefficient.", min=0.0)
+    gamma: float = _f(1.0, "ppo: discount.", min=0.0, max=1.0)
+    lam: float = _f(0.95, "ppo: GAE lambda.", min=0.0, max=1.0)
+    use_vllm: bool = _f(False, "grpo: generate with vLLM (needs the vllm extra and a GPU).")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop, checkpoints and logging."""
+
+    output_dir: Optional[str] = _f(None, "Run directory. None: FORGE_HOME/runs/<timestamp>-<stage>.")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use num_epochs).")
+    num_epochs: float = _f(1.0, "Epochs over the training data (when max_steps is -1).", min=0.0)
+    batch_size: int = _f(4, "Rows per device per step.", min=1)
+    grad_accum: int = _f(1, "Gradient accumulation steps.", min=1)
+    learning_rate: float = _f(2e-4, "Peak learning rate.", min=0.0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f("cosine", "Learning-rate schedule.")
+    warmup_ratio: float = _f(0.0, "Fraction of steps spent warming up.", min=0.0, max=1.0)
+    weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: off).", min=0.0)
+    optim: Literal["adamw_torch", "adamw_8bit", "sgd", "adafactor", "galore_adamw"] = _f(
+        "adamw_torch", "Optimizer. adamw_8bit needs bitsandbytes; galore_adamw needs galore-torch.")
+    seed: int = _f(42, "Seed for data order, initialisation and sampling.")
+    logging_steps: int = _f(1, "Emit a step event every n steps.", min=1)
+    save_steps: int = _f(50, "Save a checkpoint every n steps (0: only at the end).", min=0)
+    save_total_limit: Optional[int] = _f(3, "Keep at most this many checkpoints.", min=1)
+    eval_steps: Optional[int] = _f(None, "Evaluate every n steps (needs a validation set). None: at the end only.", min=1)
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward (saves memory, costs ~30% speed).")
+    num_threads: Optional[int] = _f(None, "CPU threads for torch. None: the number of physical cores.", min=1)
+    report_to: list = _f(None, "Extra loggers (tensorboard, wandb) besides the event stream.", factory=list)
+    resume: bool = _f(True, "If output_dir has a checkpoint, continue from the last complete one.")
+
+
+@dataclass
+class GenerateConfig:
+    """Generation settings for chat, evaluation and export checks."""
+
+    backend: Literal["hf", "vllm"] = _f("hf", "Inference back end.")
+    max_new_tokens: int = _f(128, "Maximum new tokens per answer.", min=1)
+    temperature: float = _f(0.0, "0: greedy decoding.", min=0.0)
+    top_p: float = _f(1.0, "Nucleus sampling mass.", min=0.0, max=1.0)
+    top_k: int = _f(0, "Top-k sampling (0: off).", min=0)
+    repetition_penalty: float = _f(1.0, "Penalty on repeated tokens (1: off).", min=0.0)
+    system: Optional[str] = _f(None, "System prompt prepended to every chat.")
+
+
+GROUPS: dict[str, type] = {
+    "model": ModelConfig,
+    "quant": QuantConfig,
+    "adapter": AdapterConfig,
+    "data": DataConfig,
+    "stage": StageConfig,
+    "train": TrainConfig,
+    "generate": GenerateConfig,
+}
+
+# A scalar given for a whole group sets its main field: model="x" is model.name="x".
+PRIMARY_FIELD = {"model": "name", "quant": "bits", "adapter": "type", "data": "dataset", "stage": "name"}
+
+# Short names users reach for that would otherwise be ambiguous or long.
+ALIASES = {
+    "dataset": "data.dataset",
+    "lr": "train.learning_rate",
+    "steps": "train.max_steps",
+    "epochs": "train.num_epochs",
+    "output_dir": "train.output_dir",
+    "finetuning_type": "adapter.type",
+    "quantization_bit": "quant.bits",
+    "template": "model.template",
+}
+
+
+def _field_map() -> dict[str, list[str]]:
+    """flat field name -> ['group.field', ...] (ambiguous names map to several)."""
+    out: dict[str, list[str]] = {}
+    for g, cls in GROUPS.items():
+        for f in dataclasses.fields(cls):
+            out.setdefault(f.name, []).append(f"{g}.{f.name}")
+    return out
+
+
+def field_help(dotted: str) -> str:
+    """The help text of ``group.field`` (used by widgets for tooltips)."""
+    g, name = dotted.split(".", 1)
+    for f in dataclasses.fields(GROUPS[g]):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(dotted)
+
+
+def field_choices(dotted: str) -> list | None:
+    """Allowed values of ``group.field`` when it is a Literal, else None."""
+    g, name = dotted.split(".", 1)
+    hints = typing.get_type_hints(GROUPS[g])
+    return _literal_choices(hints[name])
+
+
+def _literal_choices(tp: Any) -> list | None:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return list(typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        for a in typing.get_args(tp):
+            c = _literal_choices(a)
+            if c is not None:
+                return c
+    return None
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` (possibly a string from the CLI) to the annotated type, or raise ConfigError."""
+    if value is None:
+        if _is_optional(tp) or tp is Any:
+            return None
+        raise ConfigError("may not be empty (null).", key)
+    choices = _literal_choices(tp)
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if choices is not None:
+        # Literal[4, 8] given as "4" from the command line
+        for c in choices:
+            if value == c or (isinstance(value, str) and not isinstance(c, str) and value == str(c)):
+                return c
+        if isinstance(value, str) and value.lower() in ("none", "null", "") and _is_optional(tp):
+            return None
+        raise ConfigError(f"got {value!r}; allowed values: {', '.join(map(repr, choices))}." +
+                          (_suggest(str(value), [str(c) for c in choices])), key)
+    if origin in (Union, types.UnionType):
+        if isinstance(value, str) and value.lower() in ("none", "null") and _is_optional(tp):
+            return None
+        errors = []
+        # prefer the member whose type already matches
+        for a in args:
+            if (a is list and isinstance(value, list)) or (a in (str, int, float, bool) and type(value) is a):
+                return _coerce(value, a, key)
+        for a in args:
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"got {value!r}, which is not a valid {' or '.join(getattr(a, '__name__', str(a)) for a in args)}.", key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"expected true or false, got {value!r}.", key)
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"expected an integer, got {value!r}.", key)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"expected an integer, got {value!r}.", key)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"expected a number, got {value!r}.", key)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"expected a number, got {value!r}.", key)
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"expected a string, got {value!r}.", key)
+    if tp is list or origin is list:
+        if isinstance(value, list):
+            return list(value)
+        if isinstance(value, tuple):
+            return list(value)
+        if isinstance(value, str):
+            if value.startswith("["):
+                parsed = yaml.safe_load(value)
+                if isinstance(parsed, list):
+                    return parsed
+            return [v.strip() for v in value.split(",") if v.strip()]
+        raise ConfigError(f"expected a list, got {value!r}.", key)
+    return value
+
+
+def _build_group(group: str, values: dict, where: dict | None = None) -> Any:
+    cls = GROUPS[group]
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in values.items():
+        key = f"{group}.{k}"
+        line = (where or {}).get(key)
+        if k not in names:
+            raise ConfigError(f"unknown key in group '{group}'." + _suggest(k, names) +
+                              f" Known keys: {', '.join(names)}.", key, line)
+        try:
+            kwargs[k] = _coerce(v, hints[k], key)
+        except ConfigError as e:
+            raise ConfigError(str(e).split(": ", 1)[-1] if e.key else str(e), key, line) from None
+    obj = cls(**kwargs)
+    for f in dataclasses.fields(cls):
+        v = getattr(obj, f.name)
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            key = f"{group}.{f.name}"
+            if lo is not None and v < lo:
+                raise ConfigError(f"must be >= {lo}, got {v}.", key, (where or {}).get(key))
+            if hi is not None and v > hi:
+                raise ConfigError(f"must be <= {hi}, got {v}.", key, (where or {}).get(key))
+    return obj
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse a CLI value with YAML rules (numbers, booleans, lists), keeping plain strings."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs. See the group classes for each knob."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def __post_init__(self):
+        self.validate()
+
+    # ------------------------------------------------------------ building
+
+    @classmethod
+    def from_dict(cls, d: dict | None, *, _where: dict | None = None) -> "RunConfig":
+        """Build from a nested dict ``{group: {field: value}}``; flat keys are accepted too."""
+        d = dict(d or {})
+        nested = _nest(d, _where)
+        groups = {g: _build_group(g, nested.get(g, {}), _where) for g in GROUPS}
+        return cls(**groups)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "RunConfig":
+        """``RunConfig.from_kwargs(model="smollm2-135m-instruct", dataset="demo_sft", max_steps=10)``."""
+        return cls.from_dict({k.replace("__", "."): v for k, v in kwargs.items()})
+
+    @classmethod
+    def from_yaml_text(cls, text: str, source: str = "<yaml>") -> "RunConfig":
+        try:
+            node = yaml.compose(text)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise ConfigError(f"{source}: invalid YAML: {getattr(e, 'problem', e)}",
+                              line=(mark.line + 1) if mark else None) from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of groups or keys, got {type(data).__name__}.")
+        where = _yaml_lines(node)
+        try:
+            return cls.from_dict(data, _where=where)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: " + _strip_where(str(e)), e.key, e.line) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "RunConfig":
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"config file not found: {p}")
+        return cls.from_yaml_text(p.read_text(), source=str(p))
+
+    @classmethod
+    def coerce(cls, obj: Any = None, **kwargs: Any) -> "RunConfig":
+        """Accept a RunConfig, dict, YAML path or nothing, then apply keyword overrides."""
+        if obj is None:
+            cfg = cls()
+        elif isinstance(obj, RunConfig):
+            cfg = obj
+        elif isinstance(obj, dict):
+            cfg = cls.from_dict(obj)
+        elif isinstance(obj, (str, os.PathLike)) and str(obj).endswith((".yaml", ".yml")):
+            cfg = cls.from_yaml(obj)
+        else:
+            raise ConfigError(f"cannot build a RunConfig from {obj!r} (give a RunConfig, a dict or a .yaml path).")
+        if kwargs:
+            cfg = cfg.replace(**kwargs)
+        return cfg
+
+    def replace(self, **kwargs: Any) -> "RunConfig":
+        """A copy with fields changed; keys as in :meth:`from_kwargs`."""
+        base = self.to_dict()
+        over = _nest({k.replace("__", "."): v for k, v in kwargs.items()})
+        for g, vals in over.items():
+            base[g].update(vals)
+        return RunConfig.from_dict(base)
+
+    def override(self, pairs: list[str]) -> "RunConfig":
+        """Apply CLI-style ``key=value`` strings (values parsed as YAML scalars)."""
+        kw = {}
+        for p in pairs:
+            if "=" not in p:
+                raise ConfigError(f"override {p!r} must look like key=value (e.g. train.max_steps=10).")
+            k, v = p.split("=", 1)
+            kw[k.strip()] = _parse_scalar(v.strip())
+        return self.replace(**kw)
+
+    # ------------------------------------------------------------ validation
+
+    def validate(self) -> None:
+        """Cross-field rules that a single field cannot express."""
+        for g, cls in GROUPS.items():
+            if not isinstance(getattr(self, g), cls):
+                raise ConfigError(f"must be a {cls.__name__}.", g)
+        q, a, s = self.quant, self.adapter, self.stage
+        if q.bits is not None and a.type != "lora":
+            raise ConfigError(
+                f"a {q.bits}-bit quantized base cannot be trained with adapter.type='{a.type}'; "
+                "quantized weights are frozen, so use adapter.type=lora (QLoRA) or quant.bits=null.", "adapter.type")
+        if a.init == "loftq" and q.bits is not None:
+            raise ConfigError("LoftQ initialisation quantizes the base itself; set quant.bits=null with adapter.init=loftq.",
+                              "adapter.init")
+        if a.init == "pissa" and q.bits is not None:
+            raise ConfigError("PiSSA initialisation needs full-precision base weights; set quant.bits=null.", "adapter.init")
+        if s.loss_type in ("orpo", "simpo") and s.name != "dpo":
+            raise ConfigError(f"loss_type={s.loss_type} belongs to stage 'dpo'.", "stage.loss_type")
+        if self.train.optim == "adamw_8bit" and a.type == "full" and q.bits is not None:
+            raise ConfigError("full fine-tuning of a quantized model is not possible.", "adapter.type")
+        if self.data.interleave_probs is not None and self.data.mix_strategy == "concat":
+            raise ConfigError("interleave_probs needs mix_strategy interleave_under or interleave_over.", "data.interleave_probs")
+        if self.train.max_steps == 0:
+            raise ConfigError("must be -1 (use num_epochs) or a positive number of steps.", "train.max_steps")
+
+    # ------------------------------------------------------------ output
+
+    def to_dict(self, minimal: bool = False) -> dict:
+        out: dict[str, dict] = {}
+        for g, cls in GROUPS.items():
+            obj = getattr(self, g)
+            default = cls()
+            vals = {}
+            for f in dataclasses.fields(cls):
+                v = getattr(obj, f.name)
+                if minimal and v == getattr(default, f.name):
+                    continue
+                vals[f.name] = list(v) if isinstance(v, tuple) else v
+            if vals or not minimal:
+                out[g] = vals
+        return out
+
+    def to_yaml(self, minimal: bool = False) -> str:
+        return yaml.safe_dump(self.to_dict(minimal=minimal), sort_keys=False, default_flow_style=False)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(self.to_yaml())
+        os.replace(tmp, p)
+        return p
+
+    def __str__(self) -> str:  # what people print in a notebook
+        return self.to_yaml(minimal=True) or "{}  # all defaults\n"
+
+
+def _strip_where(msg: str) -> str:
+    # ConfigError prefixes "line N, key 'k': "; when re-raising with a source prefix we keep one copy
+    if msg.startswith("line ") or msg.startswith("key "):
+        return msg.split(": ", 1)[1] if ": " in msg else msg
+    return msg
+
+
+def _nest(d: dict, where: dict | None = None) -> dict[str, dict]:
+    """Turn a dict with nested groups, dotted keys and flat unique field names into {group: {field: v}}."""
+    fmap = _field_map()
+    out: dict[str, dict] = {g: {} for g in GROUPS}
+    for k, v in d.items():
+        if not isinstance(k, str):
+            raise ConfigError(f"keys must be strings, got {k!r}.")
+        line = (where or {}).get(k)
+        if k in GROUPS:
+            if isinstance(v, dict):
+                out[k].update(v)
+            elif isinstance(v, (RunConfig,)):
+                raise ConfigError("give a mapping for a group.", k, line)
+            elif dataclasses.is_dataclass(v) and isinstance(v, GROUPS[k]):
+                out[k].update(dataclasses.asdict(v))
+            elif k in PRIMARY_FIELD:
+                out[k][PRIMARY_FIELD[k]] = v
+            else:
+                raise ConfigError(f"group '{k}' takes a mapping of its keys, got {v!r}.", k, line)
+            continue
+        if k in ALIASES:
+            g, f = ALIASES[k].split(".")
+            out[g][f] = v
+            continue
+        if "." in k:
+            g, f = k.split(".", 1)
+            if g not in GROUPS:
+                raise ConfigError("unknown group." + _suggest(g, list(GROUPS)) + f" Groups: {', '.join(GROUPS)}.", k, line)
+            out[g][f] = v
+            continue
+        if k in fmap:
+            if len(fmap[k]) > 1:
+                raise ConfigError(f"ambiguous key; say which group: {' or '.join(fmap[k])}.", k, line)
+            g, f = fmap[k][0].split(".")
+            out[g][f] = v
+            continue
+        options = list(GROUPS) + list(fmap) + list(ALIASES)
+        raise ConfigError("unknown key." + _suggest(k, options), k, line)
+    return out
+
+
+def _yaml_lines(node: Any) -> dict[str, int]:
+    """Map 'key' and 'group.key' to their 1-based line numbers in the YAML text."""
+    where: dict[str, int] = {}
+    if node is None or not isinstance(node, yaml.MappingNode):
+        return where
+    for knode, vnode in node.value:
+        k = knode.value
+        where[k] = knode.start_mark.line + 1
+        if isinstance(vnode, yaml.MappingNode):
+            for k2, _ in vnode.value:
+                where[f"{k}.{k2.value}"] = k2.start_mark.line + 1
+        if "." in k:
+            where[k] = knode.start_mark.line + 1
+        elif k in ALIASES:
+            where[ALIASES[k]] = knode.start_mark.line + 1
+        elif k in GROUPS and k in PRIMARY_FIELD and not isinstance(vnode, yaml.MappingNode):
+            where[f"{k}.{PRIMARY_FIELD[k]}"] = knode.start_mark.line + 1
+        else:
+            for full in _field_map().get(k, []):
+                where.setdefault(full, knode.start_mark.line + 1)
+    return where

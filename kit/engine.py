@@ -238,8 +238,8 @@ class Run:
             self._emit("status", status="loading model")
             model_cls = None
             if recipe.head == "sequence_classification":
-                from transformers import AutoModelForSequenceClassification
-                model_cls = AutoModelForSequenceClassification
+                from .stages.rm import ScalarHead  # one logit: a reward
+                model_cls = ScalarHead
             loaded = load_model(cfg, with_adapter=False, model_cls=model_cls)
             self.device = loaded.device
             torch.manual_seed(cfg.train.seed)  # LoRA init is part of the seeded state

@@ -45,9 +45,21 @@ def assistant_spans(tok, messages: list[dict], tools: Optional[list] = None) -> 
     return full, spans
 
 
+def check_tool_support(tok, messages: list[dict], tools: Optional[list]) -> None:
+    """Refuse tool-call rows with a template that would silently drop the calls (training on
+    an answer whose call vanished from the text teaches the wrong thing)."""
+    if not (tools or any(m.get("tool_calls") for m in messages)):
+        return
+    from .templates import renders_tools
+    if not renders_tools(tok.chat_template):
+        raise TemplateError("this row has tool calls but the tokenizer's chat template cannot render them; "
+                            "set model.template to one that does (e.g. 'chatml_tools')")
+
+
 def encode_chat(tok, messages: list[dict], cutoff_len: int, *, train_on_prompt: bool = False,
                 mask_history: bool = False, tools: Optional[list] = None) -> dict:
     """``{"input_ids", "labels"}`` for one conversation, truncated to ``cutoff_len``."""
+    check_tool_support(tok, messages, tools)
     ids, spans = assistant_spans(tok, messages, tools)
     span_of = [None] * len(ids)
     for k, (s, e) in enumerate(spans):
@@ -58,7 +70,8 @@ def encode_chat(tok, messages: list[dict], cutoff_len: int, *, train_on_prompt: 
         if k is None:
             keep = train_on_prompt                  # system / user / tool tokens and role headers
         else:
-            keep = not mask_history or k == last    # mask_history: only the final answer trains
+            # mask_history: earlier answers are part of the prompt (trained only with train_on_prompt)
+            keep = not mask_history or k == last or train_on_prompt
         labels.append(t if keep else IGNORE)
     return {"input_ids": ids[:cutoff_len], "labels": labels[:cutoff_len]}
 

@@ -181,7 +181,7 @@ def build_tokenized(cfg: RunConfig, tok, kind: str, *, packing: Optional[bool] =
     packing = d.packing if packing is None else packing
     train_rows, eval_rows = load_splits(cfg, kind)
     enc = ENCODERS[kind]
-    key = content_hash("v1", kind, train_rows, eval_rows, tokenizer_fingerprint(tok),
+    key = content_hash("v2", kind, train_rows, eval_rows, tokenizer_fingerprint(tok),
                        {"cutoff_len": d.cutoff_len, "train_on_prompt": d.train_on_prompt,
                         "mask_history": d.mask_history, "packing": packing})
     cache = data_cache_dir() / key
@@ -217,3 +217,13 @@ def _save_cache(cache: Path, train, ev) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_rows(cfg: RunConfig, kind: str):
+    """(train, eval) ``datasets.Dataset`` of normalised rows, for stages whose TRL trainer applies
+    the chat template itself (preference, kto, prompt): mixed, shuffled and split like the rest."""
+    from datasets import Dataset
+
+    train_rows, eval_rows = load_splits(cfg, kind)
+    train = Dataset.from_list(train_rows)
+    return train, (Dataset.from_list(eval_rows) if eval_rows else None)

@@ -1,0 +1,64 @@
+"""GRPO: online RL with verifiable rewards (TRL's GRPOTrainer).
+
+Prompts come from prompt-kind data (``{"prompt", "answer"?}``); each prompt gets
+``stage.num_generations`` sampled completions, scored by ``stage.reward_funcs`` (built-in names,
+``module:function`` or callables; see :mod:`kit.stages.rewards`) and optionally by a trained
+reward model (``stage.reward_model``). Generation uses the HF back end, or vLLM when
+``stage.use_vllm`` is set and vllm is installed.
+"""
+from __future__ import annotations
+
+from ..data import build_rows
+from . import Recipe, register_recipe
+from .common import StageContext, base_training_args
+from .rewards import resolve_rewards
+
+
+def reward_model_fn(path: str):
+    """A TRL reward function backed by an rm run (see :func:`kit.stages.rm.load_reward_model`)."""
+    from .rm import load_reward_model
+    from .rewards import completion_text
+
+    rm = load_reward_model(path)
+
+    def reward_model(prompts, completions, **_):
+        return rm(list(prompts), [completion_text(c) for c in completions]).tolist()
+
+    return reward_model
+
+
+def build_grpo_trainer(ctx: StageContext):
+    from trl import GRPOConfig, GRPOTrainer
+
+    cfg, st = ctx.cfg, ctx.cfg.stage
+    funcs = resolve_rewards(st.reward_funcs)
+    if st.reward_model:
+        funcs.append(reward_model_fn(st.reward_model))
+    if not funcs:
+        raise ValueError("grpo needs stage.reward_funcs (e.g. ['exact_match'] or ['format:<regex>']) "
+                         "and/or stage.reward_model")
+    if st.use_vllm:
+        from importlib.util import find_spec
+        if find_spec("vllm") is None:
+            raise ValueError("stage.use_vllm=true needs vllm installed (pip install 'forge-kit[vllm]')")
+    train_ds, eval_ds = build_rows(cfg, "prompt")
+    if all(a is None for a in train_ds["answer"]):
+        train_ds = train_ds.remove_columns("answer")
+        eval_ds = eval_ds.remove_columns("answer") if eval_ds is not None else None
+    if ctx.emit:
+        ctx.emit("data", train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else 0)
+    t = cfg.train
+    if (t.batch_size * t.grad_accum) % st.num_generations:
+        raise ValueError(f"grpo: train.batch_size x train.grad_accum ({t.batch_size} x {t.grad_accum}) must be a "
+                         f"multiple of stage.num_generations ({st.num_generations}): each prompt's group is one batch")
+    args = GRPOConfig(**base_training_args(cfg, ctx.run_dir, ctx.device, ctx.dtype),
+                      num_generations=st.num_generations, max_completion_length=st.max_new_tokens,
+                      temperature=st.temperature, beta=st.beta,
+                      use_vllm=st.use_vllm, vllm_mode="colocate", shuffle_dataset=cfg.data.shuffle)
+    return GRPOTrainer(model=ctx.model, reward_funcs=funcs, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                       processing_class=ctx.tokenizer, callbacks=ctx.callbacks)
+
+
+register_recipe(Recipe("grpo", "prompt", build_grpo_trainer,
+                       description="Online RL with verifiable rewards (GRPO); generates with HF or vLLM.",
+                       metrics=("reward", "reward_std", "loss", "kl", "completions/mean_length")))

@@ -109,10 +109,16 @@ def cmd_chat(a) -> int:
 
     src = a.source
     overrides = {}
+    import dataclasses
+
+    import yaml
+
+    from .config import GenerateConfig
+    gen_fields = {f.name for f in dataclasses.fields(GenerateConfig)}
     for p in a.overrides:
         k, v = p.split("=", 1)
-        import yaml
-        overrides[k] = yaml.safe_load(v)
+        # bare generation knobs (max_new_tokens=64) mean the generate group when chatting
+        overrides["generate." + k if k in gen_fields else k] = yaml.safe_load(v)
     cm = ChatModel.load(src, **overrides)
     history: list[dict] = []
     if a.message is not None:

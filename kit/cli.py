@@ -76,12 +76,42 @@ def _losses_line(run) -> str:
     return f"loss: first {ls[0][1]:.4f} (step {ls[0][0]}) -> last {ls[-1][1]:.4f} (step {ls[-1][0]})"
 
 
+def launch_distributed(cfg, nproc: int) -> int:
+    """Run this same `forge train` in ``nproc`` processes with torchrun (gloo on CPU, nccl on GPU).
+
+    All ranks share one run directory, fixed here before launch; rank 0 writes the event stream.
+    The command is an argv list: no shell, no string built from user input.
+    """
+    import socket
+    import subprocess
+
+    from .paths import new_run_dir
+
+    if not cfg.train.output_dir:
+        cfg = cfg.replace(train__output_dir=str(new_run_dir(cfg.stage.name)))
+    run_dir = Path(cfg.train.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    frozen = cfg.save(run_dir / "launch.yaml")
+    with socket.socket() as sock:  # a free local port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+            f"--master_port={port}", "-m", "kit.cli", "train", str(frozen)]
+    print(f"launching {nproc} processes; run dir {run_dir}", file=sys.stderr)
+    return subprocess.run(argv, check=False).returncode
+
+
 def cmd_train(a) -> int:
-    from .engine import Run
+    import os
+
+    from .engine import Run, is_main_process
 
     cfg = _config_from(a.config, a.overrides)
+    if a.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_distributed(cfg, a.nproc)
     run = Run(cfg)
-    run.subscribe(ProgressPrinter())
+    if is_main_process():
+        run.subscribe(ProgressPrinter())
     try:
         run.start(blocking=True)
     except KeyboardInterrupt:
@@ -202,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train from a YAML config and key=value overrides")
     t.add_argument("config", nargs="?", help="YAML config file (optional)")
     t.add_argument("overrides", nargs="*", help="key=value, e.g. train.max_steps=10 lora_rank=8")
+    t.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torchrun; gloo on CPU)")
     t.set_defaults(fn=cmd_train)
     r = sub.add_parser("resume", help="continue a stopped or crashed run from its last checkpoint")
     r.add_argument("run_dir")

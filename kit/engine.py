@@ -109,7 +109,7 @@ def _make_callback(run: "Run"):
 
         def on_save(self, args, state, control, **kw):
             ck = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ck.exists():
+            if ck.exists() and state.is_world_process_zero:
                 (ck / COMPLETE_MARKER).write_text(str(state.global_step))
                 run._emit("checkpoint", step=state.global_step, path=str(ck))
 
@@ -226,11 +226,12 @@ class Run:
         cfg = self.config
         self.t_start = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.bus._fh is None:
+        if self.bus._fh is None and is_main_process():
             self.bus.attach_file(self.run_dir / "events.jsonl")
-        cfg.save(self.run_dir / "config.yaml")
+        if is_main_process():
+            cfg.save(self.run_dir / "config.yaml")
         resume_from = last_checkpoint(self.run_dir) if cfg.train.resume else None
-        self._emit("start", stage=cfg.stage.name, model=cfg.model.name, run_dir=str(self.run_dir),
+        self._emit("start", stage=cfg.stage.name, model=cfg.model.name, run_dir=str(self.run_dir), world_size=world_size(),
                    resume_from=str(resume_from) if resume_from else None, config=cfg.to_dict())
         try:
             set_threads(cfg.train.num_threads)
@@ -288,6 +289,8 @@ class Run:
         import shutil
         import tempfile
 
+        if not is_main_process():  # other ranks hold the same weights: one writer
+            return
         model = self.trainer.model
         name = "adapter" if hasattr(model, "peft_config") else "model"
         target = self.run_dir / name
@@ -300,11 +303,23 @@ class Run:
         os.replace(tmp, target)
 
     def _write_state(self, extra: dict) -> None:
+        if not is_main_process():
+            return
         state = {"status": self.status, "run_dir": str(self.run_dir), **extra}
         p = self.run_dir / "state.json"
         tmp = p.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, default=str, indent=1))
         os.replace(tmp, p)
+
+
+def world_size() -> int:
+    """Processes in this job (torchrun / accelerate set WORLD_SIZE); 1 when run alone."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Only rank 0 writes the run directory (events, config, state, final weights)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _quiet_trainer(trainer) -> None:

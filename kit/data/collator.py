@@ -51,7 +51,9 @@ class ForgeCollator:
             length = (length + m - 1) // m * m
         ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
-        packed = any("seq_lens" in r and r["seq_lens"] is not None and len(r["seq_lens"]) > 1 for r in rows)
+        # a packed dataset always gets the 4D path, even for a batch of single examples, so every
+        # rank of a distributed job runs the same collectives on tensors of the same dtype
+        packed = any(r.get("seq_lens") is not None for r in rows)
         for b, r in enumerate(rows):
             n = len(r["input_ids"])
             ids[b, :n] = torch.as_tensor(r["input_ids"])

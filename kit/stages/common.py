@@ -1,6 +1,7 @@
 """What every stage recipe shares: the context it is given and the common trainer arguments."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -61,6 +62,8 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
         save_only_model=False,                 # optimizer + scheduler + RNG states: exact resume
         include_num_input_tokens_seen="no",
     )
+    if device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        kw["ddp_backend"] = "gloo"  # several CPU processes: gloo is the back end that works without GPUs
     if t.optim == "galore_adamw":
         kw["optim_target_modules"] = ["attn", "mlp"]
     return kw

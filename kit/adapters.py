@@ -64,6 +64,10 @@ def lora_config(model: nn.Module, a: AdapterConfig, task_type: str = "CAUSAL_LM"
         from peft import LoftQConfig
         init = "loftq"
         extra["loftq_config"] = LoftQConfig(loftq_bits=4)
+    tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+    if tied and set(_as_list(a.modules_to_save)) & {"lm_head", "embed_tokens"}:
+        # training a tied head alone would silently untie it from the embeddings; keep them one matrix
+        extra["ensure_weight_tying"] = True
     return LoraConfig(
         r=a.lora_rank, lora_alpha=a.lora_alpha or 2 * a.lora_rank, lora_dropout=a.lora_dropout,
         target_modules=lora_targets(model, a.lora_target), modules_to_save=a.modules_to_save,
@@ -151,3 +155,26 @@ def estimate_memory_bytes(model: nn.Module, cfg: RunConfig) -> dict:
     grads = trainable * 4
     states = trainable * opt_bytes
     return {"weights": weights, "grads": grads, "optimizer": states, "total": weights + grads + states}
+
+
+def build_optimizer(model: nn.Module, cfg: RunConfig):
+    """LoRA+ (adapter.loraplus_lr_ratio): AdamW where lora_B weights learn ``ratio`` x faster.
+
+    Returns None when LoRA+ is off (the trainer then builds its own optimizer from train.optim).
+    """
+    ratio = cfg.adapter.loraplus_lr_ratio
+    if not ratio or cfg.adapter.type != "lora":
+        return None
+    if cfg.train.optim != "adamw_torch":
+        raise ValueError(f"adapter.loraplus_lr_ratio needs train.optim=adamw_torch, got {cfg.train.optim!r}")
+    lr, wd = cfg.train.learning_rate, cfg.train.weight_decay
+    a_group, b_group = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (b_group if "lora_B" in name else a_group).append(p)
+    if not b_group:
+        raise ValueError("adapter.loraplus_lr_ratio is set but the model has no trainable lora_B weights")
+    return torch.optim.AdamW([
+        {"params": a_group, "lr": lr, "weight_decay": wd},
+        {"params": b_group, "lr": lr * ratio, "weight_decay": wd},
+    ], lr=lr, weight_decay=wd)

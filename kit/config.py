@@ -512,6 +512,13 @@ class RunConfig:
                               "adapter.init")
         if a.init == "pissa" and q.bits is not None:
             raise ConfigError("PiSSA initialisation needs full-precision base weights; set quant.bits=null.", "adapter.init")
+        if a.loraplus_lr_ratio and (a.type != "lora" or self.train.optim != "adamw_torch"):
+            raise ConfigError("LoRA+ needs adapter.type=lora and train.optim=adamw_torch.", "adapter.loraplus_lr_ratio")
+        if a.resume_adapter and q.bits is not None:
+            raise ConfigError("stacking merges the old adapter into the base, which needs quant.bits=null.",
+                              "adapter.resume_adapter")
+        if a.type == "freeze" and a.freeze_trainable_layers == 0:
+            raise ConfigError("must not be 0 (positive: last n layers, negative: first n).", "adapter.freeze_trainable_layers")
         if s.loss_type in ("orpo", "simpo") and s.name != "dpo":
             raise ConfigError(f"loss_type={s.loss_type} belongs to stage 'dpo'.", "stage.loss_type")
         if self.train.optim == "adamw_8bit" and a.type == "full" and q.bits is not None:

@@ -101,3 +101,33 @@ def test_kto_implied_reward_separates_demo_labels(tmp_path):
         correct += (pol > ref) == r["label"]
     print(ds, "kto sign accuracy", correct / len(rows))
     assert correct / len(rows) > 0.6
+
+
+def test_pretraining_loss_falls_on_default_model(tmp_path):
+    """pt on demo_text: two documents seen three times; later passes have lower loss."""
+    run = kit.train(e2e_cfg(tmp_path, stage="pt", dataset="demo_text", max_samples=2, max_steps=6, batch_size=2,
+                            learning_rate=1e-3))
+    ls = [l for _, l in run.losses()]
+    assert run.status == "finished" and len(ls) == 6
+    assert sum(ls[-2:]) / 2 < sum(ls[:2]) / 2, ls
+
+
+def test_orpo_runs_and_margin_positive_on_default_model(tmp_path):
+    run = kit.train(e2e_cfg(tmp_path, stage="dpo", loss_type="orpo", dataset=pref_dataset(), max_steps=4,
+                            learning_rate=5e-4))
+    m = series(run, "rewards/margins")
+    assert run.status == "finished" and len(m) == 4
+    assert m[-1] > m[0], m
+
+
+def test_ppo_with_reward_model_on_default_model(tmp_path):
+    """rm then ppo on the real model: rollouts scored by the trained reward model, all PPO terms finite."""
+    ds = pref_dataset()
+    rm = kit.train(e2e_cfg(tmp_path / "rm", stage="rm", dataset=ds, max_steps=3, learning_rate=5e-4))
+    register_dataset("e2e_ppo_prompt", [{"prompt": f"What color do you like, number {i}?"} for i in range(8)])
+    run = kit.train(e2e_cfg(tmp_path / "ppo", stage="ppo", dataset="e2e_ppo_prompt", reward_model=str(rm.run_dir),
+                            stage__max_new_tokens=12, num_generations=2, max_steps=2, learning_rate=1e-4))
+    assert run.status == "finished"
+    for key in ("reward", "kl", "pg_loss", "vf_loss"):
+        vals = series(run, key)
+        assert len(vals) == 2 and all(v == v and abs(v) < 1e4 for v in vals), (key, vals)

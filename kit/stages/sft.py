@@ -41,8 +41,11 @@ def build_sft_trainer(ctx: StageContext, kind: str = "sft"):
     args = SFTConfig(**base_training_args(cfg, ctx.run_dir, ctx.device, ctx.dtype),
                      dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, packing=False)
     collator = ForgeCollator(pad_token_id=tok.pad_token_id, mask_dtype=ctx.dtype)
+    from ..adapters import build_optimizer
+    opt = build_optimizer(ctx.model, cfg)  # LoRA+ param groups; None: the trainer's own optimizer
     return ForgeSFTTrainer(model=ctx.model, args=args, data_collator=collator, train_dataset=train_ds,
-                           eval_dataset=eval_ds, processing_class=tok, callbacks=ctx.callbacks)
+                           eval_dataset=eval_ds, processing_class=tok, callbacks=ctx.callbacks,
+                           **({"optimizers": (opt, None)} if opt is not None else {}))
 
 
 register_recipe(Recipe("sft", "sft", build_sft_trainer,

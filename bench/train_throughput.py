@@ -1,0 +1,422 @@
+"""LoRA SFT throughput: Forge vs plain TRL (vs LLaMA-Factory), each in its own process.
+
+    python bench/train_throughput.py                      # forge, trl, trl-packed; 10 steps, CPU fp32
+    python bench/train_throughput.py --steps 4 --contenders forge trl
+    python bench/train_throughput.py --contenders forge llamafactory   # installs LLaMA-Factory in a venv
+
+Workload: LoRA r16 / alpha 32 on all linear layers of the embedded default model
+(smollm2-135m-instruct), the shipped ``demo_sft`` data, batch 4, cutoff 512, fixed ``--steps``.
+
+Every contender runs in a fresh subprocess (argv list, no shell) so start-up time and peak RSS
+are its own. The child patches transformers' CallbackHandler to timestamp every optimizer step
+and its Trainer.training_step to count the tokens of every batch, so all contenders are measured
+by the same code whatever their trainer is. Steady state = steps 2..N (step 1 carries warm-up).
+
+FLOPs (stated in the output too): per processed (non-padding) token, forward = 2*N_mm, backward =
+2*N_mm for the input gradients through frozen weights + 4*N_lora for the adapter (input and
+weight grads), i.e. ``4*N_mm + 6*N_lora``, where N_mm counts the parameters of every nn.Linear
+including the (tied) LM head; the attention score/context matmuls (O(L^2)) and embeddings are
+left out. MFU = achieved FLOP/s / measured matmul peak (torch.mm on 2048^2 and 4096^2 matrices,
+best of several, threads = physical cores).
+
+``--device cuda`` (bf16, bf16 matmul peak, torch.cuda.max_memory_allocated reported too) is written
+for a GPU machine; it has not been run on this CPU-only development box.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+MODEL = "smollm2-135m-instruct"
+CONTENDERS = ("forge", "trl", "trl-packed", "llamafactory", "llamafactory-packed")
+DEFAULT_CONTENDERS = ("forge", "trl", "trl-packed")
+LF_VENV = Path.home() / ".cache" / "forge-kit" / "bench" / "llamafactory-venv"
+
+
+# ----------------------------------------------------------------------------- parent side
+def physical_cores() -> int:
+    try:
+        import psutil
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+def matmul_peak(device: str, sizes=(2048, 4096), repeats: int = 4) -> dict:
+    """Best achieved FLOP/s of a square matmul: the realistic ceiling MFU is measured against."""
+    import torch
+    torch.set_num_threads(physical_cores())
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    best = {}
+    for n in sizes:
+        a = torch.randn(n, n, dtype=dtype, device=device)
+        b = torch.randn(n, n, dtype=dtype, device=device)
+        torch.mm(a, b)  # warm-up
+        times = []
+        for _ in range(repeats if n <= 2048 else max(2, repeats // 2)):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            torch.mm(a, b)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        best[n] = 2 * n ** 3 / min(times)
+    return {"dtype": str(dtype).replace("torch.", ""), "flops_by_size": best, "peak_flops": max(best.values())}
+
+
+def machine() -> dict:
+    import torch
+    import transformers
+    import trl
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "trl": trl.__version__,
+            "loadavg_start": os.getloadavg()}
+    try:
+        import peft
+        info["peft"] = peft.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run_child(name: str, args, out_json: Path) -> dict:
+    py = sys.executable
+    if name.startswith("llamafactory"):
+        py = str(ensure_llamafactory_venv())
+    argv = [py, str(Path(__file__).resolve()), "--child", name, "--steps", str(args.steps),
+            "--batch-size", str(args.batch_size), "--cutoff-len", str(args.cutoff_len),
+            "--device", args.device, "--child-out", str(out_json)]
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    t = time.time()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not out_json.exists():
+        return {"name": name, "error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-3000:]}
+    res = json.loads(out_json.read_text())
+    res["wall_s"] = time.time() - t
+    return res
+
+
+def add_derived(res: dict, peak: float) -> None:
+    if "error" in res:
+        return
+    flops_tok = 4 * res["n_matmul_params"] + 6 * res["n_trainable"]
+    res["flops_per_real_token"] = flops_tok
+    res["mfu"] = res["real_tokens_per_s"] * flops_tok / peak
+
+
+def ensure_llamafactory_venv() -> Path:
+    """A venv with the local CPU torch pinned *first*, then LLaMA-Factory (so pip never swaps torch)."""
+    py = LF_VENV / "bin" / "python"
+    if not (LF_VENV / "bin" / "llamafactory-cli").exists():
+        LF_VENV.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "venv", str(LF_VENV)], check=True)
+        import torch
+        pin = torch.__version__.split("+")[0]
+        subprocess.run([str(py), "-m", "pip", "install", f"torch=={pin}",
+                        "--index-url", "https://download.pytorch.org/whl/cpu"], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "llamafactory", "psutil", f"torch=={pin}"], check=True)
+    return py
+
+
+# ----------------------------------------------------------------------------- child side
+class Probe:
+    """Timestamps each optimizer step and counts the tokens of each training micro-batch."""
+
+    def __init__(self):
+        self.t0 = self._process_start()
+        self.step_end: list[float] = []
+        self.real: list[int] = []
+        self.trained: list[int] = []
+        self.losses: list[float] = []
+
+    @staticmethod
+    def _process_start() -> float:
+        try:
+            import psutil
+            return psutil.Process().create_time()
+        except ImportError:
+            return time.time()
+
+    def install(self) -> None:
+        from transformers import Trainer
+        from transformers.trainer_callback import CallbackHandler
+        probe = self
+        orig_step_end, orig_log, orig_ts = CallbackHandler.on_step_end, CallbackHandler.on_log, Trainer.training_step
+
+        def on_step_end(self, args, state, control):
+            probe.step_end.append(time.time())
+            return orig_step_end(self, args, state, control)
+
+        def on_log(self, args, state, control, logs):
+            if logs and "loss" in logs:
+                probe.losses.append(float(logs["loss"]))
+            return orig_log(self, args, state, control, logs)
+
+        def training_step(self, model, inputs, *a, **kw):
+            probe.count(inputs)
+            return orig_ts(self, model, inputs, *a, **kw)
+
+        CallbackHandler.on_step_end, CallbackHandler.on_log, Trainer.training_step = on_step_end, on_log, training_step
+
+    def count(self, inputs: dict) -> None:
+        ids = inputs["input_ids"]
+        if "num_real_tokens" in inputs:          # Forge's collator counts them (its mask is 4D)
+            real = int(inputs["num_real_tokens"])
+        elif inputs.get("attention_mask") is not None and inputs["attention_mask"].dim() == 2:
+            real = int(inputs["attention_mask"].sum())
+        else:                                     # padding-free packing: every position is real
+            real = int(ids.numel())
+        lab = inputs.get("labels")
+        if lab is None:
+            trained = real
+        else:
+            trained = int((lab != -100).sum())
+            if "completion_mask" in inputs:
+                trained = int(((lab != -100) & inputs["completion_mask"].bool()).sum())
+        self.real.append(real)
+        self.trained.append(trained)
+
+    def result(self, name: str, steps: int) -> dict:
+        n = len(self.step_end)
+        if n < 2:
+            raise RuntimeError(f"{name}: only {n} optimizer steps recorded")
+        window = self.step_end[-1] - self.step_end[0]
+        real = sum(self.real[1:n])
+        trained = sum(self.trained[1:n])
+        return {"name": name, "steps": n, "first_step_s": self.step_end[0] - self.t0,
+                "s_per_step": window / (n - 1), "real_tokens_per_s": real / window,
+                "trained_tokens_per_s": trained / window, "real_tokens": sum(self.real[:n]),
+                "trained_tokens": sum(self.trained[:n]), "first_loss": self.losses[0] if self.losses else None,
+                "last_loss": self.losses[-1] if self.losses else None,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def model_counts(model) -> dict:
+    import torch
+    mm = sum(m.weight.numel() for m in model.modules()
+             if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"n_matmul_params": mm, "n_trainable": train}
+
+
+def demo_rows() -> list[dict]:
+    rows = [json.loads(l) for l in (ROOT / "data" / "demo_sft.jsonl").read_text().splitlines() if l.strip()]
+    out = []
+    for r in rows:
+        user = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+        out.append({"prompt": [{"role": "user", "content": user}],
+                    "completion": [{"role": "assistant", "content": r["output"]}]})
+    return out
+
+
+def child_forge(args, probe: Probe) -> dict:
+    import kit
+    run = kit.train(model=MODEL, dataset="demo_sft", batch_size=args.batch_size, cutoff_len=args.cutoff_len,
+                    max_steps=args.steps, lora_rank=16, lora_alpha=32, save_steps=0, logging_steps=1,
+                    device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32",
+                    output_dir=tempfile.mkdtemp(prefix="forge-bench-"))
+    res = probe.result("forge", args.steps)
+    res.update(model_counts(run.trainer.model))
+    res["forge_reported_first_step_s"] = run.first_step_s
+    return res
+
+
+def child_trl(args, probe: Probe, packing: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from kit.config import RunConfig
+    from kit.models import resolve_model_path
+
+    d = RunConfig().train  # same optimiser settings as Forge's defaults
+    path = resolve_model_path(MODEL)[0]
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    torch.set_num_threads(physical_cores())
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    cfg = SFTConfig(output_dir=tempfile.mkdtemp(prefix="trl-bench-"), per_device_train_batch_size=args.batch_size,
+                    max_steps=args.steps, learning_rate=d.learning_rate, lr_scheduler_type=d.lr_scheduler,
+                    logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+                    max_length=args.cutoff_len, packing=packing, seed=d.seed,
+                    use_cpu=args.device == "cpu", bf16=args.device == "cuda")
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(demo_rows()),
+                         processing_class=tok, peft_config=lora)
+    trainer.train()
+    res = probe.result("trl-packed" if packing else "trl", args.steps)
+    res.update(model_counts(trainer.model))
+    return res
+
+
+def child_llamafactory(args, packing: bool) -> dict:
+    """Runs ``llamafactory-cli train`` (itself a subprocess) and reads its trainer_log.jsonl."""
+    from kit.models import resolve_model_path  # kit is importable through PYTHONPATH
+
+    t0 = time.time()
+    work = Path(tempfile.mkdtemp(prefix="lf-bench-"))
+    (work / "dataset_info.json").write_text(json.dumps({"demo_sft": {
+        "file_name": str(ROOT / "data" / "demo_sft.jsonl"),
+        "columns": {"prompt": "instruction", "query": "input", "response": "output"}}}))
+    out = work / "out"
+    cfg = {"model_name_or_path": resolve_model_path(MODEL)[0], "stage": "sft", "do_train": True,
+           "finetuning_type": "lora", "lora_rank": 16, "lora_alpha": 32, "lora_target": "all",
+           "dataset": "demo_sft", "dataset_dir": str(work), "template": "chatml", "cutoff_len": args.cutoff_len,
+           "packing": packing, "neat_packing": packing, "output_dir": str(out), "logging_steps": 1,
+           "per_device_train_batch_size": args.batch_size, "gradient_accumulation_steps": 1,
+           "learning_rate": 2e-4, "lr_scheduler_type": "cosine", "max_steps": args.steps,
+           "save_strategy": "no", "report_to": "none", "overwrite_output_dir": True,
+           "bf16": args.device == "cuda", "use_cpu": args.device == "cpu", "preprocessing_num_workers": 1}
+    import yaml
+    (work / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    cli = Path(sys.executable).parent / "llamafactory-cli"
+    proc = subprocess.run([str(cli), "train", str(work / "cfg.yaml")], capture_output=True, text=True,
+                          env={**os.environ, "DISABLE_VERSION_CHECK": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    logs = [json.loads(l) for l in (out / "trainer_log.jsonl").read_text().splitlines() if l.strip()]
+    steps = [l for l in logs if "loss" in l]
+    # trainer_log has elapsed_time per logged step; tokens are not logged, so estimate them with the
+    # token counts Forge itself would produce is not fair: report s/step and leave token rates to the
+    # real-token count LLaMA-Factory prints when packing is off (none) -> None.
+    el = [float(s.get("elapsed_time", 0)) for s in steps]
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    res = {"name": "llamafactory-packed" if packing else "llamafactory", "steps": len(steps),
+           "s_per_step": (el[-1] - el[0]) / max(len(el) - 1, 1) if len(el) > 1 else None,
+           "first_loss": steps[0]["loss"] if steps else None, "last_loss": steps[-1]["loss"] if steps else None,
+           "first_step_s": None, "process_wall_s": time.time() - t0, "peak_rss_mb": ru,
+           "real_tokens_per_s": None, "trained_tokens_per_s": None,
+           "note": "token rates not measured: trainer_log.jsonl has no token counts"}
+    return res
+
+
+def child_main(args) -> None:
+    probe = Probe()
+    if not args.child.startswith("llamafactory"):
+        probe.install()
+    if args.child == "forge":
+        res = child_forge(args, probe)
+    elif args.child in ("trl", "trl-packed"):
+        res = child_trl(args, probe, packing=args.child == "trl-packed")
+    else:
+        res = child_llamafactory(args, packing=args.child.endswith("packed"))
+    if args.device == "cuda":
+        import torch
+        res["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    Path(args.child_out).write_text(json.dumps(res))
+
+
+# ----------------------------------------------------------------------------- main
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--steps", type=int, default=10, help="optimizer steps per contender (>= 2)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--cutoff-len", type=int, default=512)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: bf16 and a bf16 matmul peak (written for GPU machines, not run on the CPU box)")
+    p.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(DEFAULT_CONTENDERS))
+    p.add_argument("--out", default=None, help="results JSON (default bench/results/<timestamp>.json)")
+    p.add_argument("--report", metavar="DIR", default=None,
+                   help="do not run: report the <contender>.json child outputs already in DIR")
+    p.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.steps < 2:
+        p.error("--steps must be >= 2 (step 1 is warm-up)")
+    return a
+
+
+def fmt(v, spec=".1f"):
+    return "-" if v is None else format(v, spec)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.child:
+        child_main(args)
+        return 0
+    os.environ.setdefault("FORGE_HOME", os.environ.get("FORGE_HOME", str(Path.home() / ".cache" / "forge-kit")))
+    info = machine()
+    peak = matmul_peak(args.device)
+    print(f"machine: {info['cpu']} ({info['physical_cores']} cores), torch {info['torch']}, "
+          f"load {info['loadavg_start']}")
+    print(f"matmul peak ({peak['dtype']}): {peak['peak_flops'] / 1e9:.1f} GFLOP/s")
+    results = []
+    tmp = Path(args.report) if args.report else Path(tempfile.mkdtemp(prefix="bench-"))
+    for name in args.contenders:
+        if args.report:  # re-report children that already ran (e.g. when the parent was interrupted)
+            f = tmp / f"{name}.json"
+            res = json.loads(f.read_text()) if f.exists() else {"name": name, "error": "no output", "stderr_tail": ""}
+        else:
+            print(f"running {name} ...", flush=True)
+            res = run_child(name, args, tmp / f"{name}.json")
+        if res.get("real_tokens_per_s"):
+            add_derived(res, peak["peak_flops"])
+        if "error" in res:
+            print(f"  {name} FAILED: {res['error']}\n{res['stderr_tail']}")
+        results.append(res)
+    print("\nFLOPs per real token = 4*N_matmul(frozen Linear incl. LM head) + 6*N_lora; "
+          "MFU = real tokens/s * that / matmul peak. Steady state = steps 2..N.")
+    hdr = f"{'contender':<20}{'trained tok/s':>14}{'real tok/s':>12}{'s/step':>9}{'1st step s':>11}" \
+          f"{'peak RSS MB':>12}{'loss first->last':>20}{'MFU %':>8}"
+    print(hdr)
+    ok = {r["name"]: r for r in results if "error" not in r}
+    for r in ok.values():
+        loss = f"{fmt(r.get('first_loss'), '.3f')}->{fmt(r.get('last_loss'), '.3f')}"
+        mfu = r.get("mfu")
+        print(f"{r['name']:<20}{fmt(r.get('trained_tokens_per_s')):>14}{fmt(r.get('real_tokens_per_s')):>12}"
+              f"{fmt(r.get('s_per_step'), '.2f'):>9}{fmt(r.get('first_step_s'), '.1f'):>11}"
+              f"{fmt(r.get('peak_rss_mb'), '.0f'):>12}{loss:>20}{fmt(None if mfu is None else 100 * mfu, '.2f'):>8}")
+    ratios = {}
+    if "forge" in ok:
+        f = ok["forge"]
+        for name, r in ok.items():
+            if name == "forge":
+                continue
+            for key in ("trained_tokens_per_s", "real_tokens_per_s"):
+                if r.get(key) and f.get(key):
+                    ratios[f"forge/{name} {key}"] = f[key] / r[key]
+            if r.get("s_per_step") and f.get("s_per_step"):
+                ratios[f"{name}/forge s_per_step"] = r["s_per_step"] / f["s_per_step"]
+    for k, v in ratios.items():
+        print(f"  {k}: {v:.2f}x")
+    info["loadavg_end"] = os.getloadavg()
+    out = Path(args.out) if args.out else HERE / "results" / f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": info, "matmul_peak": peak, "args": vars(args), "results": results,
+                               "ratios": ratios}, indent=2, default=str))
+    print(f"wrote {out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Trainable parameters and training memory for a config, without loading any weights.
+
+The model is built on PyTorch's ``meta`` device from its ``config.json`` (shapes only, no memory),
+the real adapter code (:func:`kit.adapters.apply_adapter`, so peft itself) is applied, and the
+parameters are counted. Results are cached per (model, adapter settings).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Optional
+
+from ..config import RunConfig
+from ..models.registry import resolve_model_info
+from ..paths import models_dir
+
+
+def local_model_dir(name: str) -> Optional[str]:
+    """The model's directory if it is already on disk (never downloads or converts anything)."""
+    info = resolve_model_info(name)
+    if info is not None and info.source == "embedded":
+        cached = models_dir() / info.name
+        return str(cached) if (cached / "config.json").exists() else None
+    p = Path(name).expanduser()
+    for cand in (p, p / "model", p / "merged"):
+        if cand.is_dir() and (cand / "config.json").exists():
+            return str(cand)
+    return None
+
+
+def model_type(path: str) -> str:
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("model_type", "?")
+    except (OSError, ValueError):
+        return "?"
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_model_config(path: str):
+    from transformers import AutoConfig
+    return AutoConfig.from_pretrained(path)  # local dir only; trust_remote_code stays off
+
+
+def _bytes_per(dtype_name: str) -> int:
+    return {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype_name, 4)
+
+
+@functools.lru_cache(maxsize=64)
+def _estimate(path: str, adapter_yaml: str, bits: Optional[int], optim: str, dtype_name: str) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..adapters import apply_adapter, param_counts
+
+    cfg = RunConfig.from_yaml_text(adapter_yaml)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(_meta_model_config(path))
+        model = apply_adapter(model, cfg)
+    trainable, total = param_counts(model)
+    weight_bytes = 0.0
+    wsize = _bytes_per(dtype_name)
+    for name, p in model.named_parameters():
+        frozen_linear = not p.requires_grad and p.dim() == 2 and ".layers." in name
+        # bitsandbytes quantizes the frozen linear layers inside the decoder blocks
+        weight_bytes += p.numel() * (bits / 8 if bits and frozen_linear else wsize)
+    opt = 2 if optim == "adamw_8bit" else (0 if optim == "sgd" else 8)
+    grads, states = trainable * 4, trainable * opt
+    return {"trainable": trainable, "total": total, "weights_bytes": int(weight_bytes), "grads_bytes": grads,
+            "optimizer_bytes": states, "total_bytes": int(weight_bytes + grads + states)}
+
+
+def estimate(cfg: RunConfig) -> dict:
+    """``{trainable, total, weights_bytes, grads_bytes, optimizer_bytes, total_bytes}`` (activations excluded).
+
+    Raises FileNotFoundError when the model is not on disk yet (hub ids are never fetched here).
+    """
+    from ..models.loading import pick_device, pick_dtype
+
+    path = local_model_dir(cfg.model.name)
+    if path is None:
+        raise FileNotFoundError(f"'{cfg.model.name}' is not on disk yet; the estimate appears after the first load")
+    # initialisation and stacking do not change the shapes; quantization is counted in bytes below
+    shape_cfg = RunConfig.from_dict({"adapter": {**cfg.to_dict()["adapter"], "init": "default", "resume_adapter": None}})
+    dtype = pick_dtype(cfg.model.dtype, pick_device(cfg.model.device))
+    return dict(_estimate(path, shape_cfg.to_yaml(), cfg.quant.bits, cfg.train.optim, str(dtype).replace("torch.", "")))
+
+
+def human(n: float, unit: str = "") -> str:
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def human_bytes(n: float) -> str:
+    for div, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= div:
+            return f"{n / div:.1f} {suffix}"
+    return f"{n:.0f} B"

@@ -1,0 +1,198 @@
+"""Fine-tuning types on the tiny model: which parameters train, in which dtype, and what the
+LoRA variants do at init (rsLoRA scaling, PiSSA, stacking), plus 4/8-bit loading and LoRA+."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import kit
+from kit.adapters import apply_adapter, build_optimizer, param_counts
+from kit.models import load_model
+
+PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _adapted(cfg):
+    loaded = load_model(cfg, with_adapter=False)
+    torch.manual_seed(0)
+    return apply_adapter(loaded.model, cfg), loaded
+
+
+def _trainable(model):
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _ids():
+    return torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+
+
+def _logits(model):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=_ids()).logits
+
+
+def test_full_trains_everything(tiny_cfg):
+    model, _ = _adapted(tiny_cfg(finetuning_type="full"))
+    assert all(p.requires_grad and p.dtype == torch.float32 for p in model.parameters())
+    t, total = param_counts(model)
+    assert t == total > 0
+
+
+def test_freeze_last_first_modules_extra(tiny_cfg):
+    model, _ = _adapted(tiny_cfg(finetuning_type="freeze", freeze_trainable_layers=1))
+    names = _trainable(model)
+    assert names and all(".layers.1." in n for n in names)
+    assert any(n.endswith("mlp.down_proj.weight") for n in names)
+
+    model, _ = _adapted(tiny_cfg(finetuning_type="freeze", freeze_trainable_layers=-1))
+    names = _trainable(model)
+    assert names and all(".layers.0." in n for n in names)
+
+    model, _ = _adapted(tiny_cfg(finetuning_type="freeze", freeze_trainable_layers=2,
+                                 freeze_trainable_modules="mlp", freeze_extra_modules=["embed_tokens"]))
+    names = set(_trainable(model))
+    assert "model.embed_tokens.weight" in names
+    rest = names - {"model.embed_tokens.weight"}
+    assert rest and all(".mlp." in n for n in rest)
+    assert {n.split(".")[2] for n in rest} == {"0", "1"}
+
+    with pytest.raises(ValueError, match="freeze_trainable_layers"):
+        _adapted(tiny_cfg(finetuning_type="freeze", freeze_trainable_layers=5))
+
+
+def test_lora_all_vs_named_targets(tiny_cfg):
+    model, _ = _adapted(tiny_cfg(lora_rank=4))
+    names = _trainable(model)
+    assert names and all("lora_" in n for n in names)
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if p.requires_grad)
+    hit = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names}
+    assert hit == set(PROJ)
+    assert not any("lm_head" in n for n in names)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+
+    model, _ = _adapted(tiny_cfg(lora_rank=4, lora_target="q_proj,v_proj"))
+    hit = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in _trainable(model)}
+    assert hit == {"q_proj", "v_proj"}
+
+    with pytest.raises(ValueError, match="no_such_proj"):
+        _adapted(tiny_cfg(lora_target="no_such_proj"))
+
+
+def test_modules_to_save(tiny_cfg):
+    model, _ = _adapted(tiny_cfg(lora_rank=4, lora_target="q_proj", modules_to_save=["lm_head"]))
+    names = _trainable(model)
+    assert any("modules_to_save" in n for n in names)
+    assert any("lora_A" in n for n in names)
+    inner = model.base_model.model
+    head = inner.lm_head.modules_to_save["default"].weight
+    assert head.requires_grad
+    # the tiny model ties lm_head to embed_tokens: the trained copy must stay tied (one matrix)
+    assert head is inner.model.embed_tokens.modules_to_save["default"].weight
+
+
+def test_dora_and_rslora(tiny_cfg):
+    model, _ = _adapted(tiny_cfg(lora_rank=4, lora_target="q_proj", use_dora=True))
+    assert any("lora_magnitude_vector" in n for n in _trainable(model))
+
+    model, _ = _adapted(tiny_cfg(lora_rank=4, lora_alpha=8, lora_target="q_proj", use_rslora=True))
+    q = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert q.scaling["default"] == pytest.approx(8 / math.sqrt(4))
+    model, _ = _adapted(tiny_cfg(lora_rank=4, lora_alpha=8, lora_target="q_proj"))
+    assert model.base_model.model.model.layers[0].self_attn.q_proj.scaling["default"] == pytest.approx(2.0)
+
+
+def test_pissa_init_keeps_output(tiny_cfg):
+    cfg = tiny_cfg(lora_rank=4, init="pissa")
+    base = load_model(cfg, with_adapter=False).model
+    w0 = base.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    ref = _logits(base)
+    model = apply_adapter(base, cfg)
+    w1 = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
+    assert not torch.allclose(w0, w1)  # the principal components moved into A/B
+    torch.testing.assert_close(_logits(model), ref, atol=1e-3, rtol=1e-3)
+
+
+def test_stacking_starts_from_first_adapter(tiny_cfg, tmp_path):
+    first = kit.train(tiny_cfg(lora_rank=4, max_steps=2, max_samples=8, save_steps=0,
+                               output_dir=str(tmp_path / "first")))
+    assert first.status == "finished"
+    c1 = tiny_cfg(output_dir=str(tmp_path / "first"), model__adapter_path=str(tmp_path / "first"))
+    ref = _logits(load_model(c1, with_adapter=True).model)
+    plain = _logits(load_model(c1, with_adapter=False).model)
+    assert not torch.allclose(ref, plain, atol=1e-5)  # the first adapter learned something
+    model, _ = _adapted(tiny_cfg(lora_rank=4, resume_adapter=str(tmp_path / "first"),
+                                 output_dir=str(tmp_path / "second")))
+    assert _trainable(model) and all("lora_" in n for n in _trainable(model))
+    torch.testing.assert_close(_logits(model), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_qlora_4bit_and_8bit_loading(tiny_cfg):
+    model, _ = _adapted(tiny_cfg(lora_rank=4, quant__bits=4, quant__double_quant=True))
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "Linear4bit" in kinds
+    for name, mod in model.named_modules():
+        if type(mod).__name__ == "Linear4bit" and name.endswith("base_layer"):
+            assert not mod.weight.requires_grad
+    lora = [(n, p) for n, p in model.named_parameters() if "lora_" in n]
+    assert lora and all(p.requires_grad and p.dtype == torch.float32 for _, p in lora)
+    assert torch.isfinite(_logits(model)).all()
+
+    m8 = load_model(tiny_cfg(quant__bits=8), with_adapter=False).model
+    assert any(type(m).__name__ == "Linear8bitLt" for m in m8.modules())
+    assert torch.isfinite(_logits(m8)).all()
+
+
+def test_qlora_training_run(tiny_cfg):
+    run = kit.train(tiny_cfg(lora_rank=4, quant__bits=4, max_steps=3, max_samples=8, save_steps=0))
+    assert run.status == "finished", run.traceback
+    losses = [l for _, l in run.losses()]
+    assert len(losses) == 3 and all(math.isfinite(l) for l in losses)
+    assert (run.run_dir / "adapter" / "adapter_config.json").exists()
+
+
+def test_loraplus_optimizer_groups(tiny_cfg):
+    cfg = tiny_cfg(lora_rank=4)
+    model, _ = _adapted(cfg)
+    assert build_optimizer(model, cfg) is None
+    cfg = tiny_cfg(lora_rank=4, loraplus_lr_ratio=16)
+    opt = build_optimizer(model, cfg)
+    a, b = opt.param_groups
+    assert b["lr"] == pytest.approx(16 * a["lr"]) and a["lr"] == pytest.approx(1e-3)
+    b_ids = {id(p) for p in b["params"]}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert (id(p) in b_ids) == ("lora_B" in n)
+
+    run = kit.train(tiny_cfg(lora_rank=4, loraplus_lr_ratio=16, max_steps=2, max_samples=8, save_steps=0,
+                             lr_scheduler="constant"))
+    assert run.status == "finished", run.traceback
+    lrs = [g["lr"] for g in run.trainer.optimizer.param_groups]
+    assert len(lrs) == 2 and lrs[1] == pytest.approx(16 * lrs[0])
+
+
+@pytest.mark.e2e
+def test_qlora_default_model_loss_falls(tmp_path):
+    run = kit.train(model="smollm2-135m-instruct", dataset="demo_sft", quant__bits=4, quant__quant_type="nf4",
+                    quant__double_quant=True, max_steps=5, batch_size=2, cutoff_len=128, max_samples=8,
+                    learning_rate=1e-3, lr_scheduler="constant", save_steps=0, num_threads=2,
+                    output_dir=str(tmp_path / "qlora"))
+    assert run.status == "finished", run.traceback
+    losses = [l for _, l in run.losses()]
+    assert len(losses) == 5
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
+
+
+def test_adapter_config_cross_checks():
+    from kit import ConfigError, RunConfig
+    with pytest.raises(ConfigError, match="loraplus_lr_ratio"):
+        RunConfig.from_kwargs(loraplus_lr_ratio=4, finetuning_type="full")
+    with pytest.raises(ConfigError, match="loraplus_lr_ratio"):
+        RunConfig.from_kwargs(loraplus_lr_ratio=4, optim="sgd")
+    with pytest.raises(ConfigError, match="resume_adapter"):
+        RunConfig.from_kwargs(resume_adapter="/tmp/x", quant__bits=4)
+    with pytest.raises(ConfigError, match="freeze_trainable_layers"):
+        RunConfig.from_kwargs(finetuning_type="freeze", freeze_trainable_layers=0)
+    RunConfig.from_kwargs(loraplus_lr_ratio=4)  # the valid combination passes

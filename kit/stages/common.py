@@ -65,8 +65,31 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
     if device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         kw["ddp_backend"] = "gloo"  # several CPU processes: gloo is the back end that works without GPUs
     if t.optim == "galore_adamw":
-        kw["optim_target_modules"] = ["attn", "mlp"]
+        require_galore()
+        # GaLore projects the gradients of the weight matrices inside the decoder blocks (attention
+        # and MLP, as in the GaLore paper); embeddings, norms and the head get plain AdamW. A regex
+        # (fullmatch) rather than substrings, so transformers does not warn about every non-linear
+        # container (self_attn, mlp, act_fn) it matches on the way.
+        kw["optim_target_modules"] = GALORE_TARGETS
     return kw
+
+
+GALORE_TARGETS = r".*(attn|attention|mlp|ffn|feed_forward).*"
+
+
+def require_galore() -> None:
+    """Fail early, naming our extra, when galore-torch is missing (transformers would only say
+    so once the trainer builds its optimizer, pointing at a git install); allow its projector
+    in checkpoints so a GaLore run resumes."""
+    try:
+        from galore_torch.galore_projector import GaLoreProjector
+    except ImportError as e:
+        raise ImportError(f"train.optim=galore_adamw needs the galore-torch package ({e}): "
+                          "pip install 'forge-kit[galore]'") from e
+    # The optimizer state of a GaLore run holds GaLoreProjector objects (the projection matrix
+    # and its schedule); transformers reloads optimizer.pt with torch.load(weights_only=True),
+    # which refuses any class not allowlisted, so resume would fail without this.
+    torch.serialization.add_safe_globals([GaLoreProjector])
 
 
 class TokenCounting:

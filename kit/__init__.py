@@ -11,8 +11,11 @@ __version__ = "0.1.0"
 from .config import ConfigError, RunConfig  # noqa: E402
 from .engine import Run, open_run, train  # noqa: E402
 from .infer.hf import ChatModel, chat  # noqa: E402
+# bound eagerly (the module is light): a lazy ``from . import evaluate`` in __getattr__ recurses, and
+# the first ``import kit.evaluate`` would leave the module, not the function, at ``kit.evaluate``
+from .evaluate import evaluate  # noqa: E402
 
-__all__ = ["RunConfig", "ConfigError", "Run", "train", "open_run", "chat", "ChatModel", "__version__"]
+__all__ = ["RunConfig", "ConfigError", "Run", "train", "open_run", "chat", "ChatModel", "evaluate", "__version__"]
 
 
 def __getattr__(name: str):
@@ -23,9 +26,6 @@ def __getattr__(name: str):
     if name in ("export",):
         from . import export as _e
         return _e.export
-    if name in ("evaluate",):
-        from . import evaluate as _ev
-        return _ev.evaluate
     if name in ("score",):
         from .stages.rm import score
         return score

@@ -6,6 +6,7 @@
     forge chat CONFIG_OR_RUN_DIR [-m TEXT]      chat (interactive without -m)
     forge preview CONFIG.yaml [-n N]            show tokenized examples with the trained part marked
     forge export CONFIG_OR_RUN_DIR [...]        merge / Modelfile / GGUF (see forge export -h)
+    forge eval RUN_DIR_OR_MODEL -d DATASET      BLEU/ROUGE of greedy answers, or multiple-choice accuracy
     forge env                                   versions, device, extras
 """
 from __future__ import annotations
@@ -224,6 +225,15 @@ def cmd_export(a) -> int:
     return export_cli(a)
 
 
+def cmd_eval(a) -> int:
+    from .evaluate import eval_cli
+    try:
+        return eval_cli(a)
+    except ValueError as e:  # a bad mode/metric/dataset choice: say so without a traceback
+        print(f"forge: error: {e}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forge", description="Forge Kit: fine-tune language models.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -249,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     pv.set_defaults(fn=cmd_preview)
     e = sub.add_parser("env", help="versions, device and installed extras")
     e.set_defaults(fn=cmd_env)
+    from .evaluate import add_eval_parser
+    add_eval_parser(sub, cmd_eval)
     try:
         from .export import add_export_parser
         add_export_parser(sub, cmd_export)

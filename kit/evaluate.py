@@ -1,0 +1,375 @@
+"""Evaluate a model, a config or a finished run on a dataset.
+
+Two modes, chosen from the rows unless ``mode`` says:
+
+* ``predict``: any chat dataset our data pipeline reads (alpaca, messages, sharegpt, or prompt rows
+  with an ``answer``). The model answers every prompt greedily; the answers are scored against the
+  references with BLEU-4 (nltk) and ROUGE-1/2/L F1 (rouge-score), as percentages.
+* ``mc`` (multiple choice): rows ``{"question": str, "choices": [str, ...], "answer": ...}`` where the
+  answer is the 0-based index, a letter (``"B"``) or the text of the right choice. Each choice is
+  scored by its log-likelihood as the assistant's answer to the question (no generation); the
+  highest wins. ``accuracy`` uses the summed log-probability, ``accuracy_norm`` the log-probability
+  per character of the choice (so long choices are not penalised for their length).
+
+    scores = kit.evaluate(run, "demo_mc")                 # -> {"accuracy": ..., "n": 20, ...}
+    scores = kit.evaluate("smollm2-135m-instruct", "demo_sft", max_samples=10, max_new_tokens=64)
+
+Outputs go to ``<run dir>/eval/<dataset>/`` (or ``output_dir``; for a bare model,
+``FORGE_HOME/evals/<timestamp>-<dataset>/``): ``predictions.jsonl`` (one line per row) and
+``scores.json``. Nothing is downloaded: the metrics need no nltk data files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .data.formats import DataError
+
+MODES = ("auto", "predict", "mc")
+PREDICT_METRICS = ("bleu", "rouge")
+MC_METRICS = ("accuracy",)
+
+# Words (letters/digits/underscore runs) and single punctuation marks. CJK ideographs and kana are
+# not separated by spaces, so each becomes its own token: a rough character-level stand-in; for real
+# Chinese/Japanese word segmentation pass your own ``tokenize`` (e.g. jieba's lcut).
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")
+
+
+def simple_tokenize(text: str) -> list[str]:
+    """Lower-cased words and punctuation; CJK characters one per token (see the note above)."""
+    return _TOKEN.findall(text.lower())
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def bleu4(prediction: str, reference: str, tokenize: Callable[[str], list[str]] = simple_tokenize) -> float:
+    """Sentence BLEU-4 in percent, smoothed (Chen & Cherry method 3) so one missing n-gram order does
+    not zero the score; predictions shorter than 4 tokens are scored on the orders they have."""
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    hyp, ref = tokenize(prediction), tokenize(reference)
+    if not hyp or not ref:
+        return 100.0 if hyp == ref else 0.0
+    return 100.0 * sentence_bleu([ref], hyp, smoothing_function=SmoothingFunction().method3, auto_reweigh=True)
+
+
+class _Tok:
+    """rouge-score wants an object with ``tokenize``; its default one drops every non-ASCII character."""
+
+    def __init__(self, fn: Callable[[str], list[str]]):
+        self.fn = fn
+
+    def tokenize(self, text: str) -> list[str]:
+        return self.fn(text)
+
+
+def rouge(prediction: str, reference: str, tokenize: Callable[[str], list[str]] = simple_tokenize) -> dict:
+    """ROUGE-1, ROUGE-2 and ROUGE-L F1 in percent."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=_Tok(tokenize))
+    s = scorer.score(reference, prediction)
+    return {"rouge-1": 100.0 * s["rouge1"].fmeasure, "rouge-2": 100.0 * s["rouge2"].fmeasure,
+            "rouge-l": 100.0 * s["rougeL"].fmeasure}
+
+
+def score_predictions(predictions: list[str], references: list[str], metrics: Optional[list[str]] = None,
+                      tokenize: Callable[[str], list[str]] = simple_tokenize) -> tuple[dict, list[dict]]:
+    """Mean scores over all pairs, and the per-pair scores."""
+    metrics = _check_metrics(metrics, PREDICT_METRICS, "predict")
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    per = []
+    for p, r in zip(predictions, references):
+        row: dict = {}
+        if "bleu" in metrics:
+            row["bleu-4"] = bleu4(p, r, tokenize)
+        if "rouge" in metrics:
+            row.update(rouge(p, r, tokenize))
+        per.append(row)
+    keys = list(per[0]) if per else []
+    return {k: sum(x[k] for x in per) / len(per) for k in keys}, per
+
+
+def _check_metrics(metrics: Optional[list[str]], allowed: tuple, mode: str) -> list[str]:
+    if not metrics:
+        return list(allowed)
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    out = []
+    for m in metrics:
+        key = m.lower().replace("_", "-")
+        key = {"bleu-4": "bleu", "rouge-1": "rouge", "rouge-2": "rouge", "rouge-l": "rouge", "acc": "accuracy"}.get(key, key)
+        if key not in allowed:
+            raise ValueError(f"metric {m!r} is not available in {mode} mode (choose from {', '.join(allowed)})")
+        if key not in out:
+            out.append(key)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def _is_mc(rows: list) -> bool:
+    return bool(rows) and isinstance(rows[0], dict) and "choices" in rows[0] and "question" in rows[0]
+
+
+def mc_rows(rows: list, source: str) -> list[dict]:
+    """Validate multiple-choice rows to ``{"question", "choices", "answer": index}``; errors name the row and field."""
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"expected an object per row, got {type(row).__name__}", source, i)
+        q = row.get("question")
+        if not isinstance(q, str) or not q.strip():
+            raise DataError("missing or empty question (a string)", source, i, "question")
+        choices = row.get("choices")
+        if not isinstance(choices, list) or len(choices) < 2:
+            raise DataError("expected a list of at least two choices", source, i, "choices")
+        for j, c in enumerate(choices):
+            if not isinstance(c, str) or not c.strip():
+                raise DataError(f"expected a non-empty string, got {c!r}", source, i, f"choices[{j}]")
+        if len(set(choices)) != len(choices):
+            raise DataError("two choices are identical", source, i, "choices")
+        out.append({"question": q, "choices": choices, "answer": _answer_index(row.get("answer"), choices, source, i)})
+    return out
+
+
+def _answer_index(a: Any, choices: list[str], source: str, i: int) -> int:
+    n = len(choices)
+    if isinstance(a, bool) or a is None:
+        raise DataError(f"missing answer: give the 0-based index, a letter A-{chr(64 + n)} or the choice text",
+                        source, i, "answer")
+    if isinstance(a, int):
+        if 0 <= a < n:
+            return a
+        raise DataError(f"answer index {a} is out of range for {n} choices (0-based)", source, i, "answer")
+    if isinstance(a, str):
+        if a in choices:
+            return choices.index(a)
+        s = a.strip()
+        if len(s) == 1 and s.upper().isalpha():
+            k = ord(s.upper()) - 65
+            if k < n:
+                return k
+            raise DataError(f"answer letter {s!r} is beyond the {n} choices", source, i, "answer")
+        raise DataError(f"answer {a!r} is neither a letter nor one of the choices", source, i, "answer")
+    raise DataError(f"answer must be an index, a letter or the choice text, got {type(a).__name__}", source, i, "answer")
+
+
+def _predict_rows(ref: str, fmt: str, max_samples: Optional[int]) -> tuple[list[dict], str]:
+    """(prompt messages, reference) pairs through the training data pipeline, so every format it reads works."""
+    from .data.pipeline import load_rows
+    from .data.registry import get_spec
+
+    spec = get_spec(ref)
+    source = spec.source if isinstance(spec.source, str) else f"<{spec.name}>"
+    rows, kind = load_rows(ref, fmt, None, max_samples)
+    out = []
+    for i, r in enumerate(rows):
+        if kind == "sft":
+            msgs = r["messages"]
+            out.append({"prompt": msgs[:-1], "reference": msgs[-1]["content"]})
+        elif kind == "prompt":
+            if r["answer"] is None:
+                raise DataError("predict mode needs a reference answer", source, i, "answer")
+            out.append({"prompt": r["prompt"], "reference": r["answer"]})
+        else:
+            raise DataError(f"predict mode needs chat rows (alpaca, messages, sharegpt) or prompt rows with an "
+                            f"answer; this dataset is {kind} data", source)
+    return out, source
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def _source_info(source: Any) -> tuple[Any, Optional[Path], Any]:
+    """(what ChatModel.load takes, the run dir if any, the RunConfig if known)."""
+    from .config import RunConfig
+    from .engine import Run, open_run
+    from .infer.hf import ChatModel
+
+    if isinstance(source, Run):
+        if not source.done and source.status != "pending":
+            raise RuntimeError(f"the run is still {source.status}: wait for it to finish (or stop it) before evaluating")
+        return source, source.run_dir, source.config
+    if isinstance(source, ChatModel):
+        return source, None, None
+    if isinstance(source, (str, os.PathLike)) and (Path(source) / "config.yaml").exists():
+        return str(source), Path(source), open_run(source).config
+    if source is None or isinstance(source, (RunConfig, dict)) or str(source).endswith((".yaml", ".yml")):
+        cfg = RunConfig.coerce(source)
+        return cfg, None, cfg
+    return str(source), None, None
+
+
+def _mc_logprobs(cm, question: str, choices: list[str]) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of each choice as the assistant's answer to ``question``."""
+    import torch
+
+    from .data.encode import encode_prompt
+
+    tok = cm.tokenizer
+    prompt = encode_prompt(tok, [{"role": "user", "content": question}])
+    conts = [tok(c, add_special_tokens=False)["input_ids"] for c in choices]
+    seqs = [prompt + c for c in conts]
+    width = max(len(s) for s in seqs)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    device = next(cm.model.parameters()).device
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+    with torch.inference_mode():
+        logits = cm.model(input_ids=ids, attention_mask=mask).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)       # position t predicts token t+1
+    out = []
+    for k, c in enumerate(conts):
+        start = len(prompt)
+        targets = ids[k, start: start + len(c)]
+        lp = logp[k, start - 1: start - 1 + len(c)].gather(-1, targets[:, None]).sum().item()
+        out.append((lp, len(c)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ entry
+
+
+def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "auto",
+             metrics: Optional[list[str]] = None, max_samples: Optional[int] = None,
+             max_new_tokens: Optional[int] = None, output_dir: Optional[str] = None, data_format: str = "auto",
+             tokenize: Callable[[str], list[str]] = simple_tokenize, progress: Optional[Callable[[int, int], None]] = None,
+             **overrides: Any) -> dict:
+    """Score ``source`` (a Run, run dir, RunConfig/dict/YAML, model name/path or ChatModel) on ``dataset``.
+
+    ``dataset``: a registered name or a file; default: the config's ``data.eval_dataset``.
+    ``mode``: ``auto`` (``mc`` when rows have question + choices, else ``predict``), ``predict`` or ``mc``.
+    ``metrics``: predict: ``bleu``, ``rouge`` (default both); mc: ``accuracy``.
+    ``overrides``: RunConfig keys applied when the model is loaded (e.g. ``model__dtype="float32"``).
+    Returns the scores (also written to ``scores.json`` next to ``predictions.jsonl``).
+    """
+    from .data.registry import get_spec, read_spec
+    from .infer.hf import ChatModel
+    from .paths import forge_home
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    load_src, run_dir, cfg = _source_info(source)
+    if dataset is None and cfg is not None and cfg.data.eval_dataset:
+        ev = cfg.data.eval_dataset
+        dataset = ev if isinstance(ev, str) else ",".join(ev)
+    if not dataset:
+        raise ValueError("name a dataset to evaluate on (a registered name such as demo_mc, or a file path)")
+    if "," in dataset:
+        raise ValueError(f"evaluate one dataset at a time; got {dataset!r}")
+
+    spec = get_spec(dataset)
+    raw, source_label = read_spec(spec)
+    if not raw:
+        raise DataError("the dataset is empty", source_label)
+    if mode == "auto":
+        mode = "mc" if _is_mc(raw) else "predict"
+    metrics = _check_metrics(metrics, MC_METRICS if mode == "mc" else PREDICT_METRICS, mode)
+    if mode == "mc":
+        rows = mc_rows(raw[:max_samples] if max_samples else raw, source_label)
+    else:
+        if _is_mc(raw):
+            raise DataError("this is a multiple-choice dataset (question + choices): use mode='mc'", source_label)
+        rows, source_label = _predict_rows(dataset, data_format, max_samples)
+
+    # where results go: the run dir if there is one, else FORGE_HOME/evals
+    name = re.sub(r"[^\w.-]+", "_", spec.name)
+    if output_dir:
+        out = Path(output_dir).expanduser()
+    elif run_dir is not None:
+        out = run_dir / "eval" / name
+    else:
+        out = forge_home() / "evals" / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.time()
+    cm = ChatModel.load(load_src, **overrides)
+    was_training = cm.model.training
+    cm.model.eval()   # a Run hands over its model as trained: no dropout while scoring
+    try:
+        records: list[dict] = []
+        if mode == "mc":
+            correct = correct_norm = 0
+            for i, r in enumerate(rows):
+                lps = _mc_logprobs(cm, r["question"], r["choices"])
+                raw_scores = [lp for lp, _ in lps]
+                norm_scores = [lp / max(len(c), 1) for (lp, _), c in zip(lps, r["choices"])]
+                pred = max(range(len(lps)), key=raw_scores.__getitem__)
+                pred_norm = max(range(len(lps)), key=norm_scores.__getitem__)
+                correct += pred == r["answer"]
+                correct_norm += pred_norm == r["answer"]
+                records.append({"row": i, "question": r["question"], "choices": r["choices"], "answer": r["answer"],
+                                "predicted": pred, "predicted_norm": pred_norm, "correct": pred == r["answer"],
+                                "logprobs": raw_scores, "tokens": [n for _, n in lps]})
+                if progress:
+                    progress(i + 1, len(rows))
+            n = len(rows)
+            scores: dict = {"accuracy": 100.0 * correct / n, "accuracy_norm": 100.0 * correct_norm / n,
+                            "chance": 100.0 * sum(1 / len(r["choices"]) for r in rows) / n}
+        else:
+            gen = {"temperature": 0.0}        # greedy: scores are reproducible
+            if max_new_tokens:
+                gen["max_new_tokens"] = max_new_tokens
+            preds = []
+            for i, r in enumerate(rows):
+                preds.append(cm.generate(r["prompt"], **gen))
+                if progress:
+                    progress(i + 1, len(rows))
+            scores, per = score_predictions(preds, [r["reference"] for r in rows], metrics, tokenize)
+            for i, (r, p, s) in enumerate(zip(rows, preds, per)):
+                records.append({"row": i, "prompt": r["prompt"], "reference": r["reference"], "prediction": p, **s})
+    finally:
+        if was_training:
+            cm.model.train()
+
+    result = {**{k: round(v, 4) for k, v in scores.items()}, "n": len(rows), "mode": mode, "dataset": dataset,
+              "model": _model_name(load_src, cfg), "seconds": round(time.time() - t0, 2),
+              "predictions": str(out / "predictions.jsonl"), "output_dir": str(out)}
+    with open(out / "predictions.jsonl", "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    (out / "scores.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    return result
+
+
+def _model_name(load_src: Any, cfg: Any) -> str:
+    if cfg is not None:
+        return cfg.model.name
+    return str(getattr(load_src, "name_or_path", load_src)) if isinstance(load_src, (str, os.PathLike)) else type(load_src).__name__
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def add_eval_parser(sub, fn) -> None:
+    e = sub.add_parser("eval", help="score a model or run on a dataset (BLEU/ROUGE, or multiple-choice accuracy)")
+    e.add_argument("source", nargs="?", default=None,
+                   help="run dir, YAML config, model name or path (default: the embedded model)")
+    e.add_argument("-d", "--dataset", help="registered dataset name or file (default: the config's data.eval_dataset)")
+    e.add_argument("--mode", choices=MODES, default="auto", help="predict, mc, or auto (from the rows)")
+    e.add_argument("--metrics", help="comma separated: bleu, rouge (predict) or accuracy (mc)")
+    e.add_argument("-n", "--max-samples", type=int, help="evaluate the first N rows only")
+    e.add_argument("--max-new-tokens", type=int, help="predict mode: longest answer generated")
+    e.add_argument("-o", "--output-dir", help="where predictions.jsonl and scores.json go")
+    e.set_defaults(fn=fn)
+
+
+def eval_cli(a) -> int:
+    import sys
+
+    def progress(i: int, n: int) -> None:
+        print(f"\r{i}/{n}", end="" if i < n else "\n", file=sys.stderr, flush=True)
+
+    res = evaluate(a.source, a.dataset, mode=a.mode, metrics=a.metrics, max_samples=a.max_samples,
+                   max_new_tokens=a.max_new_tokens, output_dir=a.output_dir, progress=progress)
+    print(json.dumps(res, indent=1, ensure_ascii=False))
+    return 0

@@ -145,3 +145,98 @@ def test_data_preview_button(tiny_cfg, tmp_path):
     p.form["data.dataset"].widget.value = str(bad)     # a file path typed into the dataset box
     p.preview_button.click()
     assert "broken.jsonl" in p.preview_html.value and "#b00020" in p.preview_html.value
+
+
+# ---------------------------------------------------------------- export / evaluate panels (one BackgroundJob)
+
+
+def test_background_job_disables_the_button_and_shows_result_or_error():
+    import threading
+
+    import ipywidgets as W
+
+    from kit.widgets.tools import BackgroundJob
+
+    button, out = W.Button(), W.HTML()
+    job = BackgroundJob(button, out, "working")
+    gate = threading.Event()
+    job.start(lambda: (gate.wait(10), 42)[1], lambda r: f"got {r}")
+    assert button.disabled and out.value == "working" and job.running
+    with pytest.raises(RuntimeError, match="still running"):     # a second click cannot start it twice
+        job.start(lambda: 0, str)
+    gate.set()
+    assert job.wait(10) == 42 and out.value == "got 42" and not button.disabled and job.error is None
+
+    def boom():
+        raise ValueError("bad input, row 3")
+    assert job.start(boom, str, wait=True) is None
+    assert isinstance(job.error, ValueError) and "bad input, row 3" in out.value and not button.disabled
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model_dir):
+    import kit
+    out = tmp_path_factory.mktemp("panel-run") / "run"
+    run = kit.train(model=str(tiny_model_dir), dataset="demo_sft", output_dir=str(out), max_steps=2, batch_size=2,
+                    cutoff_len=64, max_samples=8, save_steps=0, learning_rate=5e-3, lora_rank=4, num_threads=2)
+    assert run.status == "finished", run.traceback
+    return run
+
+
+def test_export_panel_confirms_then_merges_a_lora_run(lora_run, tmp_path):
+    from kit.widgets.tools import ExportPanel
+
+    panel = ExportPanel(source=lambda: None)
+    panel.dry_run.value = True
+    panel.export_button.click()                  # nothing trained yet: said so, no job
+    panel.job.wait(10)
+    assert "train a run first" in panel.output.value and panel.job.thread is None
+
+    out = tmp_path / "merged"
+    panel = ExportPanel(source=lambda: lora_run, out_dir=str(out))
+    panel.export_button.click()                  # merging writes a full copy: asks first
+    assert panel.confirm_box.layout.display is None and "merging" in panel.confirm_text.value
+    assert panel.job.thread is None and not out.exists()
+    panel.confirm_button.click()
+    res = panel.job.wait(120)
+    assert panel.job.error is None, panel.output.value
+    assert res is panel.result and res["merged"] and (out / "model.safetensors").exists()
+    assert (out / "Modelfile").exists() and not (out / "adapter_config.json").exists()
+    assert "<b>done</b>" in panel.output.value and "merged" in panel.output.value
+    assert panel.confirm_box.layout.display == "none" and not panel.export_button.disabled
+
+    broken = ExportPanel(source=lambda: str(tmp_path / "no-such-run"), out_dir=str(tmp_path / "x"))
+    broken.dry_run.value = True
+    assert broken.export(wait=True) is None
+    assert broken.job.error is not None and "#b00020" in broken.output.value and not broken.export_button.disabled
+
+
+def test_evaluate_panel_scores_the_tiny_model(tiny_model_dir, tmp_path):
+    pytest.importorskip("rouge_score")
+    import json
+
+    from kit.widgets.tools import EvaluatePanel
+
+    f = tmp_path / "mc.jsonl"
+    f.write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n"
+                         for q, c, a in [("Capital of France?", ["Paris", "Rome"], 0), ("2+2?", ["5", "4"], 1)]))
+    panel = EvaluatePanel(source=lambda: str(tiny_model_dir), dataset=str(f))
+    assert panel.available and not panel.run_button.disabled
+    panel.run_button.click()
+    scores = panel.job.wait(120)
+    assert panel.job.error is None, panel.output.value
+    assert scores is panel.scores and scores["n"] == 2 and scores["mode"] == "mc"
+    assert 0.0 <= scores["accuracy"] <= 100.0 and "accuracy" in panel.output.value
+    preds = [json.loads(line) for line in open(scores["predictions"])]
+    assert scores["accuracy"] == pytest.approx(50.0 * sum(p["correct"] for p in preds))
+
+    panel.dataset.value = "demo_sft"
+    panel.max_samples.value = 2
+    panel.metrics.value = "rouge"
+    assert panel.options() == {"dataset": "demo_sft", "mode": "auto", "metrics": ["rouge"], "max_samples": 2}
+    panel.mode.value = "mc"
+    assert panel.evaluate(wait=True) is None     # errors land in the output, not in the kernel
+    assert "not available in mc mode" in panel.output.value
+    panel.metrics.value = ""                     # demo_sft has no questions/choices: the row error is shown
+    assert panel.evaluate(wait=True) is None
+    assert "question" in panel.output.value and "row 0" in panel.output.value and not panel.run_button.disabled

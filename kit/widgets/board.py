@@ -37,7 +37,8 @@ class Board:
         self.config_panels = (self.model, self.quant, self.adapter, self.stage, self.data, self.train)
         self.chat = ChatPanel(source=lambda: self.run if self.run is not None else self.config())
         self.export = ExportPanel(source=lambda: self.run)
-        self.evaluate = EvaluatePanel(source=lambda: self.run if self.run is not None else self.config().model.name)
+        # before any run: the board's config (its model, generation settings and eval dataset)
+        self.evaluate = EvaluatePanel(source=lambda: self.run if self.run is not None else self.config())
         # the estimate depends on the model and quantization too
         for key in ("model.name", "model.dtype"):
             self.model.form[key].widget.observe(lambda _: self.adapter._schedule(), names="value")

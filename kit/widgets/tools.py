@@ -2,7 +2,8 @@
 
 Both call the library functions (``kit.export.export``, ``kit.evaluate.evaluate``), imported only
 when used, and say so clearly when this install does not have them. Slow or irreversible exports
-ask for a confirmation first.
+ask for a confirmation first. Both run their work through :class:`BackgroundJob`: the kernel stays
+free (other cells, the Stop button of a training run) while a merge or an evaluation runs.
 """
 from __future__ import annotations
 
@@ -46,6 +47,55 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+class BackgroundJob:
+    """The work behind one button: run ``fn`` in a thread, button disabled meanwhile, result or error shown.
+
+    The button is disabled before the thread starts, so a double click cannot start the job twice.
+    ``render(result)`` turns the result into the output's HTML; an exception is shown with
+    :func:`html_error` (a button has nowhere to raise to) and kept in ``error``.
+    """
+
+    def __init__(self, button: W.Button, output: W.HTML, busy: str):
+        self.button, self.output, self.busy = button, output, busy
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.thread: Optional[threading.Thread] = None
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self, fn: Callable[[], Any], render: Callable[[Any], str], wait: bool = False) -> Any:
+        """Start ``fn``; with ``wait`` block until it ends and return its result (None if it failed)."""
+        if self.running:
+            raise RuntimeError("this job is still running")
+        self.result, self.error = None, None
+        self.button.disabled = True
+        self.output.value = self.busy
+
+        def work():
+            try:
+                self.result = fn()
+                self.output.value = render(self.result)
+            except Exception as e:
+                self.error = e
+                self.output.value = html_error(e)
+            finally:
+                self.button.disabled = False
+
+        self.thread = threading.Thread(target=work, daemon=True)
+        self.thread.start()
+        if wait:
+            self.thread.join()
+            return self.result
+        return None
+
+    def wait(self, timeout: Optional[float] = None) -> Any:
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return self.result
+
+
 class ExportPanel:
     """Merge the adapter, save, write an Ollama Modelfile, convert to GGUF, push to the hub."""
 
@@ -73,10 +123,13 @@ class ExportPanel:
         self.export_button.on_click(lambda _: self.export())
         self.confirm_button.on_click(lambda _: self.export(confirmed=True))
         self.cancel_button.on_click(lambda _: self._hide_confirm())
-        self.result: Optional[dict] = None
-        self._thread: Optional[threading.Thread] = None
+        self.job = BackgroundJob(self.export_button, self.output, "exporting&hellip;")
         self.widget = W.VBox([self.out_dir, self.merge, self.modelfile, self.gguf, self.push_to_hub, self.token,
                               self.dry_run, self.export_button, self.confirm_box, self.output])
+
+    @property
+    def result(self) -> Optional[dict]:
+        return self.job.result
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -105,6 +158,7 @@ class ExportPanel:
         self.confirm_box.layout.display = "none"
 
     def export(self, confirmed: bool = False, wait: bool = False) -> Optional[dict]:
+        """Export in the background (after a confirmation when :meth:`needs_confirmation` says so)."""
         fn, why = _optional("kit.export", "export")
         if fn is None:
             self.output.value = html_error(RuntimeError(why))
@@ -123,30 +177,13 @@ class ExportPanel:
         if out_dir is None:
             run_dir = getattr(source, "run_dir", None) or source
             out_dir = str(run_dir) + "/export"
-        done: dict = {}
-
-        def work():
-            try:
-                self.export_button.disabled = True
-                self.output.value = "exporting&hellip;"
-                done.update(fn(source, out_dir, **self.options()) or {})
-                self.result = done
-                self.output.value = "<b>done</b>" + _table(done)
-            except Exception as e:
-                self.output.value = html_error(e)
-            finally:
-                self.export_button.disabled = False
-
-        self._thread = threading.Thread(target=work, daemon=True)
-        self._thread.start()
-        if wait:
-            self._thread.join()
-            return self.result
-        return None
+        opts = self.options()
+        return self.job.start(lambda: dict(fn(source, out_dir, **opts) or {}),
+                              lambda done: "<b>done</b>" + _table(done), wait=wait)
 
 
 class EvaluatePanel:
-    """Prediction metrics or benchmarks on a dataset, through ``kit.evaluate.evaluate`` when installed."""
+    """Prediction metrics (BLEU/ROUGE) or multiple-choice accuracy on a dataset, through ``kit.evaluate``."""
 
     title = "Evaluate"
 
@@ -155,50 +192,50 @@ class EvaluatePanel:
 
         self._source = source
         self.dataset = W.Combobox(value=dataset, options=sorted(list_datasets()), description="dataset",
+                                  placeholder="name or file (blank: the config's eval dataset)",
                                   ensure_option=False, layout=W.Layout(width="420px"))
+        self.mode = W.Dropdown(options=[("auto (from the rows)", "auto"), ("predict: BLEU / ROUGE", "predict"),
+                                        ("multiple choice: accuracy", "mc")], value="auto", description="mode")
         self.metrics = W.Text(value=metrics, description="metrics", placeholder="e.g. bleu, rouge (blank: defaults)",
                               layout=W.Layout(width="420px"))
+        self.max_samples = W.BoundedIntText(value=0, min=0, max=10**9, description="max rows",
+                                            tooltip="evaluate the first n rows only (0: all)")
         self.run_button = W.Button(description="Evaluate", icon="check", button_style="primary")
         self.output = W.HTML()
         self.run_button.on_click(lambda _: self.evaluate())
-        self.scores: Optional[dict] = None
-        self._thread: Optional[threading.Thread] = None
+        self.job = BackgroundJob(self.run_button, self.output, "evaluating&hellip;")
         fn, why = _optional("kit.evaluate", "evaluate")
         self.available = fn is not None
         if not self.available:
             self.output.value = f"<span style='color:#777'>Evaluation is not available: {html.escape(why)}.</span>"
             self.run_button.disabled = True
-        self.widget = W.VBox([self.dataset, self.metrics, self.run_button, self.output])
+        self.widget = W.VBox([self.dataset, self.mode, self.metrics, self.max_samples, self.run_button, self.output])
+
+    @property
+    def scores(self) -> Optional[dict]:
+        return self.job.result
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
         display(self.widget)
 
+    def options(self) -> dict:
+        """The keyword arguments for ``kit.evaluate`` the form describes."""
+        kwargs: dict = {"dataset": self.dataset.value.strip() or None, "mode": self.mode.value}
+        metrics = [m.strip() for m in self.metrics.value.split(",") if m.strip()]
+        if metrics:
+            kwargs["metrics"] = metrics
+        if self.max_samples.value:
+            kwargs["max_samples"] = self.max_samples.value
+        return kwargs
+
     def evaluate(self, wait: bool = False) -> Optional[dict]:
+        """Evaluate in the background; ``wait=True`` returns the scores (None if it failed: see ``output``)."""
         fn, why = _optional("kit.evaluate", "evaluate")
         if fn is None:
             self.output.value = html_error(RuntimeError(why))
             return None
-        source = _resolve(self._source)
-        metrics = [m.strip() for m in self.metrics.value.split(",") if m.strip()] or None
-        kwargs: dict = {"dataset": self.dataset.value.strip() or None}
-        if metrics:
-            kwargs["metrics"] = metrics
-
-        def work():
-            try:
-                self.run_button.disabled = True
-                self.output.value = "evaluating&hellip;"
-                self.scores = dict(fn(source, **kwargs) or {})
-                self.output.value = _table(self.scores)
-            except Exception as e:
-                self.output.value = html_error(e)
-            finally:
-                self.run_button.disabled = False
-
-        self._thread = threading.Thread(target=work, daemon=True)
-        self._thread.start()
-        if wait:
-            self._thread.join()
-            return self.scores
-        return None
+        kwargs = self.options()
+        # the source is resolved inside the job: building it (e.g. the board's config) may fail, and
+        # that error belongs in the output like any other
+        return self.job.start(lambda: dict(fn(_resolve(self._source), **kwargs) or {}), _table, wait=wait)

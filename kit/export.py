@@ -260,7 +260,7 @@ def write_gguf(model, tok, path: Path, kind: str = "f16") -> Path:
     w.add_token_types(types)
     w.add_token_merges(merges)
     for setter, tid in ((w.add_bos_token_id, tok.bos_token_id), (w.add_eos_token_id, tok.eos_token_id),
-                        (w.add_pad_token_id, tok.pad_token_id)):
+                        (w.add_pad_token_id, tok.pad_token_id), (w.add_unk_token_id, tok.unk_token_id)):
         if tid is not None:
             setter(int(tid))
     if tok.chat_template:

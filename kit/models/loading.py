@@ -169,6 +169,35 @@ def _wrap_hub_error(name: str, e: Exception) -> Exception:
 # ------------------------------------------------------------------ loading
 
 
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def _has_hf_tokenizer_files(path: str) -> bool:
+    return Path(path).is_dir() and any((Path(path) / f).exists() for f in _HF_TOKENIZER_FILES)
+
+
+def _gguf_tokenizer_alone(path: str, gguf_file: str, kw: dict):
+    """The tokenizer described by the GGUF file itself.
+
+    Given ``gguf_file=`` in a directory that also holds transformers tokenizer files (an export
+    directory: merged weights + GGUF side by side), transformers mixes the sibling
+    tokenizer_config.json into the GGUF tokenizer and the result has neither the chat template nor
+    the special tokens. So the file is read on its own, through a link in a private directory.
+    """
+    from transformers import AutoTokenizer
+
+    src = (Path(path) / gguf_file).resolve()
+    with tempfile.TemporaryDirectory(prefix="forge-gguf-tok-") as d:
+        link = Path(d) / src.name
+        try:
+            link.symlink_to(src)
+        except OSError:  # no symlinks here (some Windows setups): a copy reads the same
+            shutil.copyfile(src, link)
+        tok = AutoTokenizer.from_pretrained(d, **{**kw, "gguf_file": src.name})
+    tok.name_or_path = str(src)
+    return tok
+
+
 def load_tokenizer(model_cfg: ModelConfig, path: str | None = None, gguf_file: str | None = None):
     from transformers import AutoTokenizer
 
@@ -178,7 +207,10 @@ def load_tokenizer(model_cfg: ModelConfig, path: str | None = None, gguf_file: s
     if gguf_file:
         kw["gguf_file"] = gguf_file
     try:
-        tok = AutoTokenizer.from_pretrained(path, **kw)
+        if gguf_file and _has_hf_tokenizer_files(path):
+            tok = _gguf_tokenizer_alone(path, gguf_file, kw)
+        else:
+            tok = AutoTokenizer.from_pretrained(path, **kw)
     except OSError as e:
         raise _wrap_hub_error(path, e) from e
     if model_cfg.template:

@@ -14,8 +14,9 @@ from .infer.hf import ChatModel, chat  # noqa: E402
 # bound eagerly (the module is light): a lazy ``from . import evaluate`` in __getattr__ recurses, and
 # the first ``import kit.evaluate`` would leave the module, not the function, at ``kit.evaluate``
 from .evaluate import evaluate  # noqa: E402
+from .export import export  # noqa: E402  (same reason; the module imports only the standard library and config)
 
-__all__ = ["RunConfig", "ConfigError", "Run", "train", "open_run", "chat", "ChatModel", "evaluate", "__version__"]
+__all__ = ["RunConfig", "ConfigError", "Run", "train", "open_run", "chat", "ChatModel", "evaluate", "export", "__version__"]
 
 
 def __getattr__(name: str):
@@ -23,9 +24,6 @@ def __getattr__(name: str):
     if name == "Board":
         from .widgets import Board
         return Board
-    if name in ("export",):
-        from . import export as _e
-        return _e.export
     if name in ("score",):
         from .stages.rm import score
         return score

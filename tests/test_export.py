@@ -60,6 +60,13 @@ def test_merge_matches_adapter_and_modelfile(trained_run, tmp_path):
     assert 'SYSTEM """You are terse."""' in mf
 
 
+def test_kit_export_is_the_function():
+    import importlib
+    # a lazy attribute once recursed here; and importing the submodule must not shadow the function
+    assert kit.export is export and importlib.import_module("kit.export").export is export
+    assert callable(kit.export)
+
+
 def test_non_chatml_template_is_refused(default_tokenizer):
     import copy
     tok = copy.deepcopy(default_tokenizer)

@@ -210,7 +210,11 @@ def _source_info(source: Any) -> tuple[Any, Optional[Path], Any]:
 
 
 def _mc_logprobs(cm, question: str, choices: list[str]) -> list[tuple[float, int]]:
-    """(summed log-probability, token count) of each choice as the assistant's answer to ``question``."""
+    """(summed log-probability, token count) of each choice as the assistant's answer to ``question``.
+
+    The prompt (chat template, system prompt, question) is the same for every choice and much longer
+    than the choices, so it is run once and its key/value cache shared by the batch of choices.
+    """
     import torch
 
     from .data.encode import encode_prompt
@@ -218,20 +222,25 @@ def _mc_logprobs(cm, question: str, choices: list[str]) -> list[tuple[float, int
     tok = cm.tokenizer
     prompt = encode_prompt(tok, [{"role": "user", "content": question}])
     conts = [tok(c, add_special_tokens=False)["input_ids"] for c in choices]
-    seqs = [prompt + c for c in conts]
-    width = max(len(s) for s in seqs)
+    for c, text in zip(conts, choices):
+        if not c:
+            raise ValueError(f"choice {text!r} encodes to no tokens")
+    k, width = len(conts), max(len(c) for c in conts)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = next(cm.model.parameters()).device
-    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
     with torch.inference_mode():
-        logits = cm.model(input_ids=ids, attention_mask=mask).logits.float()
-    logp = torch.log_softmax(logits[:, :-1], dim=-1)       # position t predicts token t+1
+        head = cm.model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
+        first = torch.log_softmax(head.logits[0, -1].float(), dim=-1)       # predicts each choice's first token
+        cache = head.past_key_values
+        cache.batch_repeat_interleave(k)
+        # right padding: the pad positions come after every real token, so they change nothing before them
+        ids = torch.tensor([c + [pad] * (width - len(c)) for c in conts], device=device)
+        mask = torch.tensor([[1] * (len(prompt) + len(c)) + [0] * (width - len(c)) for c in conts], device=device)
+        rest = torch.log_softmax(cm.model(input_ids=ids, attention_mask=mask, past_key_values=cache,
+                                          use_cache=False).logits.float(), dim=-1)
     out = []
-    for k, c in enumerate(conts):
-        start = len(prompt)
-        targets = ids[k, start: start + len(c)]
-        lp = logp[k, start - 1: start - 1 + len(c)].gather(-1, targets[:, None]).sum().item()
+    for j, c in enumerate(conts):
+        lp = first[c[0]].item() + sum(rest[j, t - 1, c[t]].item() for t in range(1, len(c)))
         out.append((lp, len(c)))
     return out
 

@@ -196,3 +196,15 @@ def test_adapter_config_cross_checks():
     with pytest.raises(ConfigError, match="freeze_trainable_layers"):
         RunConfig.from_kwargs(finetuning_type="freeze", freeze_trainable_layers=0)
     RunConfig.from_kwargs(loraplus_lr_ratio=4)  # the valid combination passes
+
+
+@pytest.mark.parametrize("kw,key", [(dict(quant__bits=4, finetuning_type="full"), "adapter.type"),
+                                    (dict(quant__bits=8, finetuning_type="freeze"), "adapter.type"),
+                                    (dict(quant__bits=4, resume_adapter="/tmp/x"), "adapter.resume_adapter")])
+def test_quantized_base_rules_name_the_key_and_the_fix(kw, key):
+    """Training a quantized base in full (or some layers of it) and merging an adapter into a quantized base
+    (stacking) are refused when the config is built, naming the key and what to change."""
+    from kit import ConfigError, RunConfig
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_kwargs(**kw)
+    assert e.value.key == key and "quant.bits=null" in str(e.value), str(e.value)

@@ -67,6 +67,27 @@ def test_kit_export_is_the_function():
     assert callable(kit.export)
 
 
+def test_qlora_run_merges_into_full_precision_base(tiny_cfg, tmp_path):
+    """A 4-bit base cannot take the LoRA delta exactly: export merges into an fp32 copy of the base."""
+    import json
+
+    from safetensors import safe_open
+
+    run = kit.train(tiny_cfg(lora_rank=4, quant__bits=4, max_steps=2, max_samples=8, save_steps=0,
+                             learning_rate=5e-3))
+    assert run.status == "finished", run.traceback
+    out = tmp_path / "merged"
+    assert export(run, out, modelfile=False)["merged"]
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    fp32_plus_adapter = load_model(run.config.replace(quant__bits=None, model__adapter_path=str(run.run_dir)))
+    merged = load_model(run.config.replace(quant__bits=None, model__name=str(out)), with_adapter=False)
+    assert not hasattr(merged.model, "peft_config")
+    torch.testing.assert_close(_greedy(merged.model, merged.tokenizer)[1],
+                               _greedy(fp32_plus_adapter.model, fp32_plus_adapter.tokenizer)[1], atol=1e-4, rtol=1e-4)
+
+
 def test_non_chatml_template_is_refused(default_tokenizer):
     import copy
     tok = copy.deepcopy(default_tokenizer)

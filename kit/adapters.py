@@ -147,13 +147,40 @@ def param_counts(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+# transformers' default GaLore rank (optim_args "rank"), used by the memory estimate
+GALORE_RANK = 128
+
+
+def _galore_state_bytes(model: nn.Module) -> int:
+    """Adam states under GaLore: each targeted (m, n) matrix keeps its two moments in the projected
+    space, r x max(m, n), plus the projection matrix, r x min(m, n) (r capped at min(m, n)); the
+    other trainable parameters keep full AdamW states."""
+    from .stages.common import GALORE_TARGETS
+
+    targets = {f"{name}.weight" for name, mod in model.named_modules()
+               if isinstance(mod, nn.Linear) and re.fullmatch(GALORE_TARGETS, name)}
+    total = 0
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name in targets and p.dim() == 2:
+            m, n = p.shape
+            r = min(GALORE_RANK, m, n)
+            total += 4 * (2 * r * max(m, n) + r * min(m, n))
+        else:
+            total += 8 * p.numel()
+    return total
+
+
 def estimate_memory_bytes(model: nn.Module, cfg: RunConfig) -> dict:
-    """Rough training memory: weights + grads + Adam states of trainable params (activations excluded)."""
+    """Rough training memory: weights + grads + optimizer states of trainable params (activations excluded)."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    opt_bytes = 2 if cfg.train.optim == "adamw_8bit" else 8  # two states per param
     grads = trainable * 4
-    states = trainable * opt_bytes
+    if cfg.train.optim == "galore_adamw":
+        states = _galore_state_bytes(model)
+    else:
+        states = trainable * (2 if cfg.train.optim == "adamw_8bit" else 8)  # two states per param
     return {"weights": weights, "grads": grads, "optimizer": states, "total": weights + grads + states}
 
 

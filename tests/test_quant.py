@@ -68,6 +68,16 @@ def test_galore_full_finetuning_trains_and_resumes(tiny_cfg, tiny_model_dir, tmp
     for n in GALORE_TARGETS:
         assert not torch.equal(before[n], after[n]), f"{n} did not change"
 
+    # the model event's estimate counts what GaLore keeps: the projected moments and the projection
+    inner_states = 0
+    for st in inner.state.values():
+        tensors = [v for v in st.values() if torch.is_tensor(v) and v.dim() > 0]  # the moments, not the step
+        if "projector" in st:
+            tensors.append(st["projector"].ortho_matrix)
+        inner_states += sum(t.numel() * t.element_size() for t in tensors)
+    est = next(e for e in run.events if e.kind == "model").get("memory_estimate")
+    assert est["optimizer"] == inner_states, (est, inner_states)
+
     # a GaLore checkpoint holds projector objects; resuming it gives the same steps as one straight run
     resumed = open_run(run.run_dir).resume(max_steps=4)
     assert resumed.status == "finished", resumed.traceback

@@ -38,9 +38,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout: import this kit even when it is not installed
 MODEL = "smollm2-135m-instruct"
-CONTENDERS = ("forge", "trl", "trl-packed", "llamafactory", "llamafactory-packed")
-DEFAULT_CONTENDERS = ("forge", "trl", "trl-packed")
+CONTENDERS = ("forge", "forge-blockmask", "trl", "trl-packed", "llamafactory", "llamafactory-packed")
+DEFAULT_CONTENDERS = ("forge", "forge-blockmask", "trl", "trl-packed")
+LF_VERSION = "0.9.5"
 LF_VENV = Path.home() / ".cache" / "forge-kit" / "bench" / "llamafactory-venv"
 
 
@@ -102,13 +104,19 @@ def machine() -> dict:
     return info
 
 
+def model_path() -> str:
+    """The embedded default model as a local safetensors dir (converted once by Forge)."""
+    from kit.models import resolve_model_path
+    return resolve_model_path(MODEL)[0]
+
+
 def run_child(name: str, args, out_json: Path) -> dict:
     py = sys.executable
     if name.startswith("llamafactory"):
         py = str(ensure_llamafactory_venv())
     argv = [py, str(Path(__file__).resolve()), "--child", name, "--steps", str(args.steps),
             "--batch-size", str(args.batch_size), "--cutoff-len", str(args.cutoff_len),
-            "--device", args.device, "--child-out", str(out_json)]
+            "--device", args.device, "--child-out", str(out_json), "--model-path", model_path()]
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -138,9 +146,15 @@ def ensure_llamafactory_venv() -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(LF_VENV)], check=True)
         import torch
         pin = torch.__version__.split("+")[0]
-        subprocess.run([str(py), "-m", "pip", "install", f"torch=={pin}",
-                        "--index-url", "https://download.pytorch.org/whl/cpu"], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "llamafactory", "psutil", f"torch=={pin}"], check=True)
+        # the configured index serves the CPU wheel of this torch; pinning it in both calls keeps
+        # LLaMA-Factory's own requirements from swapping it for a multi-GB CUDA build
+        print(f"bench: installing LLaMA-Factory {LF_VERSION} into {LF_VENV} (once)", file=sys.stderr)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", f"torch=={pin}"], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", f"llamafactory=={LF_VERSION}", "psutil", "pyyaml",
+                        f"torch=={pin}"], check=True)
+        # the registry's torchvision/torchaudio wheels are built against another torch and break
+        # `import transformers`; text-only SFT does not use them
+        subprocess.run([str(py), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio"], check=True)
     return py
 
 
@@ -154,6 +168,7 @@ class Probe:
         self.real: list[int] = []
         self.trained: list[int] = []
         self.losses: list[float] = []
+        self.model = None
 
     @staticmethod
     def _process_start() -> float:
@@ -179,6 +194,7 @@ class Probe:
             return orig_log(self, args, state, control, logs)
 
         def training_step(self, model, inputs, *a, **kw):
+            probe.model = model
             probe.count(inputs)
             return orig_ts(self, model, inputs, *a, **kw)
 
@@ -190,6 +206,11 @@ class Probe:
             real = int(inputs["num_real_tokens"])
         elif inputs.get("attention_mask") is not None and inputs["attention_mask"].dim() == 2:
             real = int(inputs["attention_mask"].sum())
+        elif inputs.get("attention_mask") is not None and inputs["attention_mask"].dim() == 4:
+            # a block-diagonal 4D mask (LLaMA-Factory's neat_packing): a position is real when it may
+            # attend to itself (padding rows are fully blocked there)
+            diag = inputs["attention_mask"][:, 0].diagonal(dim1=-2, dim2=-1)
+            real = int(diag.sum()) if diag.dtype == torch_bool() else int((diag == 0).sum())
         else:                                     # padding-free packing: every position is real
             real = int(ids.numel())
         lab = inputs.get("labels")
@@ -217,6 +238,11 @@ class Probe:
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def torch_bool():
+    import torch
+    return torch.bool
+
+
 def model_counts(model) -> dict:
     import torch
     mm = sum(m.weight.numel() for m in model.modules()
@@ -235,13 +261,15 @@ def demo_rows() -> list[dict]:
     return out
 
 
-def child_forge(args, probe: Probe) -> dict:
+def child_forge(args, probe: Probe, padding_free: bool = True) -> dict:
+    """Forge's defaults; ``forge-blockmask`` turns padding-free batches off (padded packed rows
+    with a dense 4D block-diagonal mask), to show what the varlen attention path buys."""
     import kit
-    run = kit.train(model=MODEL, dataset="demo_sft", batch_size=args.batch_size, cutoff_len=args.cutoff_len,
+    run = kit.train(model=MODEL, padding_free=padding_free, dataset="demo_sft", batch_size=args.batch_size, cutoff_len=args.cutoff_len,
                     max_steps=args.steps, lora_rank=16, lora_alpha=32, save_steps=0, logging_steps=1,
                     device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32",
                     output_dir=tempfile.mkdtemp(prefix="forge-bench-"))
-    res = probe.result("forge", args.steps)
+    res = probe.result("forge" if padding_free else "forge-blockmask", args.steps)
     res.update(model_counts(run.trainer.model))
     res["forge_reported_first_step_s"] = run.first_step_s
     return res
@@ -277,57 +305,46 @@ def child_trl(args, probe: Probe, packing: bool) -> dict:
     return res
 
 
-def child_llamafactory(args, packing: bool) -> dict:
-    """Runs ``llamafactory-cli train`` (itself a subprocess) and reads its trainer_log.jsonl."""
-    from kit.models import resolve_model_path  # kit is importable through PYTHONPATH
+def child_llamafactory(args, probe: Probe, packing: bool) -> dict:
+    """LLaMA-Factory's own entry point (``run_exp``, what ``llamafactory-cli train`` calls), in this
+    child process under the LLaMA-Factory venv's python, so the same probe times it."""
+    try:
+        import torchaudio  # noqa: F401
+    except (ImportError, OSError):
+        # LLaMA-Factory 0.9.5 imports torchaudio at module level for its audio plugin; the registry
+        # has no torchaudio built for this torch, and text-only SFT never calls it. An empty module
+        # lets the import succeed; any real use would fail loudly with AttributeError.
+        import types
+        sys.modules["torchaudio"] = types.ModuleType("torchaudio")
+    from llamafactory.train.tuner import run_exp
 
-    t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="lf-bench-"))
     (work / "dataset_info.json").write_text(json.dumps({"demo_sft": {
         "file_name": str(ROOT / "data" / "demo_sft.jsonl"),
         "columns": {"prompt": "instruction", "query": "input", "response": "output"}}}))
-    out = work / "out"
-    cfg = {"model_name_or_path": resolve_model_path(MODEL)[0], "stage": "sft", "do_train": True,
+    cfg = {"model_name_or_path": args.model_path, "stage": "sft", "do_train": True,
            "finetuning_type": "lora", "lora_rank": 16, "lora_alpha": 32, "lora_target": "all",
            "dataset": "demo_sft", "dataset_dir": str(work), "template": "chatml", "cutoff_len": args.cutoff_len,
-           "packing": packing, "neat_packing": packing, "output_dir": str(out), "logging_steps": 1,
+           "packing": packing, "neat_packing": packing, "output_dir": str(work / "out"), "logging_steps": 1,
            "per_device_train_batch_size": args.batch_size, "gradient_accumulation_steps": 1,
            "learning_rate": 2e-4, "lr_scheduler_type": "cosine", "max_steps": args.steps,
            "save_strategy": "no", "report_to": "none", "overwrite_output_dir": True,
            "bf16": args.device == "cuda", "use_cpu": args.device == "cpu", "preprocessing_num_workers": 1}
-    import yaml
-    (work / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    cli = Path(sys.executable).parent / "llamafactory-cli"
-    proc = subprocess.run([str(cli), "train", str(work / "cfg.yaml")], capture_output=True, text=True,
-                          env={**os.environ, "DISABLE_VERSION_CHECK": "1"})
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-3000:])
-    logs = [json.loads(l) for l in (out / "trainer_log.jsonl").read_text().splitlines() if l.strip()]
-    steps = [l for l in logs if "loss" in l]
-    # trainer_log has elapsed_time per logged step; tokens are not logged, so estimate them with the
-    # token counts Forge itself would produce is not fair: report s/step and leave token rates to the
-    # real-token count LLaMA-Factory prints when packing is off (none) -> None.
-    el = [float(s.get("elapsed_time", 0)) for s in steps]
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    res = {"name": "llamafactory-packed" if packing else "llamafactory", "steps": len(steps),
-           "s_per_step": (el[-1] - el[0]) / max(len(el) - 1, 1) if len(el) > 1 else None,
-           "first_loss": steps[0]["loss"] if steps else None, "last_loss": steps[-1]["loss"] if steps else None,
-           "first_step_s": None, "process_wall_s": time.time() - t0, "peak_rss_mb": ru,
-           "real_tokens_per_s": None, "trained_tokens_per_s": None,
-           "note": "token rates not measured: trainer_log.jsonl has no token counts"}
+    run_exp(cfg)
+    res = probe.result("llamafactory-packed" if packing else "llamafactory", args.steps)
+    res.update(model_counts(probe.model))
     return res
 
 
 def child_main(args) -> None:
     probe = Probe()
-    if not args.child.startswith("llamafactory"):
-        probe.install()
-    if args.child == "forge":
-        res = child_forge(args, probe)
+    probe.install()
+    if args.child in ("forge", "forge-blockmask"):
+        res = child_forge(args, probe, padding_free=args.child == "forge")
     elif args.child in ("trl", "trl-packed"):
         res = child_trl(args, probe, packing=args.child == "trl-packed")
     else:
-        res = child_llamafactory(args, packing=args.child.endswith("packed"))
+        res = child_llamafactory(args, probe, packing=args.child.endswith("packed"))
     if args.device == "cuda":
         import torch
         res["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
@@ -349,6 +366,7 @@ def parse(argv=None):
                    help="do not run: report the <contender>.json child outputs already in DIR")
     p.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
+    p.add_argument("--model-path", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.steps < 2:
         p.error("--steps must be >= 2 (step 1 is warm-up)")

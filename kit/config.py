@@ -139,6 +139,8 @@ class DataConfig:
     train_on_prompt: bool = _f(False, "Also train on prompt tokens (system/user turns).")
     mask_history: bool = _f(False, "Train only on the last assistant answer.")
     packing: bool = _f(True, "Pack several examples per row, with attention kept inside each example.")
+    padding_free: bool = _f(True, "SFT/PT: put a batch's examples back to back in one row (no padding, attention "
+                                  "per example). Off, or with attn_implementation=eager: padded rows with a block mask.")
     mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = _f("concat", "How several datasets are mixed.")
     interleave_probs: Optional[list] = _f(None, "Sampling probabilities for interleaving.")
     shuffle: bool = _f(True, "Shuffle the training rows (deterministically, with the seed).")

@@ -144,6 +144,54 @@ def test_packed_row_logits_equal_unpacked(tiny_model_dir, default_tokenizer, att
     assert all(batch["labels"][0, st].item() == IGNORE for st in starts)
 
 
+def test_padding_free_batch_matches_examples_alone_forward_and_backward(tiny_model_dir, default_tokenizer):
+    """The default training layout: all examples of a batch back to back in one row, attention per
+    example through ``forge_varlen``. Logits and the gradients of a loss equal those of each example
+    run alone (the sum of their losses)."""
+    from transformers import AutoModelForCausalLM
+    from kit.models.attention import use_varlen
+
+    tok = default_tokenizer
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attn_implementation="sdpa")
+    chats = [CHAT, CHAT[1:3], [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Blue."}]]
+    examples = [encode_chat(tok, c, 512) for c in chats]
+    rows = pack(examples[:2], 512) + [examples[2]]  # a packed row and a single example in one batch
+    batch = ForgeCollator(pad_token_id=tok.pad_token_id, padding_free=True)(rows)
+    n_total = sum(len(e["input_ids"]) for e in examples)
+    assert batch["input_ids"].shape == (1, n_total) and "attention_mask" not in batch
+    assert batch["cu_seq_lens_q"].tolist()[-1] == n_total and len(batch["cu_seq_lens_q"]) == 4
+    assert int(batch["num_real_tokens"]) == n_total
+    order = [e for r in rows for e in ([x for x in examples if x["input_ids"] == r["input_ids"]] or
+                                       _split(r, examples))]
+    assert use_varlen(model) and model.config._attn_implementation == "forge_varlen"
+    fwd = {k: v for k, v in batch.items() if k not in ("labels", "num_real_tokens", "num_trained_tokens")}
+    flat = model(**fwd).logits[0]
+    w = model.model.layers[0].self_attn.q_proj.weight
+    (g_flat,) = torch.autograd.grad(flat.square().mean() * flat.shape[0], w)
+    s, alone_logits, loss_alone = 0, [], 0.0
+    for e in order:
+        n = len(e["input_ids"])
+        lo = model(input_ids=torch.tensor([e["input_ids"]])).logits[0]
+        torch.testing.assert_close(flat[s:s + n].detach(), lo.detach(), atol=1e-4, rtol=1e-4)
+        loss_alone = loss_alone + lo.square().mean() * n
+        s += n
+    (g_alone,) = torch.autograd.grad(loss_alone, w)
+    torch.testing.assert_close(g_flat, g_alone, atol=1e-5, rtol=1e-4)
+    # labels: the first token of every example is ignored, the rest are the examples' own labels
+    starts = batch["cu_seq_lens_q"][:-1].tolist()
+    assert all(batch["labels"][0, st].item() == IGNORE for st in starts)
+    assert batch["position_ids"][0, starts].tolist() == [0, 0, 0]
+
+
+def _split(row, examples):
+    """The examples a packed row holds, in order."""
+    out, s = [], 0
+    for n in row["seq_lens"]:
+        out.append(next(e for e in examples if e["input_ids"] == row["input_ids"][s:s + n]))
+        s += n
+    return out
+
+
 def test_packing_without_the_block_mask_would_leak(tiny_model_dir, default_tokenizer):
     """Control for the test above: a plain causal mask over the same packed row changes the
     second example's logits, so the equality above is a real check."""

@@ -43,8 +43,11 @@ class ForgeCollator:
     pad_token_id: int
     mask_dtype: torch.dtype = torch.float32
     pad_to_multiple_of: int | None = None
+    padding_free: bool = False
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.padding_free:
+            return self._flat(rows)
         length = max(len(r["input_ids"]) for r in rows)
         if self.pad_to_multiple_of:
             m = self.pad_to_multiple_of
@@ -85,3 +88,33 @@ class ForgeCollator:
         batch["num_real_tokens"] = torch.tensor(real)
         batch["num_trained_tokens"] = (labels != IGNORE).sum()
         return batch
+
+    def _flat(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Padding-free layout: every example of the batch back to back in one ``(1, total)`` row.
+
+        No padding and no ``L x L`` mask: examples are delimited by ``cu_seq_lens_q/k`` (the
+        flash-attn varlen convention that transformers forwards to the attention layers, read by
+        flash-attn on GPUs and by :mod:`kit.models.attention` elsewhere) and positions restart at
+        every example. Only valid with one of those attention implementations.
+        """
+        ids, labels, lens = [], [], []
+        for r in rows:
+            seq = list(r.get("seq_lens") or [len(r["input_ids"])])
+            lab = torch.as_tensor(r["labels"]).clone()
+            s = 0
+            for n in seq:
+                lab[s] = IGNORE  # an example's first token is never the target of the previous one
+                s += n
+            ids.append(torch.as_tensor(r["input_ids"]))
+            labels.append(lab)
+            lens += seq
+        ids_t, lab_t = torch.cat(ids)[None], torch.cat(labels)[None]
+        seq_lens = torch.tensor(lens, dtype=torch.int32)
+        cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
+        cu[1:] = seq_lens.cumsum(0)
+        pos = torch.arange(ids_t.shape[1]) - torch.repeat_interleave(cu[:-1].long(), seq_lens.long())
+        max_len = int(seq_lens.max())
+        return {"input_ids": ids_t, "labels": lab_t, "position_ids": pos[None],
+                "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len,
+                "num_real_tokens": torch.tensor(ids_t.shape[1]),
+                "num_trained_tokens": (lab_t != IGNORE).sum()}

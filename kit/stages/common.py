@@ -1,6 +1,7 @@
 """What every stage recipe shares: the context it is given and the common trainer arguments."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,9 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
     )
     if device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         kw["ddp_backend"] = "gloo"  # several CPU processes: gloo is the back end that works without GPUs
+    if device == "cuda" and importlib.util.find_spec("liger_kernel") is not None:
+        # Triton kernels (RMSNorm, RoPE, SwiGLU) patched into the model by transformers; GPU only
+        kw["use_liger_kernel"] = True
     if t.optim == "galore_adamw":
         require_galore()
         # GaLore projects the gradients of the weight matrices inside the decoder blocks (attention

@@ -9,6 +9,7 @@ from __future__ import annotations
 from trl import SFTConfig, SFTTrainer
 
 from ..data import ForgeCollator, build_tokenized
+from ..models.attention import use_varlen
 from . import Recipe, register_recipe
 from .common import StageContext, TokenCounting, base_training_args
 
@@ -35,12 +36,16 @@ class ForgeSFTTrainer(TokenCounting, SFTTrainer):
 def build_sft_trainer(ctx: StageContext, kind: str = "sft"):
     cfg, tok = ctx.cfg, ctx.tokenizer
     train_ds, eval_ds, info = build_tokenized(cfg, tok, kind)
-    if ctx.emit:
-        ctx.emit("data", train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else 0,
-                 packed=cfg.data.packing, **info)
     args = SFTConfig(**base_training_args(cfg, ctx.run_dir, ctx.device, ctx.dtype),
                      dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, packing=False)
-    collator = ForgeCollator(pad_token_id=tok.pad_token_id, mask_dtype=ctx.dtype)
+    # padding-free batches need an attention kernel that reads cu_seq_lens (kit.models.attention);
+    # an explicit eager choice keeps the dense block mask (e.g. to compare against it)
+    padding_free = (cfg.data.padding_free and cfg.model.attn_implementation != "eager"
+                    and use_varlen(ctx.model))
+    collator = ForgeCollator(pad_token_id=tok.pad_token_id, mask_dtype=ctx.dtype, padding_free=padding_free)
+    if ctx.emit:
+        ctx.emit("data", train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else 0,
+                 packed=cfg.data.packing, padding_free=padding_free, **info)
     from ..adapters import build_optimizer
     opt = build_optimizer(ctx.model, cfg)  # LoRA+ param groups; None: the trainer's own optimizer
     return ForgeSFTTrainer(model=ctx.model, args=args, data_collator=collator, train_dataset=train_ds,

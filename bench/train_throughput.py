@@ -169,6 +169,7 @@ class Probe:
         self.trained: list[int] = []
         self.losses: list[float] = []
         self.model = None
+        self._pending = [0, 0]  # tokens of the micro-batches since the last optimizer step
 
     @staticmethod
     def _process_start() -> float:
@@ -186,6 +187,10 @@ class Probe:
 
         def on_step_end(self, args, state, control):
             probe.step_end.append(time.time())
+            # one entry per optimizer step, whatever the gradient accumulation
+            probe.real.append(probe._pending[0])
+            probe.trained.append(probe._pending[1])
+            probe._pending = [0, 0]
             return orig_step_end(self, args, state, control)
 
         def on_log(self, args, state, control, logs):
@@ -220,8 +225,8 @@ class Probe:
             trained = int((lab != -100).sum())
             if "completion_mask" in inputs:
                 trained = int(((lab != -100) & inputs["completion_mask"].bool()).sum())
-        self.real.append(real)
-        self.trained.append(trained)
+        self._pending[0] += real
+        self._pending[1] += trained
 
     def result(self, name: str, steps: int) -> dict:
         n = len(self.step_end)

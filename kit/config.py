@@ -184,6 +184,9 @@ class TrainConfig:
     num_epochs: float = _f(1.0, "Epochs over the training data (when max_steps is -1).", min=0.0)
     batch_size: int = _f(4, "Rows per device per step.", min=1)
     grad_accum: int = _f(1, "Gradient accumulation steps.", min=1)
+    micro_batch_size: Optional[int] = _f(
+        None, "SFT/PT: rows per forward pass; the rest of batch_size is accumulated into the same optimizer step "
+              "(same update, less activation memory). None: 1 packed row on CPU, the whole batch on GPUs.", min=1)
     learning_rate: float = _f(2e-4, "Peak learning rate.", min=0.0)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f("cosine", "Learning-rate schedule.")
     warmup_ratio: float = _f(0.0, "Fraction of steps spent warming up.", min=0.0, max=1.0)
@@ -524,6 +527,10 @@ class RunConfig:
         if a.resume_adapter and q.bits is not None:
             raise ConfigError("stacking merges the old adapter into the base, which needs quant.bits=null.",
                               "adapter.resume_adapter")
+        mb = self.train.micro_batch_size
+        if mb is not None and self.train.batch_size % mb:
+            raise ConfigError(f"must divide train.batch_size={self.train.batch_size} (each optimizer step is "
+                              f"batch_size / micro_batch_size forward passes).", "train.micro_batch_size")
         if a.type == "freeze" and a.freeze_trainable_layers == 0:
             raise ConfigError("must not be 0 (positive: last n layers, negative: first n).", "adapter.freeze_trainable_layers")
         if s.loss_type in ("orpo", "simpo") and s.name != "dpo":

@@ -29,6 +29,7 @@ import torch
 from .config import RunConfig
 from .events import TERMINAL, Event, EventBus, read_events
 from .paths import new_run_dir
+from .runtime import set_threads, training_allocator
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,8 @@ class Run:
             _quiet_trainer(self.trainer)
             if self._stop.is_set():
                 raise StopRequested()
-            result = self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            with training_allocator(loaded.device):
+                result = self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             self.model = self.trainer.model
             self._save_final()
             stopped = self._stop.is_set()
@@ -336,18 +338,6 @@ def _process_start_time() -> float:
         return psutil.Process().create_time()
     except Exception:
         return time.time()
-
-
-def set_threads(n: Optional[int]) -> None:
-    """torch threads = physical cores by default (hyper-threads slow matmuls down)."""
-    if n is None:
-        try:
-            import psutil
-            n = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-        except ImportError:
-            n = os.cpu_count() or 1
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
 
 
 def train(config: Any = None, *, blocking: bool = True, **overrides: Any) -> Run:

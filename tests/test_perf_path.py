@@ -116,3 +116,88 @@ def test_bench_help(script):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "usage" in out.stdout and "--" in out.stdout
+
+
+def test_micro_batches_give_the_same_updates(tiny_cfg, tmp_path):
+    """batch_size=4 as one forward pass or as four accumulated one-row passes: same losses, same weights."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for mb in (4, 1):
+        cfg = _cfg(tiny_cfg, batch_size=4, micro_batch_size=mb, max_steps=3, cutoff_len=64,
+                   output_dir=str(tmp_path / f"mb{mb}"))
+        run = kit.train(cfg)
+        assert run.status == "finished"
+        runs[mb] = run
+    assert runs[1].trainer.args.per_device_train_batch_size == 1
+    assert runs[1].trainer.args.gradient_accumulation_steps == 4
+    l4, l1 = [l for _, l in runs[4].losses()], [l for _, l in runs[1].losses()]
+    assert len(l4) == 3 and l4 == pytest.approx(l1, rel=1e-4)
+    w4 = load_file(str(runs[4].run_dir / "adapter" / "adapter_model.safetensors"))
+    w1 = load_file(str(runs[1].run_dir / "adapter" / "adapter_model.safetensors"))
+    assert w4.keys() == w1.keys()
+    for k in w4:
+        torch.testing.assert_close(w4[k], w1[k], atol=1e-5, rtol=1e-3)
+    assert any(w4[k].abs().sum() > 0 for k in w4 if "lora_B" in k)  # the adapter really moved
+
+
+def test_micro_batch_must_divide_the_batch():
+    with pytest.raises(kit.ConfigError, match="micro_batch_size"):
+        RunConfig.from_kwargs(batch_size=4, micro_batch_size=3)
+
+
+def test_trained_positions_loss_equals_trls_fused_head(tiny_cfg):
+    """Our loss on padding-free batches (logits at trained positions only) == TRL's fused LM head."""
+    from kit.data import ForgeCollator
+    from kit.engine import Run
+
+    cfg = _cfg(tiny_cfg, batch_size=4, max_steps=1)
+    run = Run(cfg)  # only for its run dir
+    from kit.adapters import apply_adapter
+    from kit.models import load_model
+    from kit.stages.common import StageContext
+    from kit.stages.sft import build_sft_trainer
+    loaded = load_model(cfg, with_adapter=False)
+    model = apply_adapter(loaded.model, cfg)
+    trainer = build_sft_trainer(StageContext(cfg=cfg, model=model, tokenizer=loaded.tokenizer,
+                                             run_dir=run.run_dir, device="cpu", dtype=torch.float32))
+    assert trainer.data_collator.padding_free
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    n_items = (batch["labels"] != IGNORE).sum()
+
+    def grads_and_loss(fn):
+        model.zero_grad()
+        loss = fn(dict(batch))
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ours, g_ours = grads_and_loss(lambda b: trainer.compute_loss(model, b, num_items_in_batch=n_items))
+    assert trainer._metrics["train"]["mean_token_accuracy"]
+
+    def trl_path(b):
+        b.pop("num_real_tokens"), b.pop("num_trained_tokens")
+        out = model(**b, use_cache=False, fused_lm_head=True)
+        return -out.log_probs.sum() / n_items
+    theirs, g_theirs = grads_and_loss(trl_path)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    for k in g_ours:
+        torch.testing.assert_close(g_ours[k], g_theirs[k], atol=1e-6, rtol=1e-4)
+
+
+def test_training_allocator_applies_on_cpu_only(monkeypatch):
+    from kit.runtime import training_allocator
+
+    with training_allocator("cuda") as applied:
+        assert applied is False
+    monkeypatch.setenv("FORGE_KEEP_MALLOC", "1")
+    with training_allocator("cpu") as applied:
+        assert applied is False
+    monkeypatch.delenv("FORGE_KEEP_MALLOC")
+    import sys as _sys
+    with training_allocator("cpu") as applied:
+        assert applied is (_sys.platform.startswith("linux") and _glibc_present())
+
+
+def _glibc_present() -> bool:
+    import platform
+    return platform.libc_ver()[0] == "glibc"

@@ -17,6 +17,7 @@ import ctypes.util
 import logging
 import os
 import sys
+import threading
 from typing import Iterator, Optional
 
 import torch
@@ -43,21 +44,40 @@ def _glibc() -> Optional[ctypes.CDLL]:
         return None
 
 
+_lock = threading.Lock()
+_active = 0  # runs training in this process right now (a notebook can run two in threads)
+
+
 @contextlib.contextmanager
 def training_allocator(device: str) -> Iterator[bool]:
-    """Keep freed memory for reuse while CPU training runs (yields whether it applied).
+    """Keep freed memory for reuse while CPU training runs (yields whether it applies).
 
+    Process-wide: the first CPU run to start sets it, the last one to finish restores it.
     ``FORGE_KEEP_MALLOC=1`` leaves the allocator alone (e.g. to measure the difference).
     """
+    global _active
     libc = _glibc() if device == "cpu" and os.environ.get("FORGE_KEEP_MALLOC") != "1" else None
-    applied = bool(libc and libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_MMAP) and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_TRIM))
+    if libc is None:
+        yield False
+        return
+    with _lock:
+        ok = _active > 0 or bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_MMAP)
+                                 and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_TRIM))
+        if ok:
+            _active += 1
+    if not ok:
+        log.debug("mallopt refused the training allocator settings; keeping glibc's defaults")
+        yield False
+        return
     try:
-        yield applied
+        yield True
     finally:
-        if applied:
-            libc.mallopt(_M_MMAP_THRESHOLD, _AFTER_MMAP)
-            libc.mallopt(_M_TRIM_THRESHOLD, _AFTER_TRIM)
-            libc.malloc_trim(0)
+        with _lock:
+            _active -= 1
+            if _active == 0:
+                libc.mallopt(_M_MMAP_THRESHOLD, _AFTER_MMAP)
+                libc.mallopt(_M_TRIM_THRESHOLD, _AFTER_TRIM)
+                libc.malloc_trim(0)
 
 
 def set_threads(n: Optional[int]) -> None:

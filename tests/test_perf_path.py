@@ -201,3 +201,16 @@ def test_training_allocator_applies_on_cpu_only(monkeypatch):
 def _glibc_present() -> bool:
     import platform
     return platform.libc_ver()[0] == "glibc"
+
+
+def test_training_allocator_nests_across_concurrent_runs():
+    import kit.runtime as rt
+
+    if rt._glibc() is None:
+        pytest.skip("glibc only")
+    with rt.training_allocator("cpu") as a:
+        assert a and rt._active == 1
+        with rt.training_allocator("cpu") as b:
+            assert b and rt._active == 2
+        assert rt._active == 1
+    assert rt._active == 0

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout: import this kit even when it is not installed
 MODEL = "smollm2-135m-instruct"
 PROMPTS = [
     "Give me three tips for staying focused while studying.",

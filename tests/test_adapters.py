@@ -208,3 +208,45 @@ def test_quantized_base_rules_name_the_key_and_the_fix(kw, key):
     with pytest.raises(ConfigError) as e:
         RunConfig.from_kwargs(**kw)
     assert e.value.key == key and "quant.bits=null" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_estimate_matches_saved_tensors(tiny_cfg, checkpointing):
+    """The activation part of the memory estimate vs the bytes autograd really keeps for one
+    forward pass of a full packed row (LoRA on all linear layers)."""
+    import torch
+    from kit.adapters import activation_bytes, apply_adapter
+    from kit.models import load_model
+
+    cfg = tiny_cfg(cutoff_len=256, batch_size=2, micro_batch_size=1, gradient_checkpointing=checkpointing)
+    loaded = load_model(cfg, with_adapter=False)
+    model = apply_adapter(loaded.model, cfg)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+    ids = torch.randint(0, model.config.vocab_size, (1, 256))
+    backbone = model.get_base_model().model
+
+    def kept(fn):
+        seen.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = fn()
+        return sum(seen.values()), out
+    layers, _ = kept(lambda: backbone(input_ids=ids, use_cache=False).last_hidden_state)
+    total, _ = kept(lambda: model(input_ids=ids, labels=ids, use_cache=False).loss)  # full logits + CE
+    est = activation_bytes(model.config, cfg, device="cpu", dtype_bytes=4)
+    est_layers = est - 256 * model.config.vocab_size * 4
+    if checkpointing:  # the estimate adds one layer's full set, alive only while backward recomputes it
+        c = model.config
+        est_layers -= 256 * (10 * c.hidden_size + 3 * c.intermediate_size) * 4
+    assert 0.75 * layers < est_layers < 1.33 * layers, (est_layers, layers)
+    assert 0.75 * total < est < 1.33 * total, (est, total)

@@ -71,7 +71,7 @@ def _estimate(path: str, adapter_yaml: str, bits: Optional[int], optim: str, dty
 
 
 def estimate(cfg: RunConfig) -> dict:
-    """``{trainable, total, weights_bytes, grads_bytes, optimizer_bytes, total_bytes}`` (activations excluded).
+    """``{trainable, total, weights_bytes, grads_bytes, optimizer_bytes, activations_bytes, total_bytes}``.
 
     Raises FileNotFoundError when the model is not on disk yet (hub ids are never fetched here).
     """
@@ -82,8 +82,13 @@ def estimate(cfg: RunConfig) -> dict:
         raise FileNotFoundError(f"'{cfg.model.name}' is not on disk yet; the estimate appears after the first load")
     # initialisation and stacking do not change the shapes; quantization is counted in bytes below
     shape_cfg = RunConfig.from_dict({"adapter": {**cfg.to_dict()["adapter"], "init": "default", "resume_adapter": None}})
-    dtype = pick_dtype(cfg.model.dtype, pick_device(cfg.model.device))
-    return dict(_estimate(path, shape_cfg.to_yaml(), cfg.quant.bits, cfg.train.optim, str(dtype).replace("torch.", "")))
+    device = pick_device(cfg.model.device)
+    dtype_name = str(pick_dtype(cfg.model.dtype, device)).replace("torch.", "")
+    e = dict(_estimate(path, shape_cfg.to_yaml(), cfg.quant.bits, cfg.train.optim, dtype_name))
+    from ..adapters import activation_bytes
+    e["activations_bytes"] = activation_bytes(_meta_model_config(path), cfg, device, _bytes_per(dtype_name))
+    e["total_bytes"] += e["activations_bytes"]
+    return e
 
 
 def human(n: float, unit: str = "") -> str:

@@ -131,7 +131,8 @@ class AdapterPanel(Panel):
             e = estimate(self.config())
             self.params.value = (f"<small>trainable <b>{human(e['trainable'])}</b> of {human(e['total'])} params "
                                  f"({100 * e['trainable'] / max(e['total'], 1):.2f}%) &middot; "
-                                 f"~{human_bytes(e['total_bytes'])} for weights+grads+optimizer</small>")
+                                 f"~{human_bytes(e['total_bytes'])} to train (weights {human_bytes(e['weights_bytes'])}, "
+                                 f"activations {human_bytes(e['activations_bytes'])})</small>")
         except Exception as e:  # the estimate is a hint: show why it is missing, never crash
             self.params.value = f"<small>trainable params: n/a ({html.escape(str(e)[:200])})</small>"
 

@@ -116,7 +116,7 @@ def run_child(name: str, args, out_json: Path) -> dict:
         py = str(ensure_llamafactory_venv())
     argv = [py, str(Path(__file__).resolve()), "--child", name, "--steps", str(args.steps),
             "--batch-size", str(args.batch_size), "--cutoff-len", str(args.cutoff_len),
-            "--device", args.device, "--child-out", str(out_json), "--model-path", model_path()]
+            "--device", args.device, "--child-out", str(out_json), "--model-path", args.model_path]
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -150,8 +150,7 @@ def ensure_llamafactory_venv() -> Path:
         # LLaMA-Factory's own requirements from swapping it for a multi-GB CUDA build
         print(f"bench: installing LLaMA-Factory {LF_VERSION} into {LF_VENV} (once)", file=sys.stderr)
         subprocess.run([str(py), "-m", "pip", "install", "-q", f"torch=={pin}"], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", f"llamafactory=={LF_VERSION}", "psutil", "pyyaml",
-                        f"torch=={pin}"], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", f"llamafactory=={LF_VERSION}", "psutil", f"torch=={pin}"], check=True)
         # the registry's torchvision/torchaudio wheels are built against another torch and break
         # `import transformers`; text-only SFT does not use them
         subprocess.run([str(py), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio"], check=True)
@@ -206,6 +205,7 @@ class Probe:
         CallbackHandler.on_step_end, CallbackHandler.on_log, Trainer.training_step = on_step_end, on_log, training_step
 
     def count(self, inputs: dict) -> None:
+        import torch
         ids = inputs["input_ids"]
         if "num_real_tokens" in inputs:          # Forge's collator counts them (its mask is 4D)
             real = int(inputs["num_real_tokens"])
@@ -215,7 +215,7 @@ class Probe:
             # a block-diagonal 4D mask (LLaMA-Factory's neat_packing): a position is real when it may
             # attend to itself (padding rows are fully blocked there)
             diag = inputs["attention_mask"][:, 0].diagonal(dim1=-2, dim2=-1)
-            real = int(diag.sum()) if diag.dtype == torch_bool() else int((diag == 0).sum())
+            real = int(diag.sum()) if diag.dtype == torch.bool else int((diag == 0).sum())
         else:                                     # padding-free packing: every position is real
             real = int(ids.numel())
         lab = inputs.get("labels")
@@ -241,11 +241,6 @@ class Probe:
                 "trained_tokens": sum(self.trained[:n]), "first_loss": self.losses[0] if self.losses else None,
                 "last_loss": self.losses[-1] if self.losses else None,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def torch_bool():
-    import torch
-    return torch.bool
 
 
 def model_counts(model) -> dict:
@@ -288,10 +283,9 @@ def child_trl(args, probe: Probe, packing: bool) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from kit.config import RunConfig
-    from kit.models import resolve_model_path
 
     d = RunConfig().train  # same optimiser settings as Forge's defaults
-    path = resolve_model_path(MODEL)[0]
+    path = args.model_path
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     torch.set_num_threads(physical_cores())
     tok = AutoTokenizer.from_pretrained(path)
@@ -392,6 +386,8 @@ def main(argv=None) -> int:
     print(f"machine: {info['cpu']} ({info['physical_cores']} cores), torch {info['torch']}, "
           f"load {info['loadavg_start']}")
     print(f"matmul peak ({peak['dtype']}): {peak['peak_flops'] / 1e9:.1f} GFLOP/s")
+    if not args.report:
+        args.model_path = args.model_path or model_path()  # resolved once, handed to every child
     results = []
     tmp = Path(args.report) if args.report else Path(tempfile.mkdtemp(prefix="bench-"))
     for name in args.contenders:

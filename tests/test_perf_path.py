@@ -78,22 +78,21 @@ def test_block_causal_mask_blocks_across_examples():
 
 
 def _reference_mask(seq_lens_per_row, length, dtype):
-    """The straightforward per-example loop the vectorised mask must equal."""
+    """An independent statement of the rule the mask must follow: position i may attend to j when
+    both carry the same example id and j <= i; padding positions (id -1) attend to themselves only."""
     neg = torch.finfo(dtype).min
     mask = torch.full((len(seq_lens_per_row), 1, length, length), neg, dtype=dtype)
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
     for b, lens in enumerate(seq_lens_per_row):
-        s = 0
-        for n in lens:
-            mask[b, 0, s:s + n, s:s + n].masked_fill_(causal[:n, :n], 0.0)
-            s += n
-        for i in range(s, length):
-            mask[b, 0, i, i] = 0.0
+        seg = [k for k, n in enumerate(lens) for _ in range(n)] + [-1] * (length - sum(lens))
+        for i in range(length):
+            for j in range(i + 1):
+                if (seg[i] == seg[j] and seg[i] >= 0) or (i == j):
+                    mask[b, 0, i, j] = 0.0
     return mask
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_vectorised_mask_equals_reference(dtype):
+def test_block_mask_equals_the_rule_position_by_position(dtype):
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         length = int(torch.randint(1, 40, (1,), generator=g))

@@ -32,6 +32,22 @@ def block_causal_mask(seq_lens_per_row: list[list[int]], length: int, dtype: tor
     return mask
 
 
+def _starts_ignored(labels, seq_lens: list[int]) -> torch.Tensor:
+    """A copy of a row's labels where the first token of each example is not a target: it must
+    not be predicted from the end of the example before it."""
+    lab = torch.as_tensor(labels).clone()
+    starts = torch.tensor([0, *seq_lens[:-1]]).cumsum(0)
+    lab[starts] = IGNORE
+    return lab
+
+
+def _restart_positions(seq_lens: list[int]) -> torch.Tensor:
+    """Position ids that start again at 0 for every example: [3, 2] -> [0, 1, 2, 0, 1]."""
+    lens = torch.as_tensor(seq_lens, dtype=torch.long)
+    starts = torch.cumsum(lens, 0) - lens
+    return torch.arange(int(lens.sum())) - torch.repeat_interleave(starts, lens)
+
+
 @dataclass
 class ForgeCollator:
     """Collate ``{"input_ids", "labels", ["seq_lens"]}`` rows.
@@ -60,24 +76,15 @@ class ForgeCollator:
         for b, r in enumerate(rows):
             n = len(r["input_ids"])
             ids[b, :n] = torch.as_tensor(r["input_ids"])
-            lab = torch.as_tensor(r["labels"])
-            if packed and r.get("seq_lens"):
-                # the first token of each example is never a target of the previous one
-                s = 0
-                for k in r["seq_lens"]:
-                    lab[s] = IGNORE
-                    s += k
-            labels[b, :n] = lab
+            labels[b, :n] = _starts_ignored(r["labels"], r["seq_lens"]) if packed and r.get("seq_lens") \
+                else torch.as_tensor(r["labels"])
         batch = {"input_ids": ids, "labels": labels}
         real = sum(len(r["input_ids"]) for r in rows)
         if packed:
             lens = [list(r.get("seq_lens") or [len(r["input_ids"])]) for r in rows]
             pos = torch.zeros((len(rows), length), dtype=torch.long)
             for b, ls in enumerate(lens):
-                s = 0
-                for n in ls:
-                    pos[b, s:s + n] = torch.arange(n)
-                    s += n
+                pos[b, :sum(ls)] = _restart_positions(ls)
             batch["position_ids"] = pos
             batch["attention_mask"] = block_causal_mask(lens, length, self.mask_dtype)
         else:
@@ -100,21 +107,15 @@ class ForgeCollator:
         ids, labels, lens = [], [], []
         for r in rows:
             seq = list(r.get("seq_lens") or [len(r["input_ids"])])
-            lab = torch.as_tensor(r["labels"]).clone()
-            s = 0
-            for n in seq:
-                lab[s] = IGNORE  # an example's first token is never the target of the previous one
-                s += n
             ids.append(torch.as_tensor(r["input_ids"]))
-            labels.append(lab)
+            labels.append(_starts_ignored(r["labels"], seq))
             lens += seq
         ids_t, lab_t = torch.cat(ids)[None], torch.cat(labels)[None]
         seq_lens = torch.tensor(lens, dtype=torch.int32)
         cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
         cu[1:] = seq_lens.cumsum(0)
-        pos = torch.arange(ids_t.shape[1]) - torch.repeat_interleave(cu[:-1].long(), seq_lens.long())
         max_len = int(seq_lens.max())
-        return {"input_ids": ids_t, "labels": lab_t, "position_ids": pos[None],
+        return {"input_ids": ids_t, "labels": lab_t, "position_ids": _restart_positions(lens)[None],
                 "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len,
                 "num_real_tokens": torch.tensor(ids_t.shape[1]),
                 "num_trained_tokens": (lab_t != IGNORE).sum()}

@@ -36,15 +36,12 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
     if cu_k is not None and not torch.equal(cu, cu_k):
         raise ValueError("forge_varlen needs cu_seq_lens_q == cu_seq_lens_k (self-attention over packed examples)")
     bounds = cu.tolist()
+    if bounds[-1] < query.shape[2]:
+        bounds.append(query.shape[2])  # trailing padding, if a caller added any, forms its own block
     outs = []
     for s, e in zip(bounds[:-1], bounds[1:]):
         if e <= s:
             continue
-        out, _ = sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None,
-                                        dropout=dropout, scaling=scaling, is_causal=True, **kwargs)
-        outs.append(out)
-    if bounds[-1] < query.shape[2]:  # trailing padding (pad_to_multiple_of): attends to itself only
-        s, e = bounds[-1], query.shape[2]
         out, _ = sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None,
                                         dropout=dropout, scaling=scaling, is_causal=True, **kwargs)
         outs.append(out)

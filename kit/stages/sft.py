@@ -1,8 +1,9 @@
 """Supervised fine-tuning: TRL's SFTTrainer on our pre-tokenized, masked (and packed) data.
 
 We tokenize ourselves (chat template + per-turn masks + packing, cached) and hand TRL the
-result with ``skip_prepare_dataset``; TRL brings the loss through its fused LM head (log-probs
-computed in chunks, never the full vocabulary logits), metrics and the training loop.
+result with ``skip_prepare_dataset``; TRL brings the training loop and metrics. The loss of a
+padding-free batch (the default) is ours: logits at the trained positions only. Padded batches
+(block mask) go through TRL's fused LM head (log-probs in chunks, never the full logits).
 """
 from __future__ import annotations
 
@@ -36,7 +37,6 @@ class ForgeSFTTrainer(TokenCounting, SFTTrainer):
             self._total_train_tokens = before + int(real)
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         return out
-
 
     def _trained_positions_loss(self, model, inputs, num_items_in_batch):
         """Cross-entropy computed from logits at the trained positions only (padding-free batches).

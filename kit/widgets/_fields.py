@@ -175,6 +175,16 @@ def group_fields(group: str) -> list[str]:
     return [f"{group}.{f.name}" for f in dataclasses.fields(GROUPS[group])]
 
 
+class ShowsWidget:
+    """Displays ``self.widget`` when the object is the value of a notebook cell."""
+
+    widget: Any
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+        display(self.widget)
+
+
 def html_error(e: BaseException) -> str:
     import html
     return f'<span style="color:#b00020">{html.escape(str(e))}</span>'

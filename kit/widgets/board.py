@@ -14,14 +14,14 @@ import ipywidgets as W
 
 from ..config import RunConfig
 from ..engine import Run
-from ._fields import html_error, merge
+from ._fields import ShowsWidget, html_error, merge
 from .chat import ChatPanel
 from .panels import AdapterPanel, DataPanel, ModelPanel, QuantPanel, StagePanel
 from .tools import EvaluatePanel, ExportPanel
 from .train import TrainPanel
 
 
-class Board:
+class Board(ShowsWidget):
     """All panels composed; ``config()`` is the RunConfig they describe."""
 
     def __init__(self, config: Any = None, *, backend: Optional[str] = None):
@@ -69,8 +69,7 @@ class Board:
         return cls(config, **kw)
 
     def _ipython_display_(self) -> None:
-        from IPython.display import display
-        display(self.widget)
+        super()._ipython_display_()
         if self.train.plot.widget is None:
             self.train.plot.display()
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import html
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import ipywidgets as W
 
 from ..config import RunConfig
-from ._fields import html_error
+from ._fields import ShowsWidget, html_error
 from .train import Throttle
 
 SIDES = ("tuned", "base")
@@ -28,7 +28,7 @@ def base_source(source: Any) -> Optional[RunConfig]:
     return None
 
 
-class ChatPanel:
+class ChatPanel(ShowsWidget):
     """Chat with a Run, a run directory, a model name/path, a RunConfig or a ChatModel.
 
     ``source`` may also be a function returning one (the board passes its latest run). Tick
@@ -67,10 +67,6 @@ class ChatPanel:
         self.widget = W.VBox([self.system, W.HBox([self.temperature, self.max_new_tokens, self.compare]),
                               self.transcripts, self.input, W.HBox([self.send_button, self.clear_button]), self.status])
         self._layout()
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-        display(self.widget)
 
     def _layout(self) -> None:
         on = self.compare.value

@@ -14,10 +14,10 @@ from typing import Any, Callable, Optional
 import ipywidgets as W
 
 from ..config import RunConfig
-from ._fields import Field, FieldForm, group_fields, html_error, merge
+from ._fields import Field, FieldForm, ShowsWidget, group_fields, html_error, merge
 
 
-class Panel:
+class Panel(ShowsWidget):
     """Base: ``Panel(config, context=fn)``; ``keys`` are the ``group.field`` names the form shows.
 
     ``context`` returns the whole RunConfig (the board's) for panels whose hints need other groups.
@@ -51,10 +51,6 @@ class Panel:
         """This panel's values on top of the defaults (or of the context's config)."""
         base = self._context().to_dict() if self._context is not None else RunConfig().to_dict()
         return RunConfig.from_dict(merge(base, self.fragment()))
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-        display(self.widget)
 
 
 class ModelPanel(Panel):

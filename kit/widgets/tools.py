@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 import ipywidgets as W
 
-from ._fields import html_error
+from ._fields import ShowsWidget, html_error
 
 
 def _optional(module: str, attr: str) -> tuple[Optional[Callable], str]:
@@ -96,7 +96,7 @@ class BackgroundJob:
         return self.result
 
 
-class ExportPanel:
+class ExportPanel(ShowsWidget):
     """Merge the adapter, save, write an Ollama Modelfile, convert to GGUF, push to the hub."""
 
     title = "Export"
@@ -130,10 +130,6 @@ class ExportPanel:
     @property
     def result(self) -> Optional[dict]:
         return self.job.result
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-        display(self.widget)
 
     def options(self) -> dict:
         return dict(merge=self.merge.value, modelfile=self.modelfile.value, gguf=self.gguf.value,
@@ -182,7 +178,7 @@ class ExportPanel:
                               lambda done: "<b>done</b>" + _table(done), wait=wait)
 
 
-class EvaluatePanel:
+class EvaluatePanel(ShowsWidget):
     """Prediction metrics (BLEU/ROUGE) or multiple-choice accuracy on a dataset, through ``kit.evaluate``."""
 
     title = "Evaluate"
@@ -214,10 +210,6 @@ class EvaluatePanel:
     @property
     def scores(self) -> Optional[dict]:
         return self.job.result
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-        display(self.widget)
 
     def options(self) -> dict:
         """The keyword arguments for ``kit.evaluate`` the form describes."""

@@ -16,7 +16,7 @@ import ipywidgets as W
 from ..config import RunConfig
 from ..engine import Run
 from ..events import TERMINAL, Event
-from ._fields import FieldForm, html_error, merge
+from ._fields import html_error
 from .estimate import human
 from .panels import Panel
 from .plot import LossPlot
@@ -106,8 +106,7 @@ class TrainPanel(Panel):
         return W.VBox([W.Accordion(children=[self.form_box], titles=("Hyperparameters",)), self.controls])
 
     def _ipython_display_(self) -> None:
-        from IPython.display import display
-        display(self.widget)
+        super()._ipython_display_()
         if self.plot.widget is None:
             self.plot.display()  # the static back end lives in its own output below the panel
 

@@ -40,8 +40,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout: import this kit even when it is not installed
 MODEL = "smollm2-135m-instruct"
-CONTENDERS = ("forge", "forge-blockmask", "trl", "trl-packed", "llamafactory", "llamafactory-packed")
-DEFAULT_CONTENDERS = ("forge", "forge-blockmask", "trl", "trl-packed")
+CONTENDERS = ("forge", "forge-packed", "forge-blockmask", "trl", "trl-packed", "llamafactory", "llamafactory-packed")
+DEFAULT_CONTENDERS = ("forge", "forge-packed", "trl", "trl-packed")
 LF_VERSION = "0.9.5"
 LF_VENV = Path.home() / ".cache" / "forge-kit" / "bench" / "llamafactory-venv"
 
@@ -122,6 +122,7 @@ def run_child(name: str, args, out_json: Path) -> dict:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     t = time.time()
+    env["FORGE_BENCH_T0"] = repr(t)  # "process start" for the time to the first optimizer step
     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
     if proc.returncode != 0 or not out_json.exists():
         return {"name": name, "error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-3000:]}
@@ -162,7 +163,10 @@ class Probe:
     """Timestamps each optimizer step and counts the tokens of each training micro-batch."""
 
     def __init__(self):
-        self.t0 = self._process_start()
+        # the parent's clock just before it started this process (psutil's create time is derived
+        # from the boot time in whole seconds and read ~0.8 s late on this VM)
+        t0 = os.environ.get("FORGE_BENCH_T0")
+        self.t0 = float(t0) if t0 else self._process_start()
         self.step_end: list[float] = []
         self.real: list[int] = []
         self.trained: list[int] = []
@@ -236,6 +240,7 @@ class Probe:
         real = sum(self.real[1:n])
         trained = sum(self.trained[1:n])
         return {"name": name, "steps": n, "first_step_s": self.step_end[0] - self.t0,
+                "first_step_real_tokens": self.real[0], "first_step_trained_tokens": self.trained[0],
                 "s_per_step": window / (n - 1), "real_tokens_per_s": real / window,
                 "trained_tokens_per_s": trained / window, "real_tokens": sum(self.real[:n]),
                 "trained_tokens": sum(self.trained[:n]), "first_loss": self.losses[0] if self.losses else None,
@@ -261,15 +266,23 @@ def demo_rows() -> list[dict]:
     return out
 
 
-def child_forge(args, probe: Probe, padding_free: bool = True) -> dict:
-    """Forge's defaults; ``forge-blockmask`` turns padding-free batches off (padded packed rows
-    with a dense 4D block-diagonal mask), to show what the varlen attention path buys."""
+# what each Forge contender changes from the defaults (padding-free batches of whole examples,
+# at most cutoff_len tokens per forward pass on CPU)
+FORGE_VARIANTS = {
+    "forge": {},
+    "forge-packed": {"packing": True},                            # packed rows, still padding-free
+    "forge-blockmask": {"packing": True, "padding_free": False},  # padded packed rows, dense 4D mask
+}
+
+
+def child_forge(args, probe: Probe, name: str) -> dict:
+    """Forge's defaults, or one of FORGE_VARIANTS (to show what each part of the fast path buys)."""
     import kit
-    run = kit.train(model=MODEL, padding_free=padding_free, dataset="demo_sft", batch_size=args.batch_size, cutoff_len=args.cutoff_len,
+    run = kit.train(model=MODEL, dataset="demo_sft", batch_size=args.batch_size, cutoff_len=args.cutoff_len,
                     max_steps=args.steps, lora_rank=16, lora_alpha=32, save_steps=0, logging_steps=1,
                     device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32",
-                    output_dir=tempfile.mkdtemp(prefix="forge-bench-"))
-    res = probe.result("forge" if padding_free else "forge-blockmask", args.steps)
+                    output_dir=tempfile.mkdtemp(prefix="forge-bench-"), **FORGE_VARIANTS[name])
+    res = probe.result(name, args.steps)
     res.update(model_counts(run.trainer.model))
     res["forge_reported_first_step_s"] = run.first_step_s
     return res
@@ -338,8 +351,8 @@ def child_llamafactory(args, probe: Probe, packing: bool) -> dict:
 def child_main(args) -> None:
     probe = Probe()
     probe.install()
-    if args.child in ("forge", "forge-blockmask"):
-        res = child_forge(args, probe, padding_free=args.child == "forge")
+    if args.child.startswith("forge"):
+        res = child_forge(args, probe, args.child)
     elif args.child in ("trl", "trl-packed"):
         res = child_trl(args, probe, packing=args.child == "trl-packed")
     else:
@@ -404,7 +417,7 @@ def main(argv=None) -> int:
         results.append(res)
     print("\nFLOPs per real token = 4*N_matmul(frozen Linear incl. LM head) + 6*N_lora; "
           "MFU = real tokens/s * that / matmul peak. Steady state = steps 2..N.")
-    hdr = f"{'contender':<20}{'trained tok/s':>14}{'real tok/s':>12}{'s/step':>9}{'1st step s':>11}" \
+    hdr = f"{'contender':<20}{'trained tok/s':>14}{'real tok/s':>12}{'s/step':>9}{'1st step s':>11}{'(tokens)':>9}" \
           f"{'peak RSS MB':>12}{'loss first->last':>20}{'MFU %':>8}"
     print(hdr)
     ok = {r["name"]: r for r in results if "error" not in r}
@@ -413,6 +426,7 @@ def main(argv=None) -> int:
         mfu = r.get("mfu")
         print(f"{r['name']:<20}{fmt(r.get('trained_tokens_per_s')):>14}{fmt(r.get('real_tokens_per_s')):>12}"
               f"{fmt(r.get('s_per_step'), '.2f'):>9}{fmt(r.get('first_step_s'), '.1f'):>11}"
+              f"{fmt(r.get('first_step_real_tokens'), 'd'):>9}"
               f"{fmt(r.get('peak_rss_mb'), '.0f'):>12}{loss:>20}{fmt(None if mfu is None else 100 * mfu, '.2f'):>8}")
     ratios = {}
     if "forge" in ok:
@@ -425,6 +439,8 @@ def main(argv=None) -> int:
                     ratios[f"forge/{name} {key}"] = f[key] / r[key]
             if r.get("s_per_step") and f.get("s_per_step"):
                 ratios[f"{name}/forge s_per_step"] = r["s_per_step"] / f["s_per_step"]
+            if r.get("first_step_s") and f.get("first_step_s"):
+                ratios[f"forge/{name} first_step_s"] = f["first_step_s"] / r["first_step_s"]
     for k, v in ratios.items():
         print(f"  {k}: {v:.2f}x")
     info["loadavg_end"] = os.getloadavg()

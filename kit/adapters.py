@@ -191,7 +191,7 @@ def estimate_memory_bytes(model: nn.Module, cfg: RunConfig) -> dict:
 
 def activation_bytes(model_config: Any, cfg: RunConfig, device: str = "cpu", dtype_bytes: int = 4) -> int:
     """Activations kept for backward by one forward pass of a decoder-only model (an upper bound:
-    every row filled to ``cutoff_len``), plus the log-softmax over the vocabulary of its positions.
+    every row filled to ``cutoff_len``, every token budget full), plus the log-softmax over the vocabulary of its positions.
 
     Per token and layer autograd keeps about ``10*hidden + 3*intermediate`` values: the norm inputs
     and outputs, q/k/v and the rotated q/k, the attention output, and the MLP's gate, up, activation
@@ -205,13 +205,13 @@ def activation_bytes(model_config: Any, cfg: RunConfig, device: str = "cpu", dty
     if not (h and i and layers):
         return 0
     t = cfg.train
-    rows = t.batch_size
+    tokens = t.batch_size * cfg.data.cutoff_len
     if cfg.stage.name in ("sft", "pt"):
-        from .stages.common import micro_batching  # the rows one forward pass sees
-        rows = micro_batching(cfg, device)["per_device_train_batch_size"]
+        from .stages.common import tokens_per_forward  # what one forward pass sees
+        padding_free = cfg.data.padding_free and cfg.model.attn_implementation != "eager"
+        tokens = tokens_per_forward(cfg, device, padding_free)
     elif cfg.stage.name in ("dpo", "kto", "rm"):
-        rows *= 2  # chosen and rejected (or completion and KL) sequences go through together
-    tokens = rows * cfg.data.cutoff_len
+        tokens *= 2  # chosen and rejected (or completion and KL) sequences go through together
     per_layer = (10 * h + 3 * i) * dtype_bytes
     # with checkpointing: every layer's input and the final norm's, plus one layer while it is recomputed
     kept = tokens * (h * dtype_bytes * (layers + 1) + per_layer) if t.gradient_checkpointing else tokens * per_layer * layers

@@ -138,12 +138,15 @@ class DataConfig:
     val_size: float = _f(0.0, "Fraction (<1) or count (>=1) of rows held out for evaluation.", min=0.0)
     train_on_prompt: bool = _f(False, "Also train on prompt tokens (system/user turns).")
     mask_history: bool = _f(False, "Train only on the last assistant answer.")
-    packing: bool = _f(True, "Pack several examples per row, with attention kept inside each example.")
+    packing: bool = _f(False, "Pack several examples per row (attention kept inside each example), so a step holds "
+                              "batch_size rows of cutoff_len tokens. Off: a step is batch_size examples; padding-free "
+                              "batches waste no padding either way.")
     padding_free: bool = _f(True, "SFT/PT: put a batch's examples back to back in one row (no padding, attention "
                                   "per example). Off, or with attn_implementation=eager: padded rows with a block mask.")
     mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = _f("concat", "How several datasets are mixed.")
     interleave_probs: Optional[list] = _f(None, "Sampling probabilities for interleaving.")
-    shuffle: bool = _f(True, "Shuffle the training rows (deterministically, with the seed).")
+    shuffle: bool = _f(True, "Shuffle the rows (with the seed) before the validation split and packing. The "
+                             "training order always comes from the trainer's seeded sampler, new every epoch.")
     cache: bool = _f(True, "Cache tokenized data by a content hash of (data, tokenizer, template, options).")
 
 
@@ -186,7 +189,12 @@ class TrainConfig:
     grad_accum: int = _f(1, "Gradient accumulation steps.", min=1)
     micro_batch_size: Optional[int] = _f(
         None, "SFT/PT: rows per forward pass; the rest of batch_size is accumulated into the same optimizer step "
-              "(same update, less activation memory). None: 1 packed row on CPU, the whole batch on GPUs.", min=1)
+              "(same update, less activation memory). None: the whole batch (padding-free batches are then split "
+              "by micro_batch_tokens), or 1 row for padded packed rows on CPU.", min=1)
+    micro_batch_tokens: Optional[int] = _f(
+        None, "SFT/PT padding-free batches: at most this many tokens per forward pass, whole examples only (one "
+              "longer example goes alone); accumulated into the same step. None: cutoff_len on CPU, no limit on GPUs.",
+        min=1)
     learning_rate: float = _f(2e-4, "Peak learning rate.", min=0.0)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f("cosine", "Learning-rate schedule.")
     warmup_ratio: float = _f(0.0, "Fraction of steps spent warming up.", min=0.0, max=1.0)

@@ -39,14 +39,20 @@ def tags(rows):
 
 
 def test_concat_max_samples_and_seeded_shuffle(tiny_model_dir, tmp_path):
-    c = cfg(tiny_model_dir, tmp_path, dataset="mix_a,mix_b", max_samples=4)
-    train, ev = load_splits(c, "sft")
-    assert len(train) == 8 and ev == []
-    assert sorted(tags(train)) == sorted([f"a question {i}" for i in range(4)] + [f"b question {i}" for i in range(4)])
+    plain = cfg(tiny_model_dir, tmp_path, dataset="mix_a,mix_b", max_samples=4)
+    train, ev = load_splits(plain, "sft")
+    both = [f"a question {i}" for i in range(4)] + [f"b question {i}" for i in range(4)]
+    # no split, no packing: file order, the trainer's seeded sampler shuffles (as TRL/LLaMA-Factory)
+    assert len(train) == 8 and ev == [] and tags(train) == both
+    c = plain.replace(data__packing=True)  # packing: the order decides which rows share a row
+    train = load_splits(c, "sft")[0]
+    assert sorted(tags(train)) == sorted(both) and tags(train) != both
     assert tags(load_splits(c, "sft")[0]) == tags(train)                         # same seed, same order
     assert tags(load_splits(c.replace(train__seed=7), "sft")[0]) != tags(train)  # another seed, another order
     unshuffled = load_splits(c.replace(data__shuffle=False), "sft")[0]
     assert tags(unshuffled)[:4] == [f"a question {i}" for i in range(4)]
+    train, ev = load_splits(plain.replace(data__val_size=2), "sft")  # the held-out rows are drawn at random
+    assert len(train) == 6 and len(ev) == 2 and tags(ev) != both[:2]
 
 
 def test_interleave_probabilities(tiny_model_dir, tmp_path):

@@ -23,9 +23,45 @@ ROWS = [
 
 
 def test_defaults_take_the_fast_path():
+    from kit.stages.common import forward_token_budget, micro_batching
     cfg = RunConfig()
-    assert cfg.data.packing is True
+    # a step is batch_size examples, back to back without padding, split into passes of at most
+    # cutoff_len tokens on CPU; no recomputation
+    assert cfg.data.packing is False and cfg.data.padding_free is True
     assert cfg.train.gradient_checkpointing is False
+    assert micro_batching(cfg, "cpu", padding_free=True)["per_device_train_batch_size"] == cfg.train.batch_size
+    assert forward_token_budget(cfg, "cpu") == cfg.data.cutoff_len and forward_token_budget(cfg, "cuda") is None
+    # padded packed rows (the dense block mask) still go one row per pass on CPU
+    packed = cfg.replace(data__packing=True)
+    assert micro_batching(packed, "cpu", padding_free=False)["per_device_train_batch_size"] == 1
+
+
+def test_split_flat_packs_whole_examples_into_the_budget():
+    from kit.data import ForgeCollator
+    from kit.data.collator import split_flat
+    lens = [153, 500, 179, 30, 700, 12]
+    rows = [{"input_ids": [1000 * k + i for i in range(n)], "labels": [IGNORE] * 3 + [7] * (n - 3)}
+            for k, n in enumerate(lens)]
+    batch = ForgeCollator(pad_token_id=0, padding_free=True)(rows)
+    assert split_flat(batch, None) == [batch] and split_flat(batch, 10_000) == [batch]
+    pieces = split_flat(batch, 512)
+    seen = []
+    for p in pieces:
+        cu = p["cu_seq_lens_q"].tolist()
+        sizes = [b - a for a, b in zip(cu, cu[1:])]
+        assert cu[-1] == p["input_ids"].shape[1] == int(p["num_real_tokens"]) and cu[0] == 0
+        assert cu[-1] <= 512 or len(sizes) == 1                      # only a lone long example exceeds it
+        assert p["max_length_q"] == max(sizes)
+        for a, n in zip(cu, sizes):                                   # whole examples, positions restart
+            ids = p["input_ids"][0, a:a + n].tolist()
+            k = ids[0] // 1000
+            assert ids == rows[k]["input_ids"] and p["position_ids"][0, a:a + n].tolist() == list(range(n))
+            assert p["labels"][0, a] == IGNORE
+            seen.append(k)
+        assert int(p["num_trained_tokens"]) == int((p["labels"] != IGNORE).sum())
+    assert sorted(seen) == list(range(len(lens)))                     # every example exactly once
+    assert sum(int(p["num_trained_tokens"]) for p in pieces) == int(batch["num_trained_tokens"])
+    assert [p["input_ids"].shape[1] for p in pieces] == [700, 500 + 12, 179 + 153 + 30]  # first fit, largest first
 
 
 def _cfg(tiny_cfg, **kw):
@@ -38,7 +74,7 @@ def _cfg(tiny_cfg, **kw):
 def test_packed_step_counts_tokens_and_matches_unpacked_loss(tiny_cfg):
     """One step over every packed row: cumulative tokens == real tokens of those rows, and the
     step-1 loss (packed, 4D block mask) == mean-token loss of the same examples run one by one."""
-    cfg = _cfg(tiny_cfg, batch_size=64, max_steps=1)  # one batch holds every packed row
+    cfg = _cfg(tiny_cfg, batch_size=64, max_steps=1, packing=True)  # one batch holds every packed row
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(cfg.model.name)
     packed, _, _ = build_tokenized(cfg, tok, "sft")
@@ -117,27 +153,40 @@ def test_bench_help(script):
     assert "usage" in out.stdout and "--" in out.stdout
 
 
-def test_micro_batches_give_the_same_updates(tiny_cfg, tmp_path):
-    """batch_size=4 as one forward pass or as four accumulated one-row passes: same losses, same weights."""
+@pytest.mark.parametrize("packing", [False, True])
+def test_micro_batches_give_the_same_updates(tiny_cfg, tmp_path, packing):
+    """batch_size=4 as one forward pass, as passes of at most 40 tokens (whole examples), or as four
+    accumulated one-row passes: same losses, same weights."""
     from safetensors.torch import load_file
 
-    runs = {}
-    for mb in (4, 1):
-        cfg = _cfg(tiny_cfg, batch_size=4, micro_batch_size=mb, max_steps=3, cutoff_len=64,
-                   output_dir=str(tmp_path / f"mb{mb}"))
-        run = kit.train(cfg)
+    ways = {"whole": dict(micro_batch_tokens=100_000), "tokens": dict(micro_batch_tokens=40),
+            "rows": dict(micro_batch_size=1, micro_batch_tokens=100_000)}
+    runs, passes = {}, {}
+    for name, kw in ways.items():
+        cfg = _cfg(tiny_cfg, batch_size=4, max_steps=3, cutoff_len=64, packing=packing,
+                   output_dir=str(tmp_path / name), **kw)
+        from transformers import Trainer
+        calls = []
+        orig = Trainer.training_step
+        Trainer.training_step = lambda self, m, inputs, *a, **k: calls.append(1) or orig(self, m, inputs, *a, **k)
+        try:
+            run = kit.train(cfg)
+        finally:
+            Trainer.training_step = orig
         assert run.status == "finished"
-        runs[mb] = run
-    assert runs[1].trainer.args.per_device_train_batch_size == 1
-    assert runs[1].trainer.args.gradient_accumulation_steps == 4
-    l4, l1 = [l for _, l in runs[4].losses()], [l for _, l in runs[1].losses()]
-    assert len(l4) == 3 and l4 == pytest.approx(l1, rel=1e-4)
-    w4 = load_file(str(runs[4].run_dir / "adapter" / "adapter_model.safetensors"))
-    w1 = load_file(str(runs[1].run_dir / "adapter" / "adapter_model.safetensors"))
-    assert w4.keys() == w1.keys()
-    for k in w4:
-        torch.testing.assert_close(w4[k], w1[k], atol=1e-5, rtol=1e-3)
-    assert any(w4[k].abs().sum() > 0 for k in w4 if "lora_B" in k)  # the adapter really moved
+        runs[name], passes[name] = run, len(calls)
+    assert runs["rows"].trainer.args.per_device_train_batch_size == 1
+    assert runs["rows"].trainer.args.gradient_accumulation_steps == 4
+    assert passes["whole"] == 3 and passes["rows"] == 12 and passes["tokens"] > 3  # the budget really split
+    ref = [l for _, l in runs["whole"].losses()]
+    w_ref = load_file(str(runs["whole"].run_dir / "adapter" / "adapter_model.safetensors"))
+    assert len(ref) == 3 and any(w_ref[k].abs().sum() > 0 for k in w_ref if "lora_B" in k)  # it really moved
+    for name in ("tokens", "rows"):
+        assert [l for _, l in runs[name].losses()] == pytest.approx(ref, rel=1e-4), name
+        w = load_file(str(runs[name].run_dir / "adapter" / "adapter_model.safetensors"))
+        assert w.keys() == w_ref.keys()
+        for k in w:
+            torch.testing.assert_close(w[k], w_ref[k], atol=1e-5, rtol=1e-3)
 
 
 def test_micro_batch_must_divide_the_batch():

@@ -119,3 +119,46 @@ class ForgeCollator:
                 "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len,
                 "num_real_tokens": torch.tensor(ids_t.shape[1]),
                 "num_trained_tokens": (lab_t != IGNORE).sum()}
+
+
+def split_flat(batch: dict[str, Any], max_tokens: int | None) -> list[dict[str, Any]]:
+    """Split a padding-free batch (:meth:`ForgeCollator._flat`) into pieces of whole examples with
+    at most ``max_tokens`` tokens each (an example longer than that is a piece of its own).
+
+    Examples go into pieces first-fit by decreasing length: the fewest, fullest forward passes,
+    the largest first (the passes after it reuse the memory it freed). The loss is a sum over
+    examples, so which pass holds an example changes nothing but float rounding. Each piece is a
+    padding-free batch in its own right (cu_seq_lens, positions, token counts). One piece (the
+    batch itself) when it already fits.
+    """
+    cu = batch["cu_seq_lens_q"].tolist()
+    if max_tokens is None or cu[-1] <= max_tokens:
+        return [batch]
+    lens = [b - a for a, b in zip(cu, cu[1:])]
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for k in sorted(range(len(lens)), key=lambda k: (-lens[k], k)):
+        j = next((j for j, r in enumerate(room) if lens[k] <= r), None)
+        if j is None:
+            bins.append([k])
+            room.append(max_tokens - lens[k])
+        else:
+            bins[j].append(k)
+            room[j] -= lens[k]
+    pieces = []
+    for members in bins:
+        members.sort()
+        spans = [slice(cu[k], cu[k + 1]) for k in members]
+        take = lambda t: torch.cat([t[:, sp] for sp in spans], dim=1)  # noqa: E731
+        piece_lens = torch.tensor([lens[k] for k in members], dtype=batch["cu_seq_lens_q"].dtype)
+        piece_cu = torch.zeros(len(members) + 1, dtype=piece_lens.dtype)
+        piece_cu[1:] = piece_lens.cumsum(0)
+        labels = take(batch["labels"])
+        max_len = int(piece_lens.max())
+        pieces.append({"input_ids": take(batch["input_ids"]), "labels": labels,
+                       "position_ids": take(batch["position_ids"]),
+                       "cu_seq_lens_q": piece_cu, "cu_seq_lens_k": piece_cu.clone(),
+                       "max_length_q": max_len, "max_length_k": max_len,
+                       "num_real_tokens": torch.tensor(int(piece_cu[-1])),
+                       "num_trained_tokens": (labels != IGNORE).sum()})
+    return pieces

@@ -102,13 +102,17 @@ def mix(parts: list[list[dict]], data: DataConfig, seed: int) -> list[dict]:
 
 
 def load_splits(cfg: RunConfig, kind: str) -> tuple[list[dict], list[dict]]:
-    """Normalised train and eval rows for ``kind``, mixed, shuffled with the seed and split."""
+    """Normalised train and eval rows for ``kind``: mixed, shuffled with the seed where a split or
+    packing needs it, and split."""
     d, seed = cfg.data, cfg.train.seed
     parts = [load_rows(r, d.format, kind, d.max_samples)[0] for r in _refs(d.dataset)]
     if not parts:
         raise DataError("no dataset given (data.dataset)")
     train = mix(parts, d, seed)
-    if d.shuffle:
+    # The trainer's sampler orders the training rows (seeded, reshuffled every epoch), as in TRL and
+    # LLaMA-Factory, so the same seed gives the same batches there and here. Shuffling here as well
+    # would only matter where the row order decides something: the held-out split and packing.
+    if d.shuffle and ((d.val_size and not d.eval_dataset) or d.packing):
         random.Random(seed).shuffle(train)
     evals: list[dict] = []
     for r in _refs(d.eval_dataset):

@@ -7,14 +7,17 @@ padding-free batch (the default) is ours: logits at the trained positions only. 
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from trl import SFTConfig, SFTTrainer
 
-from ..data import ForgeCollator, build_tokenized
+from ..data import IGNORE, ForgeCollator, build_tokenized
+from ..data.collator import split_flat
 from ..models.attention import use_varlen
 from . import Recipe, register_recipe
-from .common import StageContext, TokenCounting, base_training_args, micro_batching
+from .common import StageContext, TokenCounting, base_training_args, forward_token_budget, micro_batching
 
 
 class ForgeSFTTrainer(TokenCounting, SFTTrainer):
@@ -23,6 +26,25 @@ class ForgeSFTTrainer(TokenCounting, SFTTrainer):
     TRL counts tokens as ``attention_mask.sum()``, which is meaningless for an additive
     4D mask; we count real tokens in the collator instead and keep TRL's counter right.
     """
+
+    forge_max_tokens: int | None = None  # token budget of one forward pass (padding-free batches)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Padding-free batches larger than the token budget run as several forward/backward passes
+        over whole examples, accumulated before the optimizer step (same loss and gradients: each
+        piece's summed loss is divided by the trained tokens of the whole step)."""
+        pieces = split_flat(inputs, self.forge_max_tokens) if "cu_seq_lens_q" in inputs else [inputs]
+        if len(pieces) == 1:
+            return super().training_step(model, inputs, num_items_in_batch)
+        if num_items_in_batch is None:  # the trainer divides each returned loss by the accumulation steps
+            num_items_in_batch = inputs["labels"][:, 1:].ne(IGNORE).sum()
+        total = 0.0
+        for i, piece in enumerate(pieces):
+            # DDP reduces gradients once, with the last piece (as for the trainer's own micro-batches)
+            sync = contextlib.nullcontext() if i == len(pieces) - 1 else self.accelerator.no_sync(model)
+            with sync:
+                total = total + super().training_step(model, piece, num_items_in_batch)
+        return total
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         real = inputs.get("num_real_tokens")
@@ -52,7 +74,8 @@ class ForgeSFTTrainer(TokenCounting, SFTTrainer):
         target = labels[0, 1:]
         keep = (target != -100).nonzero().squeeze(-1)  # positions whose next token is a target
         out = model(**inputs, use_cache=False, logits_to_keep=keep)
-        logits, y = out.logits[0], target[keep]
+        # flatten instead of [0]: indexing would make backward fill a zeros copy of all the logits
+        logits, y = out.logits.flatten(0, 1), target[keep]
         n = torch.as_tensor(len(y) if num_items_in_batch is None else num_items_in_batch, device=logits.device)
         loss = F.cross_entropy(logits.float(), y, reduction="sum") / n.clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -73,22 +96,25 @@ class ForgeSFTTrainer(TokenCounting, SFTTrainer):
 def build_sft_trainer(ctx: StageContext, kind: str = "sft"):
     cfg, tok = ctx.cfg, ctx.tokenizer
     train_ds, eval_ds, info = build_tokenized(cfg, tok, kind)
-    kw = base_training_args(cfg, ctx.run_dir, ctx.device, ctx.dtype)
-    kw.update(micro_batching(cfg, ctx.device))
-    args = SFTConfig(**kw, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, packing=False)
     # padding-free batches need an attention kernel that reads cu_seq_lens (kit.models.attention);
     # an explicit eager choice keeps the dense block mask (e.g. to compare against it)
     padding_free = (cfg.data.padding_free and cfg.model.attn_implementation != "eager"
                     and use_varlen(ctx.model))
+    kw = base_training_args(cfg, ctx.run_dir, ctx.device, ctx.dtype)
+    kw.update(micro_batching(cfg, ctx.device, padding_free))
+    args = SFTConfig(**kw, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, packing=False)
     collator = ForgeCollator(pad_token_id=tok.pad_token_id, mask_dtype=ctx.dtype, padding_free=padding_free)
     if ctx.emit:
         ctx.emit("data", train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else 0,
-                 packed=cfg.data.packing, padding_free=padding_free, **info)
+                 packed=cfg.data.packing, padding_free=padding_free,
+                 tokens_per_forward=forward_token_budget(cfg, ctx.device) if padding_free else None, **info)
     from ..adapters import build_optimizer
     opt = build_optimizer(ctx.model, cfg)  # LoRA+ param groups; None: the trainer's own optimizer
-    return ForgeSFTTrainer(model=ctx.model, args=args, data_collator=collator, train_dataset=train_ds,
-                           eval_dataset=eval_ds, processing_class=tok, callbacks=ctx.callbacks,
-                           **({"optimizers": (opt, None)} if opt is not None else {}))
+    trainer = ForgeSFTTrainer(model=ctx.model, args=args, data_collator=collator, train_dataset=train_ds,
+                              eval_dataset=eval_ds, processing_class=tok, callbacks=ctx.callbacks,
+                              **({"optimizers": (opt, None)} if opt is not None else {}))
+    trainer.forge_max_tokens = forward_token_budget(cfg, ctx.device) if padding_free else None
+    return trainer
 
 
 register_recipe(Recipe("sft", "sft", build_sft_trainer,

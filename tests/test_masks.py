@@ -168,7 +168,7 @@ def test_padding_free_batch_matches_examples_alone_forward_and_backward(tiny_mod
     flat = model(**fwd).logits[0]
     w = model.model.layers[0].self_attn.q_proj.weight
     (g_flat,) = torch.autograd.grad(flat.square().mean() * flat.shape[0], w)
-    s, alone_logits, loss_alone = 0, [], 0.0
+    s, loss_alone = 0, 0.0
     for e in order:
         n = len(e["input_ids"])
         lo = model(input_ids=torch.tensor([e["input_ids"]])).logits[0]

@@ -196,7 +196,6 @@ def test_micro_batch_must_divide_the_batch():
 
 def test_trained_positions_loss_equals_trls_fused_head(tiny_cfg):
     """Our loss on padding-free batches (logits at trained positions only) == TRL's fused LM head."""
-    from kit.data import ForgeCollator
     from kit.engine import Run
 
     cfg = _cfg(tiny_cfg, batch_size=4, max_steps=1)

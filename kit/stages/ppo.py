@@ -26,7 +26,7 @@ from ..data import load_splits
 from ..data.encode import encode_prompt
 from . import Recipe, register_recipe
 from .common import StageContext, base_training_args
-from .rewards import completion_text, resolve_rewards
+from .rewards import resolve_rewards
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 

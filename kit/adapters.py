@@ -172,15 +172,37 @@ def _galore_state_bytes(model: nn.Module) -> int:
     return total
 
 
+def optimizer_state_bytes(model: nn.Module, optim: str) -> int:
+    """Bytes of optimizer state for the trainable parameters (works on a ``meta`` model too).
+
+    AdamW: two fp32 moments per parameter; bitsandbytes' 8-bit AdamW: two 1-byte moments plus an
+    fp32 scale per block of 256, but fp32 moments for tensors under 4096 values (its
+    ``min_8bit_size``); SGD as transformers builds it (no momentum): none;
+    Adafactor (no first moment by default): a row and a column factor per matrix, a full second
+    moment for vectors; GaLore: see :func:`_galore_state_bytes`.
+    """
+    if optim == "galore_adamw":
+        return _galore_state_bytes(model)
+    total = 0
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        n = p.numel()
+        if optim == "adafactor":
+            total += 4 * (sum(p.shape[-2:]) if p.dim() >= 2 else n)
+        elif optim == "adamw_8bit":
+            total += 2 * (n + 4 * -(-n // 256)) if n >= 4096 else 8 * n
+        elif optim != "sgd":
+            total += 8 * n
+    return total
+
+
 def estimate_memory_bytes(model: nn.Module, cfg: RunConfig) -> dict:
     """Rough training memory: weights + grads + optimizer states of trainable params + activations."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     grads = trainable * 4
-    if cfg.train.optim == "galore_adamw":
-        states = _galore_state_bytes(model)
-    else:
-        states = trainable * (2 if cfg.train.optim == "adamw_8bit" else 8)  # two states per param
+    states = optimizer_state_bytes(model, cfg.train.optim)
     p = next(model.parameters(), None)
     act = activation_bytes(getattr(model, "config", None), cfg,
                            device=p.device.type if p is not None else "cpu",

@@ -29,7 +29,7 @@ import torch
 from .config import RunConfig
 from .events import TERMINAL, Event, EventBus, read_events
 from .paths import new_run_dir
-from .runtime import set_threads, training_allocator
+from .runtime import deferred_bitsandbytes, set_threads, training_allocator
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,7 @@ class Run:
     def _execute(self) -> None:
         from .adapters import apply_adapter, estimate_memory_bytes, param_counts
         from .models import load_model
+        from .models.loading import needs_bitsandbytes
         from .stages import get_recipe
         from .stages.common import StageContext
 
@@ -236,17 +237,20 @@ class Run:
                    resume_from=str(resume_from) if resume_from else None, config=cfg.to_dict())
         try:
             set_threads(cfg.train.num_threads)
-            recipe = get_recipe(cfg.stage.name)
-            self._emit("status", status="loading model")
-            model_cls = None
-            if recipe.head == "sequence_classification":
-                from .stages.rm import ScalarHead  # one logit: a reward
-                model_cls = ScalarHead
-            loaded = load_model(cfg, with_adapter=False, model_cls=model_cls)
-            self.device = loaded.device
-            torch.manual_seed(cfg.train.seed)  # LoRA init is part of the seeded state
-            task = "SEQ_CLS" if recipe.head == "sequence_classification" else "CAUSAL_LM"
-            model = apply_adapter(loaded.model, cfg, task_type=task)
+            # importing the stage's trainer (TRL, transformers, peft) and attaching the adapter would
+            # both import bitsandbytes; runs that do not use it skip that
+            with deferred_bitsandbytes(needs_bitsandbytes(cfg)):
+                recipe = get_recipe(cfg.stage.name)
+                self._emit("status", status="loading model")
+                model_cls = None
+                if recipe.head == "sequence_classification":
+                    from .stages.rm import ScalarHead  # one logit: a reward
+                    model_cls = ScalarHead
+                loaded = load_model(cfg, with_adapter=False, model_cls=model_cls)
+                self.device = loaded.device
+                torch.manual_seed(cfg.train.seed)  # LoRA init is part of the seeded state
+                task = "SEQ_CLS" if recipe.head == "sequence_classification" else "CAUSAL_LM"
+                model = apply_adapter(loaded.model, cfg, task_type=task)
             trainable, total = param_counts(model)
             self._emit("model", trainable_params=trainable, total_params=total,
                        trainable_pct=100.0 * trainable / max(total, 1), device=loaded.device, dtype=str(loaded.dtype),

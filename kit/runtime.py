@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import importlib.util
 import logging
 import os
 import sys
@@ -78,6 +79,38 @@ def training_allocator(device: str) -> Iterator[bool]:
                 libc.mallopt(_M_MMAP_THRESHOLD, _AFTER_MMAP)
                 libc.mallopt(_M_TRIM_THRESHOLD, _AFTER_TRIM)
                 libc.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def deferred_bitsandbytes(needed: bool) -> Iterator[None]:
+    """Import the training libraries without bitsandbytes when the run does not use it.
+
+    Why: peft imports bitsandbytes at import time (``peft.helpers``, for a weight-analysis helper)
+    and again when it attaches LoRA layers (to offer its 8-bit layer types), and bitsandbytes
+    imports torch's compiler stack: 0.7 s of the ~4 s that importing peft, transformers' Trainer
+    and TRL takes on this 2-core machine, paid by every run before its first step. While the body
+    runs, ``bitsandbytes`` reads as absent (``None`` in ``sys.modules``; peft
+    catches the ImportError). Afterwards it is importable again and the cached availability
+    answers of peft and transformers are cleared, so a quantized run later in the same process (a
+    notebook) finds it (tests/test_perf_path.py). Nothing happens when bitsandbytes is needed, is
+    not installed, or peft is already imported.
+    """
+    if (needed or "peft" in sys.modules or "bitsandbytes" in sys.modules
+            or importlib.util.find_spec("bitsandbytes") is None):
+        yield
+        return
+    sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
+            del sys.modules["bitsandbytes"]
+        for module, names in (("peft.import_utils", ("is_bnb_available", "is_bnb_4bit_available")),
+                              ("transformers.utils.import_utils", ("is_bitsandbytes_available",))):
+            for name in names:
+                fn = getattr(sys.modules.get(module), name, None)
+                if hasattr(fn, "cache_clear"):
+                    fn.cache_clear()
 
 
 def set_threads(n: Optional[int]) -> None:

@@ -250,3 +250,24 @@ def test_activation_estimate_matches_saved_tensors(tiny_cfg, checkpointing):
         est_layers -= 256 * (10 * c.hidden_size + 3 * c.intermediate_size) * 4
     assert 0.75 * layers < est_layers < 1.33 * layers, (est_layers, layers)
     assert 0.75 * total < est < 1.33 * total, (est, total)
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch", "adamw_8bit", "sgd", "adafactor"])
+def test_optimizer_state_estimate_equals_the_real_state(tiny_cfg, optim):
+    """The optimizer part of the memory estimate (engine and adapter panel share it) against the
+    bytes the optimizer really holds after one step."""
+    import torch
+    import kit
+    from kit.adapters import optimizer_state_bytes
+    if optim == "adamw_8bit":
+        pytest.importorskip("bitsandbytes")
+    run = kit.train(tiny_cfg(optim=optim, max_steps=1, save_steps=0, cutoff_len=64, max_samples=4))
+    assert run.status == "finished", run.traceback
+    opt = getattr(run.trainer.optimizer, "optimizer", run.trainer.optimizer)
+    held = 0
+    for st in opt.state.values():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.dim() > 0 and k not in ("qmap1", "qmap2"):  # qmaps: one shared 256-entry table
+                held += v.numel() * v.element_size()
+    est = next(e for e in run.events if e.kind == "model").get("memory_estimate")
+    assert est["optimizer"] == optimizer_state_bytes(run.trainer.model, optim) == held, (est["optimizer"], held)

@@ -137,3 +137,16 @@ def test_preview_marks_the_trained_part(tiny_model_dir, tmp_path, default_tokeni
     register_dataset("pv_pref", [{"prompt": "hi", "chosen": "hello", "rejected": "go"}])
     pref = preview(c.replace(stage__name="dpo", data__dataset="pv_pref"), 1, tokenizer=default_tokenizer)[0]
     assert pref["rendered"].endswith("[[hello<|im_end|>\n]]")
+
+
+def test_evaluation_sets_are_not_offered_for_training(tiny_model_dir, tmp_path):
+    from kit.data import DataError, list_datasets
+    from kit.widgets.panels import DataPanel
+    assert "demo_mc" in list_datasets() and list_datasets()["demo_mc"].purpose == "eval"
+    assert "demo_mc" not in list_datasets("train") and "demo_sft" in list_datasets("train")
+    assert "demo_mc" not in DataPanel().form["data.dataset"].widget.options
+    with pytest.raises(DataError, match="evaluation set") as e:
+        load_splits(cfg(tiny_model_dir, tmp_path, dataset="demo_mc"), "sft")
+    assert "demo_mc" in str(e.value)
+    with pytest.raises(DataError, match="purpose"):
+        register_dataset("x_bad", [], purpose="test")

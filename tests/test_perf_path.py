@@ -261,3 +261,24 @@ def test_training_allocator_nests_across_concurrent_runs():
             assert b and rt._active == 2
         assert rt._active == 1
     assert rt._active == 0
+
+
+def test_bitsandbytes_is_imported_only_by_runs_that_use_it(tiny_model_dir, tmp_path):
+    """A plain LoRA run leaves bitsandbytes unimported (0.7 s of start-up); a 4-bit run afterwards
+    in the same process still quantizes and trains (a notebook does exactly this)."""
+    pytest.importorskip("bitsandbytes")
+    script = f"""
+import sys, kit
+base = dict(model={str(tiny_model_dir)!r}, max_steps=1, save_steps=0, cutoff_len=64, max_samples=4, batch_size=2)
+run = kit.train(output_dir={str(tmp_path / "plain")!r}, **base)
+assert run.status == "finished", run.traceback
+assert "peft" in sys.modules and "bitsandbytes" not in sys.modules, "bitsandbytes was imported"
+run = kit.train(output_dir={str(tmp_path / "q4")!r}, bits=4, **base)
+assert run.status == "finished", run.traceback
+layer = run.model.base_model.model.model.layers[0].self_attn.q_proj
+assert type(layer.base_layer).__name__ == "Linear4bit", type(layer.base_layer)
+assert all(l == l for _, l in run.losses())
+print("OK")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]

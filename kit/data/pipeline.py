@@ -46,6 +46,9 @@ def _refs(x: Any) -> list[str]:
 def load_rows(ref: str, fmt: str = "auto", kind: Optional[str] = None, max_samples: Optional[int] = None) -> tuple[list[dict], str]:
     """Normalised rows of one dataset reference, and the kind they are."""
     spec = get_spec(ref)
+    if spec.purpose == "eval":
+        raise DataError(f"'{spec.name}' is an evaluation set (rows for kit.evaluate / forge eval in multiple-choice "
+                        "mode), not training data", str(spec.source) if isinstance(spec.source, str) else spec.name)
     rows, source = read_spec(spec)
     if not rows:
         raise DataError("the dataset is empty", source)

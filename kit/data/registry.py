@@ -25,15 +25,20 @@ class DatasetSpec:
     format: str = "auto"
     description: str = ""
     split: Optional[str] = None            # for hub-style dicts of splits (unused for files)
+    purpose: str = "train"                 # "eval": rows only kit.evaluate reads (e.g. multiple choice)
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
 _DEMO_LOADED = False
 
 
-def register_dataset(name: str, source: Any, format: str = "auto", description: str = "") -> DatasetSpec:
-    """Register ``name`` for a file path, a list of rows or a ``datasets.Dataset``."""
-    spec = DatasetSpec(name=name, source=source, format=format, description=description)
+def register_dataset(name: str, source: Any, format: str = "auto", description: str = "",
+                     purpose: str = "train") -> DatasetSpec:
+    """Register ``name`` for a file path, a list of rows or a ``datasets.Dataset``; ``purpose="eval"``
+    marks a set only :mod:`kit.evaluate` reads (dataset pickers for training leave it out)."""
+    if purpose not in ("train", "eval"):
+        raise DataError(f"purpose must be 'train' or 'eval', got {purpose!r}", name)
+    spec = DatasetSpec(name=name, source=source, format=format, description=description, purpose=purpose)
     _REGISTRY[name] = spec
     return spec
 
@@ -58,7 +63,8 @@ def load_registry_file(path: str | os.PathLike) -> list[DatasetSpec]:
         f = Path(entry["file"])
         if not f.is_absolute():
             f = p.parent / f
-        out.append(register_dataset(name, str(f), entry.get("format", "auto"), entry.get("description", "")))
+        out.append(register_dataset(name, str(f), entry.get("format", "auto"), entry.get("description", ""),
+                                    entry.get("purpose", "train")))
     return out
 
 
@@ -75,9 +81,10 @@ def _ensure_demo() -> None:
                 _REGISTRY.setdefault(spec.name, spec)
 
 
-def list_datasets() -> dict[str, DatasetSpec]:
+def list_datasets(purpose: Optional[str] = None) -> dict[str, DatasetSpec]:
+    """Registered datasets, all of them or those of one ``purpose`` ("train" or "eval")."""
     _ensure_demo()
-    return dict(_REGISTRY)
+    return {k: v for k, v in _REGISTRY.items() if purpose is None or v.purpose == purpose}
 
 
 def get_spec(ref: str) -> DatasetSpec:

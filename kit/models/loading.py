@@ -11,6 +11,7 @@ Sources, tried in this order:
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -246,8 +247,6 @@ def check_prequantized(path: str) -> Optional[str]:
     cfgp = Path(path) / "config.json"
     if not cfgp.exists():
         return None
-    import json
-
     method = (json.loads(cfgp.read_text()).get("quantization_config") or {}).get("quant_method")
     if method in PREQUANT_LIBS:
         module, extra = PREQUANT_LIBS[method]
@@ -255,6 +254,19 @@ def check_prequantized(path: str) -> Optional[str]:
             raise ImportError(f"{cfgp} is a {method.upper()} checkpoint; loading it needs the '{module}' package: "
                               f"pip install 'forge-kit[{extra}]'")
     return method
+
+
+def needs_bitsandbytes(cfg: RunConfig) -> bool:
+    """Whether a run uses bitsandbytes: it quantizes, trains with the 8-bit optimizer, initialises
+    LoRA with LoftQ, or loads a checkpoint that was saved quantized by bitsandbytes."""
+    if cfg.quant.bits is not None or cfg.train.optim == "adamw_8bit" or cfg.adapter.init == "loftq":
+        return True
+    try:
+        path, gguf_file, _ = resolve_model_path(cfg.model.name, cfg.model.gguf_file)
+        conf = json.loads((Path(path) / "config.json").read_text()) if not gguf_file else {}
+    except (OSError, ValueError):
+        return False  # a hub id or a GGUF file: no saved quantization config to read here
+    return str((conf.get("quantization_config") or {}).get("quant_method", "")).startswith("bitsandbytes")
 
 
 def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = None) -> LoadedModel:

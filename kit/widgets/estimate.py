@@ -51,7 +51,7 @@ def _estimate(path: str, adapter_yaml: str, bits: Optional[int], optim: str, dty
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..adapters import apply_adapter, param_counts
+    from ..adapters import apply_adapter, optimizer_state_bytes, param_counts
 
     cfg = RunConfig.from_yaml_text(adapter_yaml)
     with torch.device("meta"):
@@ -64,8 +64,7 @@ def _estimate(path: str, adapter_yaml: str, bits: Optional[int], optim: str, dty
         frozen_linear = not p.requires_grad and p.dim() == 2 and ".layers." in name
         # bitsandbytes quantizes the frozen linear layers inside the decoder blocks
         weight_bytes += p.numel() * (bits / 8 if bits and frozen_linear else wsize)
-    opt = 2 if optim == "adamw_8bit" else (0 if optim == "sgd" else 8)
-    grads, states = trainable * 4, trainable * opt
+    grads, states = trainable * 4, optimizer_state_bytes(model, optim)  # the engine's own formula
     return {"trainable": trainable, "total": total, "weights_bytes": int(weight_bytes), "grads_bytes": grads,
             "optimizer_bytes": states, "total_bytes": int(weight_bytes + grads + states)}
 

@@ -175,7 +175,7 @@ class DataPanel(Panel):
 
     def _custom_fields(self) -> dict:
         from ..data import list_datasets
-        ds = Field("data.dataset", options=sorted(list_datasets()))
+        ds = Field("data.dataset", options=sorted(list_datasets("train")))  # evaluation-only sets stay out
         ds.widget.placeholder = "registered name or file path (json/jsonl/csv/parquet)"
         return {"data__dataset": ds}
 

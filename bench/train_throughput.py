@@ -159,6 +159,32 @@ def ensure_llamafactory_venv() -> Path:
 
 
 # ----------------------------------------------------------------------------- child side
+def after_import(hooks: dict) -> None:
+    """Run ``hooks[name](module)`` right after module ``name`` is first imported (a meta path finder
+    that wraps the module's loader)."""
+    import importlib.abc
+
+    class AfterImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name not in hooks:
+                return None
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(name, path, target)
+                if spec is not None and spec.loader is not None:
+                    run, hook = spec.loader.exec_module, hooks.pop(name)
+
+                    def exec_module(module, run=run, hook=hook):
+                        run(module)
+                        hook(module)
+                    spec.loader.exec_module = exec_module
+                    return spec
+            return None
+
+    sys.meta_path.insert(0, AfterImport())
+
+
 class Probe:
     """Timestamps each optimizer step and counts the tokens of each training micro-batch."""
 
@@ -183,10 +209,14 @@ class Probe:
             return time.time()
 
     def install(self) -> None:
-        from transformers import Trainer
-        from transformers.trainer_callback import CallbackHandler
+        """Patch transformers' CallbackHandler and Trainer the moment each is first imported (by
+        the contender itself), so the probe adds no imports of its own to the start-up it measures."""
+        after_import({"transformers.trainer_callback": self._patch_callbacks, "transformers.trainer": self._patch_trainer})
+
+    def _patch_callbacks(self, module) -> None:
+        CallbackHandler = module.CallbackHandler
         probe = self
-        orig_step_end, orig_log, orig_ts = CallbackHandler.on_step_end, CallbackHandler.on_log, Trainer.training_step
+        orig_step_end, orig_log = CallbackHandler.on_step_end, CallbackHandler.on_log
 
         def on_step_end(self, args, state, control):
             probe.step_end.append(time.time())
@@ -201,12 +231,19 @@ class Probe:
                 probe.losses.append(float(logs["loss"]))
             return orig_log(self, args, state, control, logs)
 
+        CallbackHandler.on_step_end, CallbackHandler.on_log = on_step_end, on_log
+
+    def _patch_trainer(self, module) -> None:
+        Trainer = module.Trainer
+        probe = self
+        orig_ts = Trainer.training_step
+
         def training_step(self, model, inputs, *a, **kw):
             probe.model = model
             probe.count(inputs)
             return orig_ts(self, model, inputs, *a, **kw)
 
-        CallbackHandler.on_step_end, CallbackHandler.on_log, Trainer.training_step = on_step_end, on_log, training_step
+        Trainer.training_step = training_step
 
     def count(self, inputs: dict) -> None:
         import torch

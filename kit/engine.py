@@ -15,6 +15,7 @@ Run directory::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import torch
 from .config import RunConfig
 from .events import TERMINAL, Event, EventBus, read_events
 from .paths import new_run_dir
-from .runtime import deferred_bitsandbytes, set_threads, training_allocator
+from .runtime import deferred_bitsandbytes, paused_gc, set_threads, training_allocator
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,9 @@ class Run:
         resume_from = last_checkpoint(self.run_dir) if cfg.train.resume else None
         self._emit("start", stage=cfg.stage.name, model=cfg.model.name, run_dir=str(self.run_dir), world_size=world_size(),
                    resume_from=str(resume_from) if resume_from else None, config=cfg.to_dict())
+        setup = contextlib.ExitStack()  # the garbage collector is paused until training starts
         try:
+            setup.enter_context(paused_gc())
             set_threads(cfg.train.num_threads)
             # importing the stage's trainer (TRL, transformers, peft) and attaching the adapter would
             # both import bitsandbytes; runs that do not use it skip that
@@ -265,6 +268,7 @@ class Run:
             _quiet_trainer(self.trainer)
             if self._stop.is_set():
                 raise StopRequested()
+            setup.close()
             with training_allocator(loaded.device):
                 result = self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             self.model = self.trainer.model
@@ -288,6 +292,7 @@ class Run:
             if self._thread is None:  # foreground: let the caller see the exception
                 raise
         finally:
+            setup.close()
             self._done.set()
 
     def _save_final(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import importlib.util
 import logging
 import os
@@ -79,6 +80,36 @@ def training_allocator(device: str) -> Iterator[bool]:
                 libc.mallopt(_M_MMAP_THRESHOLD, _AFTER_MMAP)
                 libc.mallopt(_M_TRIM_THRESHOLD, _AFTER_TRIM)
                 libc.malloc_trim(0)
+
+
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = True
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a run sets up (imports, model load, trainer).
+
+    Why: importing torch's and Hugging Face's stacks creates ~900k Python objects, and every full
+    collection walks all of them; measured here, importing transformers' Trainer and TRL took
+    5.2 s with the collector on and 3.6 s with it off. The set-up makes little cyclic garbage, and
+    the collector is back on (if it was on) before the first training step. Nested and
+    concurrent runs share one switch.
+    """
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 @contextlib.contextmanager

@@ -282,3 +282,23 @@ print("OK")
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_garbage_collector_is_paused_only_while_a_run_sets_up(tiny_cfg):
+    import gc
+
+    from kit.engine import Run
+    seen = []
+    run = Run(tiny_cfg(max_steps=2, save_steps=0))
+    run.subscribe(lambda e: seen.append((e.kind, e.get("status"), gc.isenabled())))
+    assert gc.isenabled()
+    run.start()
+    assert run.status == "finished" and gc.isenabled()
+    assert ("status", "loading model", False) in seen and ("status", "preparing data", False) in seen
+    assert [on for kind, _, on in seen if kind == "step"] == [True, True]
+    gc.disable()  # a caller that turned it off keeps it off
+    try:
+        assert Run(tiny_cfg(max_steps=1, save_steps=0, output_dir=str(run.run_dir) + "-2")).start().status == "finished"
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -357,6 +357,9 @@ def child_trl(args, probe: Probe, packing: bool) -> dict:
 def child_llamafactory(args, probe: Probe, packing: bool) -> dict:
     """LLaMA-Factory's own entry point (``run_exp``, what ``llamafactory-cli train`` calls), in this
     child process under the LLaMA-Factory venv's python, so the same probe times it."""
+    # LLaMA-Factory's first import; transformers decides here (cached) which optional packages
+    # exist, so it must run before the torchaudio stand-in below, which it should not see
+    import transformers  # noqa: F401
     try:
         import torchaudio  # noqa: F401
     except (ImportError, OSError):

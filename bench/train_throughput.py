@@ -1,6 +1,6 @@
 """LoRA SFT throughput: Forge vs plain TRL (vs LLaMA-Factory), each in its own process.
 
-    python bench/train_throughput.py                      # forge, trl, trl-packed; 10 steps, CPU fp32
+    python bench/train_throughput.py                      # forge, forge-packed, trl, trl-packed; 10 steps, CPU fp32
     python bench/train_throughput.py --steps 4 --contenders forge trl
     python bench/train_throughput.py --contenders forge llamafactory   # installs LLaMA-Factory in a venv
 

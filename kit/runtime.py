@@ -124,7 +124,9 @@ def deferred_bitsandbytes(needed: bool) -> Iterator[None]:
     catches the ImportError). Afterwards it is importable again and the cached availability
     answers of peft and transformers are cleared, so a quantized run later in the same process (a
     notebook) finds it (tests/test_perf_path.py). Nothing happens when bitsandbytes is needed, is
-    not installed, or peft is already imported.
+    not installed, or peft is already imported, i.e. only during a process's first run. It is
+    process-wide while it lasts (a few seconds): code importing bitsandbytes in another thread
+    meanwhile would get an ImportError.
     """
     if (needed or "peft" in sys.modules or "bitsandbytes" in sys.modules
             or importlib.util.find_spec("bitsandbytes") is None):

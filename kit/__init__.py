@@ -8,13 +8,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-import gc as _gc  # noqa: E402
+from .runtime import paused_gc as _paused_gc  # noqa: E402  (standard library only)
 
 # torch's import creates ~200k objects; full garbage collections walking them cost ~0.2 s of the
-# ~1 s that `import kit` takes (see kit.runtime.paused_gc for the same during a run's set-up)
-_gc_was_enabled = _gc.isenabled()
-_gc.disable()
-try:
+# ~1 s that `import kit` takes (kit.runtime.paused_gc does the same for a run's set-up)
+with _paused_gc():
     from .config import ConfigError, RunConfig  # noqa: E402
     from .engine import Run, open_run, train  # noqa: E402
     from .infer.hf import ChatModel, chat  # noqa: E402
@@ -22,9 +20,6 @@ try:
     # the first ``import kit.evaluate`` would leave the module, not the function, at ``kit.evaluate``
     from .evaluate import evaluate  # noqa: E402
     from .export import export  # noqa: E402  (same reason; the module imports only the standard library and config)
-finally:
-    if _gc_was_enabled:
-        _gc.enable()
 
 __all__ = ["RunConfig", "ConfigError", "Run", "train", "open_run", "chat", "ChatModel", "evaluate", "export", "__version__"]
 

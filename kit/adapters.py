@@ -229,9 +229,8 @@ def activation_bytes(model_config: Any, cfg: RunConfig, device: str = "cpu", dty
     t = cfg.train
     tokens = t.batch_size * cfg.data.cutoff_len
     if cfg.stage.name in ("sft", "pt"):
-        from .stages.common import tokens_per_forward  # what one forward pass sees
-        padding_free = cfg.data.padding_free and cfg.model.attn_implementation != "eager"
-        tokens = tokens_per_forward(cfg, device, padding_free)
+        from .stages.common import padding_free_requested, tokens_per_forward  # what one forward pass sees
+        tokens = tokens_per_forward(cfg, device, padding_free_requested(cfg))
     elif cfg.stage.name in ("dpo", "kto", "rm"):
         tokens *= 2  # chosen and rejected (or completion and KL) sequences go through together
     per_layer = (10 * h + 3 * i) * dtype_bytes

@@ -1,4 +1,8 @@
-"""Process-level settings for fast CPU training: threads and the C allocator.
+"""Process-level settings for fast start-up and CPU training: threads, the C allocator, the garbage
+collector while a run sets up, and which optional libraries get imported.
+
+This module imports only the standard library (torch lazily), so ``kit/__init__`` can use
+:func:`paused_gc` around its own imports.
 
 Why the allocator: a training step on CPU allocates and frees gigabytes of activation tensors of
 many sizes. glibc's defaults hand large blocks straight back to the kernel (``mmap``/``munmap``
@@ -21,8 +25,6 @@ import os
 import sys
 import threading
 from typing import Iterator, Optional
-
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +150,8 @@ def deferred_bitsandbytes(needed: bool) -> Iterator[None]:
 
 def set_threads(n: Optional[int]) -> None:
     """torch threads = physical cores by default (hyper-threads slow matmuls down)."""
+    import torch
+
     if n is None:
         try:
             import psutil

@@ -242,16 +242,21 @@ def bnb_config(quant: QuantConfig, dtype: torch.dtype):
 PREQUANT_LIBS = {"gptq": ("gptqmodel", "gptq"), "awq": ("awq", "awq")}
 
 
-def check_prequantized(path: str) -> Optional[str]:
-    """The quant_method of a pre-quantized local checkpoint; raise naming the extra if its library is missing."""
+def saved_quant_method(path: str) -> Optional[str]:
+    """``quantization_config.quant_method`` of a local checkpoint saved quantized, else None."""
     cfgp = Path(path) / "config.json"
     if not cfgp.exists():
         return None
-    method = (json.loads(cfgp.read_text()).get("quantization_config") or {}).get("quant_method")
+    return (json.loads(cfgp.read_text()).get("quantization_config") or {}).get("quant_method")
+
+
+def check_prequantized(path: str) -> Optional[str]:
+    """The quant_method of a pre-quantized local checkpoint; raise naming the extra if its library is missing."""
+    method = saved_quant_method(path)
     if method in PREQUANT_LIBS:
         module, extra = PREQUANT_LIBS[method]
         if importlib.util.find_spec(module) is None:
-            raise ImportError(f"{cfgp} is a {method.upper()} checkpoint; loading it needs the '{module}' package: "
+            raise ImportError(f"{Path(path) / 'config.json'} is a {method.upper()} checkpoint; loading it needs the '{module}' package: "
                               f"pip install 'forge-kit[{extra}]'")
     return method
 
@@ -263,10 +268,10 @@ def needs_bitsandbytes(cfg: RunConfig) -> bool:
         return True
     try:
         path, gguf_file, _ = resolve_model_path(cfg.model.name, cfg.model.gguf_file)
-        conf = json.loads((Path(path) / "config.json").read_text()) if not gguf_file else {}
+        method = saved_quant_method(path) if not gguf_file else None
     except (OSError, ValueError):
-        return False  # a hub id or a GGUF file: no saved quantization config to read here
-    return str((conf.get("quantization_config") or {}).get("quant_method", "")).startswith("bitsandbytes")
+        return False  # a hub id or an unreadable config: no saved quantization config to read here
+    return str(method or "").startswith("bitsandbytes")
 
 
 def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = None) -> LoadedModel:

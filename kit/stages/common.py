@@ -96,6 +96,13 @@ def require_galore() -> None:
     torch.serialization.add_safe_globals([GaLoreProjector])
 
 
+def padding_free_requested(cfg) -> bool:
+    """Whether the config asks for padding-free batches: on by default, off with
+    ``data.padding_free=false`` or an explicit ``attn_implementation=eager`` (which keeps the dense
+    block mask, e.g. to compare against it). The model must also accept them (``use_varlen``)."""
+    return cfg.data.padding_free and cfg.model.attn_implementation != "eager"
+
+
 def micro_batching(cfg, device: str, padding_free: bool) -> dict:
     """Split each optimizer step's ``batch_size`` rows into forward passes of ``micro_batch_size`` rows.
 

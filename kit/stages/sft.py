@@ -17,7 +17,8 @@ from ..data import IGNORE, ForgeCollator, build_tokenized
 from ..data.collator import split_flat
 from ..models.attention import use_varlen
 from . import Recipe, register_recipe
-from .common import StageContext, TokenCounting, base_training_args, forward_token_budget, micro_batching
+from .common import (StageContext, TokenCounting, base_training_args, forward_token_budget, micro_batching,
+                     padding_free_requested)
 
 
 class ForgeSFTTrainer(TokenCounting, SFTTrainer):
@@ -96,10 +97,9 @@ class ForgeSFTTrainer(TokenCounting, SFTTrainer):
 def build_sft_trainer(ctx: StageContext, kind: str = "sft"):
     cfg, tok = ctx.cfg, ctx.tokenizer
     train_ds, eval_ds, info = build_tokenized(cfg, tok, kind)
-    # padding-free batches need an attention kernel that reads cu_seq_lens (kit.models.attention);
-    # an explicit eager choice keeps the dense block mask (e.g. to compare against it)
-    padding_free = (cfg.data.padding_free and cfg.model.attn_implementation != "eager"
-                    and use_varlen(ctx.model))
+    # padding-free batches need an attention kernel that reads cu_seq_lens (kit.models.attention)
+    padding_free = padding_free_requested(cfg) and use_varlen(ctx.model)
+    max_tokens = forward_token_budget(cfg, ctx.device) if padding_free else None
     kw = base_training_args(cfg, ctx.run_dir, ctx.device, ctx.dtype)
     kw.update(micro_batching(cfg, ctx.device, padding_free))
     args = SFTConfig(**kw, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, packing=False)
@@ -107,13 +107,13 @@ def build_sft_trainer(ctx: StageContext, kind: str = "sft"):
     if ctx.emit:
         ctx.emit("data", train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else 0,
                  packed=cfg.data.packing, padding_free=padding_free,
-                 tokens_per_forward=forward_token_budget(cfg, ctx.device) if padding_free else None, **info)
+                 tokens_per_forward=max_tokens, **info)
     from ..adapters import build_optimizer
     opt = build_optimizer(ctx.model, cfg)  # LoRA+ param groups; None: the trainer's own optimizer
     trainer = ForgeSFTTrainer(model=ctx.model, args=args, data_collator=collator, train_dataset=train_ds,
                               eval_dataset=eval_ds, processing_class=tok, callbacks=ctx.callbacks,
                               **({"optimizers": (opt, None)} if opt is not None else {}))
-    trainer.forge_max_tokens = forward_token_budget(cfg, ctx.device) if padding_free else None
+    trainer.forge_max_tokens = max_tokens
     return trainer
 
 

@@ -38,7 +38,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'kit' has no attribute {name!r}")
 
 
-_SUBMODULES = ("data", "models", "widgets", "stages", "infer", "adapters", "events", "magics", "cli", "engine", "config")
+_SUBMODULES = ("data", "models", "widgets", "stages", "infer", "adapters", "memory", "events", "rundir", "magics", "cli",
+               "engine", "config")
 
 
 def load_ipython_extension(ipython):  # %load_ext kit

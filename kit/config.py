@@ -15,11 +15,23 @@ Ways in, all validated at construction:
 
 Ways out: ``cfg.to_dict()``, ``cfg.to_yaml()`` (round trip exact), ``cfg.to_yaml(minimal=True)``
 (only what differs from the defaults, what the board shows).
+
+Which stages read a knob is declared once, on the field (``stages=("dpo", "kto")``; no
+declaration: every stage reads it). The validator, the stage panel (:func:`stage_knobs`) and the
+help text (:func:`field_help`, "Used by: dpo, kto.") all derive from it, and a knob that the chosen
+stage ignores, set to anything but its default, is a ConfigError naming the stages that read it.
+
+All validation happens when a RunConfig is built (:meth:`RunConfig.validate`): values are
+coerced to the annotated types here; finite numbers, bounds, knobs the stage ignores and the
+cross-field rules are checked by :mod:`kit.config_rules`, one table. Code that gets a RunConfig
+may trust it. YAML with a key given twice is refused (:class:`UniqueKeyLoader`).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import logging
 import os
 import types
 import typing
@@ -28,6 +40,11 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
+
+from . import config_rules
+from .errors import ForgeError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ConfigError",
@@ -40,15 +57,28 @@ __all__ = [
     "GenerateConfig",
     "RunConfig",
     "DEFAULT_MODEL",
+    "STAGES",
+    "knob_stages",
+    "knob_loss_types",
+    "knob_read",
+    "stage_knobs",
+    "used_by",
+    "default_of",
+    "field_help",
+    "field_choices",
+    "reference_markdown",
+    "is_optional",
+    "load_yaml_text",
 ]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-class ConfigError(ValueError):
+class ConfigError(ForgeError, ValueError):
     """A configuration value or key is wrong; the message names the key (and the YAML line if known)."""
 
     def __init__(self, message: str, key: str | None = None, line: int | None = None):
+        self.message = message  # without the "line N, key 'k': " prefix
         self.key = key
         self.line = line
         where = []
@@ -61,12 +91,29 @@ class ConfigError(ValueError):
 
 
 def _f(default: Any = None, help: str = "", *, min: float | None = None, max: float | None = None,
-       factory: Any = None, **extra: Any):
-    """A dataclass field with documentation and bounds in its metadata."""
-    meta = {"help": help, "min": min, "max": max, **extra}
+       gt: float | None = None, why: str = "", stages: tuple | None = None, loss_types: tuple | None = None,
+       factory: Any = None):
+    """A dataclass field with its documentation, bounds and users in its metadata.
+
+    ``min``/``max``: inclusive bounds, ``gt``: exclusive lower bound, ``why``: added to a bound's
+    error message. ``stages``: the stages whose recipe reads the knob (None: every stage);
+    ``loss_types``: with stage dpo, the losses that read it (None: all of them).
+    """
+    meta = {"help": help, "min": min, "max": max, "gt": gt, "why": why, "stages": stages, "loss_types": loss_types}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+# Who reads what (see the recipes in kit/stages): stages that tokenize with our own encoder and
+# trainer loop (packing, padding-free batches, micro-batches, the token cache, LoRA+), the stages
+# that evaluate (ppo's rollouts are its evaluation: it reads no eval set), and the dpo losses
+# that keep a reference model (orpo and simpo are reference-free).
+TOKENIZING = ("sft", "pt")
+EVALUATING = ("sft", "pt", "rm", "dpo", "kto", "grpo")
+REFERENCE_LOSSES = ("sigmoid", "ipo", "hinge")
+LOSS_TYPE_STAGE = config_rules.LOSS_TYPE_STAGE  # the stage whose stage.loss_type picks among variants
+MAX_CUTOFF_LEN = 1 << 20       # 1M tokens: far above any model's context, far below a typo's 1e9
 
 
 # ---------------------------------------------------------------- groups
@@ -83,7 +130,8 @@ class ModelConfig:
     name: str = _f(DEFAULT_MODEL, "Registered name, hub id, local directory or .gguf file.")
     gguf_file: Optional[str] = _f(None, "GGUF file name inside `name` (a directory or repo), if loading from GGUF.")
     revision: Optional[str] = _f(None, "Hub revision (branch, tag or commit).")
-    trust_remote_code: bool = _f(False, "Run model code shipped with the checkpoint. Off unless you trust it.")
+    trust_remote_code: bool = _f(False, "Run model code shipped with the checkpoint (a warning is logged). Off "
+                                        "unless you trust it.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
         "auto", "Weights dtype. auto: bf16 on GPUs that support it, else fp32 (CPU).")
     device: Literal["auto", "cpu", "cuda", "mps"] = _f("auto", "Where to put the model. auto: CUDA if present, else CPU.")
@@ -118,7 +166,8 @@ class AdapterConfig:
     use_dora: bool = _f(False, "DoRA: weight-decomposed LoRA.")
     use_rslora: bool = _f(False, "rsLoRA: scale by alpha/sqrt(r).")
     init: Literal["default", "gaussian", "pissa", "loftq"] = _f("default", "LoRA initialisation.")
-    loraplus_lr_ratio: Optional[float] = _f(None, "LoRA+: learning rate of B = ratio x learning rate of A.", min=0.0)
+    loraplus_lr_ratio: Optional[float] = _f(None, "LoRA+: learning rate of B = ratio x learning rate of A.", gt=0.0,
+                                            stages=TOKENIZING)
     freeze_trainable_layers: int = _f(2, "freeze: train the last n layers (negative: the first n).")
     freeze_trainable_modules: Union[str, list] = _f("all", "freeze: which modules inside the trainable layers ('all' or names).")
     freeze_extra_modules: Optional[list] = _f(None, "freeze: extra top-level modules to train (e.g. embed_tokens, lm_head).")
@@ -129,53 +178,66 @@ class AdapterConfig:
 class DataConfig:
     """Which data, in which format, and how it is encoded."""
 
-    dataset: Union[str, list] = _f("demo_sft", "Registered dataset name(s), file path(s) (json/jsonl/csv/parquet), comma separated or a list.")
-    eval_dataset: Optional[Union[str, list]] = _f(None, "Dataset(s) used for evaluation.")
+    dataset: Union[str, list] = _f("demo_sft", "Registered dataset name(s), file path(s) (json/jsonl/csv/parquet), "
+                                               "comma separated or a list.")
+    eval_dataset: Optional[Union[str, list]] = _f(None, "Dataset(s) used for evaluation.", stages=EVALUATING)
     format: Literal["auto", "alpaca", "messages", "sharegpt", "preference", "kto", "text", "prompt"] = _f(
         "auto", "Row format. auto: detected from the columns.")
-    cutoff_len: int = _f(512, "Maximum tokens per example (longer ones are truncated).", min=8)
+    cutoff_len: int = _f(512, "Maximum tokens per example (longer ones are truncated).", min=8, max=MAX_CUTOFF_LEN,
+                         why="(1M tokens; the model's own context length is checked when it loads)")
     max_samples: Optional[int] = _f(None, "Use at most this many rows per dataset.", min=1)
-    val_size: float = _f(0.0, "Fraction (<1) or count (>=1) of rows held out for evaluation.", min=0.0)
-    train_on_prompt: bool = _f(False, "Also train on prompt tokens (system/user turns).")
-    mask_history: bool = _f(False, "Train only on the last assistant answer.")
+    val_size: float = _f(0.0, "Fraction (<1) or count (>=1) of rows held out for evaluation.", min=0.0,
+                         stages=EVALUATING)
+    train_on_prompt: bool = _f(False, "Also train on prompt tokens (system/user turns).", stages=("sft",))
+    mask_history: bool = _f(False, "Train only on the last assistant answer.", stages=("sft",))
     packing: bool = _f(False, "Pack several examples per row (attention kept inside each example), so a step holds "
                               "batch_size rows of cutoff_len tokens. Off: a step is batch_size examples; padding-free "
-                              "batches waste no padding either way.")
-    padding_free: bool = _f(True, "SFT/PT: put a batch's examples back to back in one row (no padding, attention "
-                                  "per example). Off, or with attn_implementation=eager: padded rows with a block mask.")
+                              "batches waste no padding either way.", stages=TOKENIZING)
+    padding_free: bool = _f(True, "Put a batch's examples back to back in one row (no padding, attention per "
+                                  "example). Off, or with attn_implementation=eager: padded rows with a block mask.",
+                            stages=TOKENIZING)
     mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = _f("concat", "How several datasets are mixed.")
     interleave_probs: Optional[list] = _f(None, "Sampling probabilities for interleaving.")
     shuffle: bool = _f(True, "Shuffle the rows (with the seed) before the validation split and packing. The "
                              "training order always comes from the trainer's seeded sampler, new every epoch.")
-    cache: bool = _f(True, "Cache tokenized data by a content hash of (data, tokenizer, template, options).")
+    cache: bool = _f(True, "Cache tokenized data by a content hash of (data, tokenizer, template, options).",
+                     stages=TOKENIZING)
 
 
 @dataclass
 class StageConfig:
-    """The training stage (method) and its own knobs."""
+    """The training stage (method) and its own knobs; each knob names the stages that read it."""
 
     name: Literal["sft", "pt", "rm", "dpo", "kto", "grpo", "ppo"] = _f("sft", "Training stage.")
     # preference optimisation (dpo family)
-    loss_type: Literal["sigmoid", "ipo", "hinge", "orpo", "simpo"] = _f("sigmoid", "dpo: loss (sigmoid = DPO; orpo/simpo are reference-free).")
-    beta: float = _f(0.1, "dpo/kto/ppo: strength of the KL / preference term.", min=0.0)
-    ftx: float = _f(0.0, "dpo: weight of an added SFT loss on the chosen answer.", min=0.0)
-    label_smoothing: float = _f(0.0, "dpo: label smoothing (robust DPO).", min=0.0, max=0.5)
-    simpo_gamma: float = _f(0.5, "simpo: target reward margin.", min=0.0)
-    ref_model: Optional[str] = _f(None, "dpo/kto/ppo: reference model. None: the base model (adapter disabled).")
-    kto_desirable_weight: float = _f(1.0, "kto: weight of desirable examples.", min=0.0)
-    kto_undesirable_weight: float = _f(1.0, "kto: weight of undesirable examples.", min=0.0)
+    loss_type: Literal["sigmoid", "ipo", "hinge", "orpo", "simpo"] = _f(
+        "sigmoid", "Preference loss (sigmoid = DPO; orpo/simpo are reference-free).", stages=("dpo",))
+    beta: float = _f(0.1, "Strength of the KL / preference term.", min=0.0, stages=("dpo", "kto", "grpo", "ppo"))
+    ftx: float = _f(0.0, "Weight of an added SFT loss on the chosen answer (orpo has its own).", min=0.0,
+                    stages=("dpo",), loss_types=REFERENCE_LOSSES + ("simpo",))
+    # TRL's sigmoid/ipo/hinge losses do not read label_smoothing (only its 'robust' loss does)
+    label_smoothing: float = _f(0.0, "Label smoothing of the preference labels (conservative SimPO).", min=0.0,
+                                max=0.5, stages=("dpo",), loss_types=("simpo",))
+    simpo_gamma: float = _f(0.5, "Target reward margin.", min=0.0, stages=("dpo",), loss_types=("simpo",))
+    ref_model: Optional[str] = _f(None, "Reference model. None: the base model (adapter disabled).",
+                                  stages=("dpo", "kto"), loss_types=REFERENCE_LOSSES)
+    kto_desirable_weight: float = _f(1.0, "Weight of desirable examples.", min=0.0, stages=("kto",))
+    kto_undesirable_weight: float = _f(1.0, "Weight of undesirable examples.", min=0.0, stages=("kto",))
     # online RL
-    reward_funcs: Optional[list] = _f(None, "grpo: reward functions: built-in names (exact_match, format, length) or 'module:function'.")
-    reward_model: Optional[str] = _f(None, "ppo (and optionally grpo): path of a trained reward model (rm stage run dir).")
-    num_generations: int = _f(4, "grpo/ppo: completions sampled per prompt.", min=1)
-    max_new_tokens: int = _f(32, "grpo/ppo: tokens generated per completion.", min=1)
-    temperature: float = _f(1.0, "grpo/ppo: sampling temperature during rollouts.", min=0.0)
-    ppo_epochs: int = _f(2, "ppo: optimisation epochs per rollout batch.", min=1)
-    ppo_clip: float = _f(0.2, "ppo: clip range of the policy ratio.", min=0.0)
-    vf_coef: float = _f(0.1, "ppo: value loss coefficient.", min=0.0)
-    gamma: float = _f(1.0, "ppo: discount.", min=0.0, max=1.0)
-    lam: float = _f(0.95, "ppo: GAE lambda.", min=0.0, max=1.0)
-    use_vllm: bool = _f(False, "grpo: generate with vLLM (needs the vllm extra and a GPU).")
+    reward_funcs: Optional[list] = _f(None, "Reward functions: built-in names (exact_match, contains, "
+                                            "format[:regex], length[:chars]), Python callables, or 'module:function' "
+                                            "(needs train.allow_code).", stages=("grpo", "ppo"))
+    reward_model: Optional[str] = _f(None, "A trained reward model (rm stage run dir); ppo needs it or reward_funcs.",
+                                     stages=("grpo", "ppo"))
+    num_generations: int = _f(4, "Completions sampled per prompt.", min=1, stages=("grpo", "ppo"))
+    max_new_tokens: int = _f(32, "Tokens generated per completion during rollouts.", min=1, stages=("grpo", "ppo"))
+    temperature: float = _f(1.0, "Sampling temperature during rollouts.", min=0.0, stages=("grpo", "ppo"))
+    ppo_epochs: int = _f(2, "Optimisation epochs per rollout batch.", min=1, stages=("ppo",))
+    ppo_clip: float = _f(0.2, "Clip range of the policy ratio.", min=0.0, stages=("ppo",))
+    vf_coef: float = _f(0.1, "Value loss coefficient.", min=0.0, stages=("ppo",))
+    gamma: float = _f(1.0, "Discount.", min=0.0, max=1.0, stages=("ppo",))
+    lam: float = _f(0.95, "GAE lambda.", min=0.0, max=1.0, stages=("ppo",))
+    use_vllm: bool = _f(False, "Generate with vLLM (needs the vllm extra and a GPU).", stages=("grpo",))
 
 
 @dataclass
@@ -188,42 +250,55 @@ class TrainConfig:
     batch_size: int = _f(4, "Rows per device per step.", min=1)
     grad_accum: int = _f(1, "Gradient accumulation steps.", min=1)
     micro_batch_size: Optional[int] = _f(
-        None, "SFT/PT: rows per forward pass; the rest of batch_size is accumulated into the same optimizer step "
+        None, "Rows per forward pass; the rest of batch_size is accumulated into the same optimizer step "
               "(same update, less activation memory). None: the whole batch (padding-free batches are then split "
-              "by micro_batch_tokens), or 1 row for padded packed rows on CPU.", min=1)
+              "by micro_batch_tokens), or 1 row for padded packed rows on CPU.", min=1, stages=TOKENIZING)
     micro_batch_tokens: Optional[int] = _f(
-        None, "SFT/PT padding-free batches: at most this many tokens per forward pass, whole examples only (one "
+        None, "Padding-free batches: at most this many tokens per forward pass, whole examples only (one "
               "longer example goes alone); accumulated into the same step. None: cutoff_len on CPU, no limit on GPUs.",
-        min=1)
-    learning_rate: float = _f(2e-4, "Peak learning rate.", min=0.0)
+        min=1, stages=TOKENIZING)
+    learning_rate: float = _f(2e-4, "Peak learning rate.", gt=0.0)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f("cosine", "Learning-rate schedule.")
     warmup_ratio: float = _f(0.0, "Fraction of steps spent warming up.", min=0.0, max=1.0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: off).", min=0.0)
     optim: Literal["adamw_torch", "adamw_8bit", "sgd", "adafactor", "galore_adamw"] = _f(
         "adamw_torch", "Optimizer. adamw_8bit needs bitsandbytes; galore_adamw needs galore-torch.")
-    seed: int = _f(42, "Seed for data order, initialisation and sampling.")
+    seed: int = _f(42, "Seed for data order, initialisation and sampling.", min=0, max=2**32 - 1,
+                   why="(numpy's seed range)")
     logging_steps: int = _f(1, "Emit a step event every n steps.", min=1)
     save_steps: int = _f(50, "Save a checkpoint every n steps (0: only at the end).", min=0)
     save_total_limit: Optional[int] = _f(3, "Keep at most this many checkpoints.", min=1)
-    eval_steps: Optional[int] = _f(None, "Evaluate every n steps (needs a validation set). None: at the end only.", min=1)
+    eval_steps: Optional[int] = _f(None, "Evaluate every n steps (needs a validation set). None: at the end only.",
+                                   min=1, stages=EVALUATING)
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward (saves memory, costs ~30% speed).")
     num_threads: Optional[int] = _f(None, "CPU threads for torch. None: the number of physical cores.", min=1)
-    report_to: list = _f(None, "Extra loggers (tensorboard, wandb) besides the event stream.", factory=list)
+    report_to: list = _f(None, "Experiment trackers besides the event stream: none, tensorboard, trackio, mlflow, "
+                               "wandb, swanlab, or a list (the 'track' extra installs them).", factory=list)
     resume: bool = _f(True, "If output_dir has a checkpoint, continue from the last complete one.")
+    on_nonfinite: Literal["fail", "skip"] = _f(
+        "fail", "A step whose loss or gradient norm is NaN/inf: fail (end the run, keeping the last good "
+                "checkpoint) or skip (leave the weights unchanged and go on; the run still fails after "
+                "several skipped steps in a row).")
+    # a run-wide policy, not a knob of one stage: it covers any code a config names
+    allow_code: bool = _f(False, "Let this config name Python code to import and run (stage.reward_funcs entries "
+                                 "'module:function'). Off: only built-in names, or callables passed from Python.")
 
 
 @dataclass
 class GenerateConfig:
     """Generation settings for chat, evaluation and export checks."""
 
-    backend: Literal["hf", "vllm"] = _f("hf", "Inference back end.")
+    backend: Literal["hf", "vllm", "llamacpp"] = _f(
+        "hf", "Inference back end: hf (transformers), vllm (CUDA GPU, the vllm extra), llamacpp (a GGUF, llama-cpp-python).")
     max_new_tokens: int = _f(128, "Maximum new tokens per answer.", min=1)
     temperature: float = _f(0.0, "0: greedy decoding.", min=0.0)
     top_p: float = _f(1.0, "Nucleus sampling mass.", min=0.0, max=1.0)
     top_k: int = _f(0, "Top-k sampling (0: off).", min=0)
     repetition_penalty: float = _f(1.0, "Penalty on repeated tokens (1: off).", min=0.0)
     system: Optional[str] = _f(None, "System prompt prepended to every chat.")
+    stop: Optional[Union[str, list]] = _f(None, "Stop strings: the answer ends before the first one (a string or a list).")
+    seed: Optional[int] = _f(None, "Sampling seed: the same seed gives the same sampled answer (None: not seeded).")
 
 
 GROUPS: dict[str, type] = {
@@ -249,9 +324,17 @@ ALIASES = {
     "finetuning_type": "adapter.type",
     "quantization_bit": "quant.bits",
     "template": "model.template",
+    "seed": "train.seed",  # generate.seed is spelled out: a bare `seed` keeps meaning the training seed
 }
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The evaluated annotations of a group (typing.get_type_hints is slow; every build needs them)."""
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
 def _field_map() -> dict[str, list[str]]:
     """flat field name -> ['group.field', ...] (ambiguous names map to several)."""
     out: dict[str, list[str]] = {}
@@ -261,20 +344,86 @@ def _field_map() -> dict[str, list[str]]:
     return out
 
 
-def field_help(dotted: str) -> str:
-    """The help text of ``group.field`` (used by widgets for tooltips)."""
-    g, name = dotted.split(".", 1)
-    for f in dataclasses.fields(GROUPS[g]):
-        if f.name == name:
-            return f.metadata.get("help", "")
+def _field(dotted: str) -> dataclasses.Field:
+    g, _, name = dotted.partition(".")
+    if g in GROUPS:
+        for f in dataclasses.fields(GROUPS[g]):
+            if f.name == name:
+                return f
     raise KeyError(dotted)
+
+
+def _all_fields():
+    """(dotted key, dataclass field) of every knob, groups in order."""
+    for g, cls in GROUPS.items():
+        for f in dataclasses.fields(cls):
+            yield f"{g}.{f.name}", f
+
+
+def default_of(dotted: str) -> Any:
+    """The default value of ``group.field``."""
+    f = _field(dotted)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+# ---------------------------------------------------------------- who reads a knob
+
+
+STAGES: tuple[str, ...] = tuple(typing.get_args(_hints(StageConfig)["name"]))
+
+
+def knob_stages(dotted: str) -> tuple[str, ...] | None:
+    """The stages whose recipe reads ``group.field``; None when every stage reads it."""
+    return _field(dotted).metadata.get("stages")
+
+
+def knob_loss_types(dotted: str) -> tuple[str, ...] | None:
+    """With stage dpo, the ``stage.loss_type`` values that read ``group.field``; None: all of them."""
+    return _field(dotted).metadata.get("loss_types")
+
+
+def knob_read(dotted: str, stage: str, loss_type: str | None = None) -> bool:
+    """Whether stage ``stage`` (with ``loss_type``, for dpo) reads ``group.field``."""
+    return config_rules.reads(_field(dotted).metadata, stage, loss_type)
+
+
+def stage_knobs(stage: str, *, loss_type: str | None = None, group: str | None = None) -> list[str]:
+    """The knobs that only some stages read and ``stage`` (with ``loss_type``, for dpo) is one of,
+    as dotted keys in declaration order; ``group`` keeps one group (the stage panel: "stage")."""
+    if stage not in STAGES:
+        raise KeyError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    return [k for k, _ in _all_fields()
+            if knob_stages(k) is not None and knob_read(k, stage, loss_type)
+            and (group is None or k.split(".", 1)[0] == group)]
+
+
+def used_by(dotted: str) -> str:
+    """"dpo (loss_type sigmoid, ipo, hinge), kto" for a declared knob; "" when every stage reads it."""
+    return config_rules.users(_field(dotted).metadata)
+
+
+def field_help(dotted: str) -> str:
+    """The help text of ``group.field``, with the stages that read it (widget tooltips, docs)."""
+    f = _field(dotted)
+    text = f.metadata.get("help", "")
+    users = used_by(dotted)
+    return f"{text} Used by: {users}." if users else text
 
 
 def field_choices(dotted: str) -> list | None:
     """Allowed values of ``group.field`` when it is a Literal, else None."""
     g, name = dotted.split(".", 1)
-    hints = typing.get_type_hints(GROUPS[g])
+    hints = _hints(GROUPS[g])
     return _literal_choices(hints[name])
+
+
+def reference_markdown() -> str:
+    """Every key as a Markdown table (key, default, used by, help): the config reference for docs."""
+    rows = ["| key | default | used by | what it does |", "|---|---|---|---|"]
+    for k, f in _all_fields():
+        rows.append(f"| `{k}` | `{_plain(default_of(k))!r}` | {used_by(k) or 'all'} | "
+                    f"{f.metadata.get('help', '').replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
 
 
 def _literal_choices(tp: Any) -> list | None:
@@ -289,7 +438,8 @@ def _literal_choices(tp: Any) -> list | None:
     return None
 
 
-def _is_optional(tp: Any) -> bool:
+def is_optional(tp: Any) -> bool:
+    """Whether a type hint admits None (``Optional[X]`` / ``X | None``)."""
     return typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp)
 
 
@@ -298,10 +448,56 @@ def _suggest(word: str, options: list[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+# ---------------------------------------------------------------- YAML
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a mapping key given twice is an error naming both lines
+    (plain YAML keeps the last one without a word, so a second ``train:`` group replaces the first)."""
+
+    def construct_document(self, node):
+        _refuse_duplicate_keys(node, "", set(), set())
+        return super().construct_document(node)
+
+
+def _refuse_duplicate_keys(node: Any, path: str, done: set, open_: set) -> None:
+    """Check every mapping once (an alias points at a node already checked, so alias bombs stay
+    cheap); refuse an alias inside its own anchor (recursive data no config value can hold)."""
+    if id(node) in open_:
+        raise ConfigError("a YAML alias refers to the value that contains it (recursive data).", path or None,
+                          node.start_mark.line + 1)
+    if id(node) in done or not isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+        return
+    open_.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(item, path, done, open_)
+    else:
+        seen: dict[tuple, int] = {}
+        for knode, vnode in node.value:
+            if knode.tag == "tag:yaml.org,2002:merge" or not isinstance(knode, yaml.ScalarNode):
+                _refuse_duplicate_keys(vnode, path, done, open_)  # '<<' merges are meant to be overridden
+                continue
+            key = f"{path}.{knode.value}" if path else knode.value
+            line = knode.start_mark.line + 1
+            if (knode.tag, knode.value) in seen:
+                raise ConfigError(f"'{key}' is given twice, on line {seen[knode.tag, knode.value]} and line {line}; "
+                                  "YAML would silently keep only the last one. Remove one of them.", key, line)
+            seen[knode.tag, knode.value] = line
+            _refuse_duplicate_keys(vnode, key, done, open_)
+    open_.discard(id(node))
+    done.add(id(node))
+
+
+def load_yaml_text(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate mapping keys (for configs and CLI values)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` (possibly a string from the CLI) to the annotated type, or raise ConfigError."""
     if value is None:
-        if _is_optional(tp) or tp is Any:
+        if is_optional(tp) or tp is Any:
             return None
         raise ConfigError("may not be empty (null).", key)
     choices = _literal_choices(tp)
@@ -312,12 +508,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         for c in choices:
             if value == c or (isinstance(value, str) and not isinstance(c, str) and value == str(c)):
                 return c
-        if isinstance(value, str) and value.lower() in ("none", "null", "") and _is_optional(tp):
+        if isinstance(value, str) and value.lower() in ("none", "null", "") and is_optional(tp):
             return None
         raise ConfigError(f"got {value!r}; allowed values: {', '.join(map(repr, choices))}." +
                           (_suggest(str(value), [str(c) for c in choices])), key)
     if origin in (Union, types.UnionType):
-        if isinstance(value, str) and value.lower() in ("none", "null") and _is_optional(tp):
+        if isinstance(value, str) and value.lower() in ("none", "null") and is_optional(tp):
             return None
         errors = []
         # prefer the member whose type already matches
@@ -328,8 +524,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _coerce(value, a, key)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"got {value!r}, which is not a valid {' or '.join(getattr(a, '__name__', str(a)) for a in args)}.", key)
+                errors.append(e.message)
+        names = [getattr(a, "__name__", str(a)) for a in args]
+        why = "; ".join(f"as {n}: {m}" for n, m in zip(names, errors))
+        raise ConfigError(f"got {value!r}, which is not a valid {' or '.join(names)} ({why}).", key)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -373,7 +571,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return list(value)
         if isinstance(value, str):
             if value.startswith("["):
-                parsed = yaml.safe_load(value)
+                parsed = load_yaml_text(value)
                 if isinstance(parsed, list):
                     return parsed
             return [v.strip() for v in value.split(",") if v.strip()]
@@ -382,8 +580,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _build_group(group: str, values: dict, where: dict | None = None) -> Any:
+    """The group's dataclass from its values, coerced to the annotated types (bounds and the
+    cross-field rules are checked by RunConfig.validate)."""
     cls = GROUPS[group]
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for k, v in values.items():
@@ -395,26 +595,26 @@ def _build_group(group: str, values: dict, where: dict | None = None) -> Any:
         try:
             kwargs[k] = _coerce(v, hints[k], key)
         except ConfigError as e:
-            raise ConfigError(str(e).split(": ", 1)[-1] if e.key else str(e), key, line) from None
-    obj = cls(**kwargs)
-    for f in dataclasses.fields(cls):
-        v = getattr(obj, f.name)
-        lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            key = f"{group}.{f.name}"
-            if lo is not None and v < lo:
-                raise ConfigError(f"must be >= {lo}, got {v}.", key, (where or {}).get(key))
-            if hi is not None and v > hi:
-                raise ConfigError(f"must be <= {hi}, got {v}.", key, (where or {}).get(key))
-    return obj
+            raise ConfigError(e.message, key, line) from None
+    return cls(**kwargs)
 
 
 def _parse_scalar(text: str) -> Any:
     """Parse a CLI value with YAML rules (numbers, booleans, lists), keeping plain strings."""
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        return load_yaml_text(text) if text != "" else ""
     except yaml.YAMLError:
         return text
+
+
+_WARNED: set = set()
+
+
+def _warn_once(message: str) -> None:
+    # every RunConfig.replace() validates again; a warning is worth saying once per process
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
 
 
 @dataclass
@@ -435,27 +635,33 @@ class RunConfig:
     # ------------------------------------------------------------ building
 
     @classmethod
-    def from_dict(cls, d: dict | None, *, _where: dict | None = None) -> "RunConfig":
+    def from_dict(cls, d: dict | None, *, _where: dict | None = None) -> RunConfig:
         """Build from a nested dict ``{group: {field: value}}``; flat keys are accepted too."""
         d = dict(d or {})
         nested = _nest(d, _where)
         groups = {g: _build_group(g, nested.get(g, {}), _where) for g in GROUPS}
-        return cls(**groups)
+        try:
+            return cls(**groups)
+        except ConfigError as e:  # a rule of validate(): add the YAML line of the key it names
+            line = (_where or {}).get(e.key) if e.line is None else e.line
+            raise ConfigError(e.message, e.key, line) from None
 
     @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> "RunConfig":
+    def from_kwargs(cls, **kwargs: Any) -> RunConfig:
         """``RunConfig.from_kwargs(model="smollm2-135m-instruct", dataset="demo_sft", max_steps=10)``."""
         return cls.from_dict({k.replace("__", "."): v for k, v in kwargs.items()})
 
     @classmethod
-    def from_yaml_text(cls, text: str, source: str = "<yaml>") -> "RunConfig":
+    def from_yaml_text(cls, text: str, source: str = "<yaml>") -> RunConfig:
         try:
-            node = yaml.compose(text)
-            data = yaml.safe_load(text)
+            data = load_yaml_text(text)
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             raise ConfigError(f"{source}: invalid YAML: {getattr(e, 'problem', e)}",
                               line=(mark.line + 1) if mark else None) from None
+        except ConfigError as e:  # a duplicate key
+            raise ConfigError(f"{source}: {e.message}", e.key, e.line) from None
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -464,17 +670,17 @@ class RunConfig:
         try:
             return cls.from_dict(data, _where=where)
         except ConfigError as e:
-            raise ConfigError(f"{source}: " + _strip_where(str(e)), e.key, e.line) from None
+            raise ConfigError(f"{source}: {e.message}", e.key, e.line) from None
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "RunConfig":
+    def from_yaml(cls, path: str | os.PathLike) -> RunConfig:
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"config file not found: {p}")
         return cls.from_yaml_text(p.read_text(), source=str(p))
 
     @classmethod
-    def coerce(cls, obj: Any = None, **kwargs: Any) -> "RunConfig":
+    def coerce(cls, obj: Any = None, **kwargs: Any) -> RunConfig:
         """Accept a RunConfig, dict, YAML path or nothing, then apply keyword overrides."""
         if obj is None:
             cfg = cls()
@@ -490,15 +696,17 @@ class RunConfig:
             cfg = cfg.replace(**kwargs)
         return cfg
 
-    def replace(self, **kwargs: Any) -> "RunConfig":
-        """A copy with fields changed; keys as in :meth:`from_kwargs`."""
-        base = self.to_dict()
+    def replace(self, **kwargs: Any) -> RunConfig:
+        """A copy with fields changed; keys as in :meth:`from_kwargs`. Python callables (reward
+        functions) stay callables."""
+        base = {g: {f.name: _copy(getattr(getattr(self, g), f.name)) for f in dataclasses.fields(cls)}
+                for g, cls in GROUPS.items()}
         over = _nest({k.replace("__", "."): v for k, v in kwargs.items()})
         for g, vals in over.items():
             base[g].update(vals)
         return RunConfig.from_dict(base)
 
-    def override(self, pairs: list[str]) -> "RunConfig":
+    def override(self, pairs: list[str]) -> RunConfig:
         """Apply CLI-style ``key=value`` strings (values parsed as YAML scalars)."""
         kw = {}
         for p in pairs:
@@ -511,44 +719,20 @@ class RunConfig:
     # ------------------------------------------------------------ validation
 
     def validate(self) -> None:
-        """Cross-field rules that a single field cannot express."""
+        """Every check of a config (see :mod:`kit.config_rules`), in order: group types; finite
+        numbers and bounds of each field; knobs the chosen stage does not read; the cross-field
+        rules. Raises the first problem as a ConfigError naming its key."""
         for g, cls in GROUPS.items():
             if not isinstance(getattr(self, g), cls):
                 raise ConfigError(f"must be a {cls.__name__}.", g)
-        q, a, s = self.quant, self.adapter, self.stage
-        if q.bits is not None and a.type != "lora":
-            raise ConfigError(
-                f"a {q.bits}-bit quantized base cannot be trained with adapter.type='{a.type}'; "
-                "quantized weights are frozen, so use adapter.type=lora (QLoRA) or quant.bits=null.", "adapter.type")
-        if a.init == "loftq" and q.bits is not None:
-            raise ConfigError("LoftQ initialisation quantizes the base itself; set quant.bits=null with adapter.init=loftq.",
-                              "adapter.init")
-        if a.init == "pissa" and q.bits is not None:
-            raise ConfigError("PiSSA initialisation needs full-precision base weights; set quant.bits=null.", "adapter.init")
-        if a.loraplus_lr_ratio and (a.type != "lora" or self.train.optim != "adamw_torch"):
-            raise ConfigError("LoRA+ needs adapter.type=lora and train.optim=adamw_torch.", "adapter.loraplus_lr_ratio")
-        if self.train.optim == "galore_adamw" and a.type == "lora":
-            # transformers would run it, projecting the already low-rank LoRA A/B gradients: a no-op at best
-            raise ConfigError("GaLore projects the gradients of full weight matrices to low rank, which is what "
-                              "LoRA already does; use train.optim=galore_adamw with adapter.type=full (or freeze), "
-                              "or another optimizer with LoRA.", "train.optim")
-        if a.resume_adapter and q.bits is not None:
-            raise ConfigError("stacking merges the old adapter into the base, which needs quant.bits=null.",
-                              "adapter.resume_adapter")
-        mb = self.train.micro_batch_size
-        if mb is not None and self.train.batch_size % mb:
-            raise ConfigError(f"must divide train.batch_size={self.train.batch_size} (each optimizer step is "
-                              f"batch_size / micro_batch_size forward passes).", "train.micro_batch_size")
-        if a.type == "freeze" and a.freeze_trainable_layers == 0:
-            raise ConfigError("must not be 0 (positive: last n layers, negative: first n).", "adapter.freeze_trainable_layers")
-        if s.loss_type in ("orpo", "simpo") and s.name != "dpo":
-            raise ConfigError(f"loss_type={s.loss_type} belongs to stage 'dpo'.", "stage.loss_type")
-        if self.train.optim == "adamw_8bit" and a.type == "full" and q.bits is not None:
-            raise ConfigError("full fine-tuning of a quantized model is not possible.", "adapter.type")
-        if self.data.interleave_probs is not None and self.data.mix_strategy == "concat":
-            raise ConfigError("interleave_probs needs mix_strategy interleave_under or interleave_over.", "data.interleave_probs")
-        if self.train.max_steps == 0:
-            raise ConfigError("must be -1 (use num_epochs) or a positive number of steps.", "train.max_steps")
+        problem = config_rules.check(self)
+        if problem:
+            raise ConfigError(problem.message, problem.key)
+        if self.model.trust_remote_code:
+            _warn_once(f"model.trust_remote_code=true: loading '{self.model.name}' will run the Python code shipped "
+                       "with the checkpoint. Use it only for models whose code you trust.")
+        for spec in config_rules.code_references(self):
+            _warn_once(f"train.allow_code=true: training will import and run {spec!r} (stage.reward_funcs).")
 
     # ------------------------------------------------------------ output
 
@@ -582,48 +766,61 @@ class RunConfig:
         return self.to_yaml(minimal=True) or "{}  # all defaults\n"
 
 
-def _strip_where(msg: str) -> str:
-    # ConfigError prefixes "line N, key 'k': "; when re-raising with a source prefix we keep one copy
-    if msg.startswith("line ") or msg.startswith("key "):
-        return msg.split(": ", 1)[1] if ": " in msg else msg
-    return msg
-
-
 def _nest(d: dict, where: dict | None = None) -> dict[str, dict]:
-    """Turn a dict with nested groups, dotted keys and flat unique field names into {group: {field: v}}."""
+    """Turn a dict with nested groups, dotted keys and flat unique field names into {group: {field: v}}.
+
+    One knob given twice under different spellings (``train: {max_steps: 3}`` and ``max_steps: 5``)
+    is an error naming both, as a duplicate YAML key is.
+    """
     fmap = _field_map()
+    where = where or {}
     out: dict[str, dict] = {g: {} for g in GROUPS}
+    spelled: dict[tuple[str, str], str] = {}  # (group, field) -> the key that set it
+
+    def put(g: str, f: str, v: Any, spelling: str) -> None:
+        if f in out[g] and (g, f) in spelled:
+            first = spelled[g, f]
+            lines = [where.get(s) for s in (first, spelling)]
+            at = f" (lines {lines[0]} and {lines[1]})" if None not in lines else ""
+            raise ConfigError(f"set twice, as '{first}' and as '{spelling}'{at}; give it once.", f"{g}.{f}",
+                              lines[1])
+        out[g][f] = v
+        spelled[g, f] = spelling
+
     for k, v in d.items():
         if not isinstance(k, str):
             raise ConfigError(f"keys must be strings, got {k!r}.")
-        line = (where or {}).get(k)
+        line = where.get(k)
         if k in GROUPS:
             if isinstance(v, dict):
-                out[k].update(v)
+                for f, x in v.items():
+                    put(k, f, x, f"{k}.{f}")
             elif isinstance(v, (RunConfig,)):
                 raise ConfigError("give a mapping for a group.", k, line)
             elif dataclasses.is_dataclass(v) and isinstance(v, GROUPS[k]):
-                out[k].update(dataclasses.asdict(v))
+                for f in dataclasses.fields(v):
+                    put(k, f.name, _copy(getattr(v, f.name)), k)
             elif k in PRIMARY_FIELD:
-                out[k][PRIMARY_FIELD[k]] = v
+                put(k, PRIMARY_FIELD[k], v, k)
             else:
                 raise ConfigError(f"group '{k}' takes a mapping of its keys, got {v!r}.", k, line)
             continue
         if k in ALIASES:
             g, f = ALIASES[k].split(".")
-            out[g][f] = v
+            put(g, f, v, k)
             continue
         if "." in k:
             g, f = k.split(".", 1)
             if g not in GROUPS:
                 raise ConfigError("unknown group." + _suggest(g, list(GROUPS)) + f" Groups: {', '.join(GROUPS)}.", k, line)
-            out[g][f] = v
+            put(g, f, v, k)
             continue
         if k in fmap:
             if len(fmap[k]) > 1:
-                raise ConfigError(f"ambiguous key; say which group: {' or '.join(fmap[k])}.", k, line)
+                options = [f"{full} (used by {used_by(full)})" if used_by(full) else full for full in fmap[k]]
+                raise ConfigError(f"ambiguous key; say which group: {' or '.join(options)}.", k, line)
             g, f = fmap[k][0].split(".")
-            out[g][f] = v
+            put(g, f, v, k)
             continue
         options = list(GROUPS) + list(fmap) + list(ALIASES)
         raise ConfigError("unknown key." + _suggest(k, options), k, line)
@@ -635,6 +832,7 @@ def _yaml_lines(node: Any) -> dict[str, int]:
     where: dict[str, int] = {}
     if node is None or not isinstance(node, yaml.MappingNode):
         return where
+    fmap = _field_map()
     for knode, vnode in node.value:
         k = knode.value
         where[k] = knode.start_mark.line + 1
@@ -648,9 +846,14 @@ def _yaml_lines(node: Any) -> dict[str, int]:
         elif k in GROUPS and k in PRIMARY_FIELD and not isinstance(vnode, yaml.MappingNode):
             where[f"{k}.{PRIMARY_FIELD[k]}"] = knode.start_mark.line + 1
         else:
-            for full in _field_map().get(k, []):
+            for full in fmap.get(k, []):
                 where.setdefault(full, knode.start_mark.line + 1)
     return where
+
+
+def _copy(v: Any) -> Any:
+    """A value as a new config takes it: lists copied, callables kept."""
+    return list(v) if isinstance(v, (list, tuple)) else v
 
 
 def _plain(v: Any) -> Any:

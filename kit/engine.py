@@ -1,142 +1,83 @@
 """The engine: one :class:`Run` per training job, whatever front end started it.
 
-Life cycle (the same for every stage): load model -> quantize -> attach adapter -> build data ->
-stage trainer -> train -> save. Everything a front end needs comes out as events
-(:mod:`kit.events`), in memory and in ``<run_dir>/events.jsonl``.
+Life cycle, the same for every stage (what differs is declared by the stage's
+:class:`~kit.stages.Recipe`):
 
-Run directory::
+1. **set up** (:meth:`Run._setup`): check the run directory can be written, clear what an
+   interrupted run left, open the event stream, load the model (the recipe's model class), attach
+   the adapter (the recipe's peft task type), let the recipe build its trainer;
+2. **train** (:meth:`Run._train`): the trainer's loop, from the last complete checkpoint if any,
+   with the engine's hooks (:mod:`kit.hooks`: events, stop, complete checkpoints) and the numerics
+   guard (:mod:`kit.numerics`);
+3. **finish** (:meth:`Run._finish`): save the final weights atomically, write the state, send
+   the terminal event; or, on any error, :meth:`Run._fail`.
 
-    config.yaml          the RunConfig (what `forge train` / the board / the magic produced)
-    events.jsonl         the event stream
-    checkpoints/checkpoint-N/   Trainer checkpoints (weights, optimizer, scheduler, RNG); a
-                         checkpoint counts only once its FORGE_COMPLETE marker exists
-    adapter/ or model/   the final LoRA adapter, or the full weights, with the tokenizer
-    state.json           status and final metrics
+Everything a front end needs comes out as events (:mod:`kit.events`), in memory and in the run
+directory (:class:`~kit.rundir.RunDir` owns its layout).
 """
 from __future__ import annotations
 
-import contextlib
+import errno
 import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import psutil
 import torch
 
 from .config import RunConfig
-from .events import TERMINAL, Event, EventBus, read_events
+from .errors import ForgeError
+from .events import TERMINAL, Event, EventBus
 from .paths import new_run_dir
-from .runtime import deferred_bitsandbytes, paused_gc, set_threads, training_allocator
+from .rundir import RunDir
+from .runtime import deferred_bitsandbytes, is_main_process, paused_gc, set_threads, training_allocator, world_size
+
+__all__ = ["Run", "train", "open_run", "RunDirUnwritable", "is_main_process", "world_size"]
 
 log = logging.getLogger(__name__)
 
-COMPLETE_MARKER = "FORGE_COMPLETE"
+# the probe written before anything loads: a directory that cannot take this much fails at once
+PROBE_BYTES = 1 << 20
+# where the final weights are written before they replace the old ones (a leftover is removed on start)
+TMP_PREFIX = ".forge-tmp-"
 
 
 class StopRequested(Exception):
     pass
 
 
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoints whose save finished (marker present), oldest first."""
-    ck = Path(run_dir) / "checkpoints"
-    found = [c for c in ck.glob("checkpoint-*") if (c / COMPLETE_MARKER).exists()]
-    return sorted(found, key=lambda c: int(c.name.split("-")[-1]))
-
-
-def last_checkpoint(run_dir: Path) -> Optional[Path]:
-    c = complete_checkpoints(run_dir)
-    return c[-1] if c else None
-
-
-def _memory_mb(device: str) -> float:
-    if device == "cuda" and torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        import psutil
-        return psutil.Process().memory_info().rss / 2**20
-    except ImportError:
-        return float("nan")
-
-
-def _make_callback(run: "Run"):
-    """A transformers TrainerCallback that turns trainer hooks into engine events and honours stop()."""
-    from transformers import TrainerCallback
-
-    class ForgeEvents(TrainerCallback):
-        def __init__(self):
-            self.t_last = None
-            self.tok_last = (0, 0)
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.t_last = time.time()
-            run._emit("status", status="training", max_steps=state.max_steps, step=state.global_step)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            logs = dict(logs or {})
-            step = state.global_step
-            if any(k.startswith("eval_") for k in logs):
-                run._emit("eval", step=step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))})
-                return
-            if "train_runtime" in logs:  # the closing summary
-                run.summary.update(logs)
-                return
-            now = time.time()
-            tr = run.trainer
-            real = getattr(tr, "forge_real_tokens", 0)
-            trained = getattr(tr, "forge_trained_tokens", 0)
-            dt = max(now - (self.t_last or now), 1e-9)
-            data = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
-            if real:
-                data["tokens_per_s"] = (real - self.tok_last[0]) / dt
-                data["trained_tokens_per_s"] = (trained - self.tok_last[1]) / dt
-                data["tokens"] = real
-            self.t_last, self.tok_last = now, (real, trained)
-            data["memory_mb"] = _memory_mb(run.device)
-            data["max_steps"] = state.max_steps
-            data["elapsed_s"] = now - run.t_start
-            run._emit("step", step=step, **data)
-
-        def on_step_end(self, args, state, control, **kw):
-            if run.first_step_s is None:
-                run.first_step_s = time.time() - run.t_process
-            if run._stop.is_set():
-                control.should_save = True
-                control.should_training_stop = True
-                control.should_log = True
-
-        def on_save(self, args, state, control, **kw):
-            ck = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ck.exists() and state.is_world_process_zero:
-                (ck / COMPLETE_MARKER).write_text(str(state.global_step))
-                run._emit("checkpoint", step=state.global_step, path=str(ck))
-
-    return ForgeEvents()
+class RunDirUnwritable(ForgeError, OSError):
+    """The run directory cannot be created or written, or has no room for what the run saves."""
 
 
 class Run:
     """A training run. Create with :func:`kit.train`.
 
-    Attributes: ``config``, ``run_dir``, ``status`` (pending, running, stopping, finished, stopped,
-    failed), ``events`` (list of :class:`~kit.events.Event`), ``history`` (step events),
-    ``error`` (the exception if failed), ``model``/``tokenizer`` (after training, for chat).
+    Attributes: ``config``, ``run_dir`` (a path; ``dir`` is its :class:`~kit.rundir.RunDir`),
+    ``status`` (pending, running, stopping, finished, stopped, failed), ``events`` (list of
+    :class:`~kit.events.Event`), ``history`` (step events), ``error`` (the exception if failed),
+    ``model``/``tokenizer`` (after training, for chat).
     """
 
     def __init__(self, config: RunConfig):
         self.config = config
         out = config.train.output_dir
-        self.run_dir = Path(out).expanduser() if out else new_run_dir(config.stage.name)
+        self.dir = RunDir(out if out else new_run_dir(config.stage.name))
         if not out:
-            self.config = config = config.replace(train__output_dir=str(self.run_dir))
+            self.config = config.replace(train__output_dir=str(self.dir.path))
         self.bus = EventBus()
         self.status = "pending"
         self.error: Optional[BaseException] = None
         self.traceback: Optional[str] = None
         self.trainer = None
+        self.guard = None
         self.model = None
         self.tokenizer = None
         self.device = "cpu"
@@ -144,11 +85,21 @@ class Run:
         self.first_step_s: Optional[float] = None
         self.t_process = _process_start_time()
         self.t_start = time.time()
+        self._resume_from: Optional[Path] = None
+        self._result = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._done = threading.Event()
 
     # ---------------------------------------------------------------- public API
+
+    @property
+    def run_dir(self) -> Path:
+        return self.dir.path
+
+    @run_dir.setter
+    def run_dir(self, path: Path) -> None:
+        self.dir = RunDir(path)
 
     @property
     def events(self) -> list[Event]:
@@ -204,7 +155,7 @@ class Run:
 
     @property
     def last_checkpoint(self) -> Optional[Path]:
-        return last_checkpoint(self.run_dir)
+        return self.dir.last_checkpoint()
 
     @property
     def global_step(self) -> int:
@@ -214,128 +165,257 @@ class Run:
     def __repr__(self) -> str:
         return f"<Run {self.config.stage.name} {self.status} step={self.global_step} dir={self.run_dir}>"
 
-    # ---------------------------------------------------------------- internals
+    # ---------------------------------------------------------------- life cycle
 
     def _emit(self, kind: str, **data: Any) -> Event:
         return self.bus.emit(kind, **data)
 
     def _execute(self) -> None:
-        from .adapters import apply_adapter, estimate_memory_bytes, param_counts
+        self.t_start = time.time()
+        try:
+            try:
+                # the garbage collector is paused while the run sets up (kit.runtime.paused_gc says why)
+                with paused_gc():
+                    trainer = self._setup()
+                self._train(trainer)
+                self._finish()
+            except StopRequested:  # stopped before training began
+                self.status = "stopped"
+                self._write_state({})
+                self._emit("stopped", step=0)
+        except BaseException as e:  # noqa: BLE001 - the failed event must go out whatever failed
+            self._fail(e)
+            if self._thread is None:  # foreground: let the caller see the exception
+                raise
+        finally:
+            self.bus.close()
+            self._done.set()
+
+    def _setup(self):
+        """Run directory, events, model, adapter and the stage's trainer."""
+        # peft, transformers' Trainer and TRL take seconds to import: `import kit` does not pay for
+        # them, and the run imports them inside deferred_bitsandbytes (kit.runtime says why)
+        from .adapters import apply_adapter
+        from .hooks import RunHooks
+        from .memory import checkpoint_bytes, estimate, param_counts
         from .models import load_model
         from .models.loading import needs_bitsandbytes
+        from .numerics import NumericsGuard
         from .stages import get_recipe
         from .stages.common import StageContext
 
         cfg = self.config
-        self.t_start = time.time()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.bus._fh is None and is_main_process():
-            self.bus.attach_file(self.run_dir / "events.jsonl")
         if is_main_process():
-            cfg.save(self.run_dir / "config.yaml")
-        resume_from = last_checkpoint(self.run_dir) if cfg.train.resume else None
-        self._emit("start", stage=cfg.stage.name, model=cfg.model.name, run_dir=str(self.run_dir), world_size=world_size(),
-                   resume_from=str(resume_from) if resume_from else None, config=cfg.to_dict())
-        setup = contextlib.ExitStack()  # the garbage collector is paused until training starts
+            self._open_run_dir()
+        self._resume_from = self.dir.last_checkpoint() if cfg.train.resume else None
+        self._emit("start", stage=cfg.stage.name, model=cfg.model.name, run_dir=str(self.run_dir),
+                   world_size=world_size(), resume_from=str(self._resume_from) if self._resume_from else None,
+                   config=cfg.to_dict())
+        set_threads(cfg.train.num_threads)
+        # importing the stage's trainer (TRL, transformers, peft) and attaching the adapter would
+        # both import bitsandbytes; runs that do not use it skip that
+        with deferred_bitsandbytes(needs_bitsandbytes(cfg)):
+            recipe = get_recipe(cfg.stage.name)
+            self._emit("status", status="loading model")
+            loaded = load_model(cfg, with_adapter=False, model_cls=recipe.model_class)
+            self.device = loaded.device
+            torch.manual_seed(cfg.train.seed)  # LoRA init is part of the seeded state
+            model = apply_adapter(loaded.model, cfg, task_type=recipe.peft_task_type)
+        trainable, total = param_counts(model)
+        self._emit("model", trainable_params=trainable, total_params=total,
+                   trainable_pct=100.0 * trainable / max(total, 1), device=loaded.device, dtype=str(loaded.dtype),
+                   family=loaded.family, memory_estimate=estimate(model, cfg).as_dict(),
+                   load_s=time.time() - self.t_start)
+        self.model, self.tokenizer = model, loaded.tokenizer
+        if is_main_process():
+            self._check_room(checkpoint_bytes(model, cfg), loaded.path)
+        self._emit("status", status="preparing data")
+        text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.guard = NumericsGuard(cfg.train.on_nonfinite, recipe.collapse_checks,
+                                   vocab_size=getattr(text_config, "vocab_size", None), emit=self._emit)
+        ctx = StageContext(cfg=cfg, model=model, tokenizer=loaded.tokenizer, run_dir=self.run_dir,
+                           device=loaded.device, dtype=loaded.dtype, callbacks=[RunHooks(self), self.guard],
+                           emit=self._emit, loaded=loaded)
+        trainer = recipe.build(ctx)
+        self.guard.watch(trainer)
+        _quiet_trainer(trainer)
+        self.trainer = trainer
+        if self._stop.is_set():
+            raise StopRequested()
+        return trainer
+
+    def _train(self, trainer) -> None:
+        resume = str(self._resume_from) if self._resume_from else None
+        with training_allocator(self.device):
+            self._result = trainer.train(resume_from_checkpoint=resume)
+        self.model = trainer.model
+
+    def _finish(self) -> None:
+        step = self.trainer.state.global_step
+        self.guard.check_weights(self.model, step)  # never save NaN weights as the result
+        self._save_final()
+        final = {"step": step, "train_loss": getattr(self._result, "training_loss", None),
+                 "first_step_s": self.first_step_s,
+                 **{k: v for k, v in self.summary.items() if isinstance(v, (int, float))}}
+        self.status = "stopped" if self._stop.is_set() else "finished"
+        self._write_state(final)
+        self._emit(self.status, **final)
+
+    def _fail(self, e: BaseException) -> None:
+        """End as failed. The event goes out first (to subscribers even if the disk is full), after
+        removing this attempt's partial outputs, which frees the room it may need; nothing here raises."""
+        self.status = "failed"
+        self.error = e
+        self.traceback = traceback.format_exc()
+        if is_main_process():
+            self._discard_partial_outputs()
+        message = _describe(e, self.dir)
+        data: dict[str, Any] = {"error": message, "traceback": self.traceback}
+        for key in ("step", "quantity", "value"):  # a NumericsError says where training went wrong
+            if hasattr(e, key):
+                data[key] = getattr(e, key)
         try:
-            setup.enter_context(paused_gc())
-            set_threads(cfg.train.num_threads)
-            # importing the stage's trainer (TRL, transformers, peft) and attaching the adapter would
-            # both import bitsandbytes; runs that do not use it skip that
-            with deferred_bitsandbytes(needs_bitsandbytes(cfg)):
-                recipe = get_recipe(cfg.stage.name)
-                self._emit("status", status="loading model")
-                model_cls = None
-                if recipe.head == "sequence_classification":
-                    from .stages.rm import ScalarHead  # one logit: a reward
-                    model_cls = ScalarHead
-                loaded = load_model(cfg, with_adapter=False, model_cls=model_cls)
-                self.device = loaded.device
-                torch.manual_seed(cfg.train.seed)  # LoRA init is part of the seeded state
-                task = "SEQ_CLS" if recipe.head == "sequence_classification" else "CAUSAL_LM"
-                model = apply_adapter(loaded.model, cfg, task_type=task)
-            trainable, total = param_counts(model)
-            self._emit("model", trainable_params=trainable, total_params=total,
-                       trainable_pct=100.0 * trainable / max(total, 1), device=loaded.device, dtype=str(loaded.dtype),
-                       family=loaded.family, memory_estimate=estimate_memory_bytes(model, cfg),
-                       load_s=time.time() - self.t_start)
-            self.model, self.tokenizer = model, loaded.tokenizer
-            self._emit("status", status="preparing data")
-            ctx = StageContext(cfg=cfg, model=model, tokenizer=loaded.tokenizer, run_dir=self.run_dir,
-                               device=loaded.device, dtype=loaded.dtype, callbacks=[_make_callback(self)],
-                               emit=self._emit, loaded=loaded)
-            self.trainer = recipe.build(ctx)
-            _quiet_trainer(self.trainer)
-            if self._stop.is_set():
-                raise StopRequested()
-            setup.close()
-            with training_allocator(loaded.device):
-                result = self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-            self.model = self.trainer.model
-            self._save_final()
-            stopped = self._stop.is_set()
-            final = {"step": self.trainer.state.global_step, "train_loss": getattr(result, "training_loss", None),
-                     "first_step_s": self.first_step_s, **{k: v for k, v in self.summary.items() if isinstance(v, (int, float))}}
-            self.status = "stopped" if stopped else "finished"
-            self._write_state(final)
-            self._emit(self.status, **final)
-        except StopRequested:
-            self.status = "stopped"
-            self._write_state({})
-            self._emit("stopped", step=0)
-        except BaseException as e:  # noqa: BLE001 - the event must go out whatever failed
-            self.status = "failed"
-            self.error = e
-            self.traceback = traceback.format_exc()
-            self._write_state({"error": f"{type(e).__name__}: {e}"})
-            self._emit("failed", error=f"{type(e).__name__}: {e}", traceback=self.traceback)
-            if self._thread is None:  # foreground: let the caller see the exception
-                raise
-        finally:
-            setup.close()
-            self._done.set()
+            last = self.dir.last_checkpoint()
+        except OSError:
+            last = None
+        data["last_checkpoint"] = str(last) if last else None
+        self._emit("failed", **data)
+        try:
+            self._write_state({"error": message})
+        except OSError as write_error:
+            log.warning("could not write %s: %s", self.dir.state_path, write_error)
+
+    # ---------------------------------------------------------------- the run directory
+
+    def _open_run_dir(self) -> None:
+        """Fail early on a directory that cannot be written; clear an interrupted run's leftovers;
+        open the event stream; save the config."""
+        check_writable(self.dir)
+        clean_leftovers(self.dir)
+        self.bus.attach_file(self.dir.events_path)
+        self.dir.save_config(self.config)
+
+    def _check_room(self, checkpoint_size: int, model_path: str) -> None:
+        """Refuse, before training, a directory without room for one checkpoint and the final weights."""
+        tokenizer = sum(f.stat().st_size for f in Path(model_path).glob("*")
+                        if f.is_file() and (f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens"))
+                                            or f.suffix == ".jinja"))
+        checkpoints = 1 if self.config.train.save_steps else 0
+        need = (checkpoints + 1) * (checkpoint_size + tokenizer)
+        free = shutil.disk_usage(self.run_dir).free
+        if free < need:
+            raise RunDirUnwritable(
+                f"the run directory {self.run_dir} has {_mib(free)} free; this run writes about {_mib(need)} "
+                f"(a checkpoint and the final weights): free some space or set train.output_dir elsewhere")
+
+    def _discard_partial_outputs(self) -> None:
+        """Remove checkpoints without their marker and half-written final weights (never raises)."""
+        try:
+            clean_leftovers(self.dir)
+        except OSError as e:
+            log.warning("could not clean %s: %s", self.run_dir, e)
 
     def _save_final(self) -> None:
-        """Save the final adapter (LoRA) or full weights with the tokenizer, atomically."""
-        import shutil
-        import tempfile
-
+        """Save the final adapter (LoRA) or full weights with the tokenizer, atomically: written to a
+        temporary folder, then swapped in with two renames (a kill leaves the old weights or a temp
+        folder that the next start removes; resume then saves them again)."""
         if not is_main_process():  # other ranks hold the same weights: one writer
             return
         model = self.trainer.model
-        name = "adapter" if hasattr(model, "peft_config") else "model"
-        target = self.run_dir / name
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=str(self.run_dir)))
+        target = self.dir.final_dir(RunDir.ADAPTER if hasattr(model, "peft_config") else RunDir.MODEL)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=str(self.run_dir)))
         model.save_pretrained(str(tmp), safe_serialization=True)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(tmp))
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+            old = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}old-{target.name}-", dir=str(self.run_dir)))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
 
     def _write_state(self, extra: dict) -> None:
-        if not is_main_process():
-            return
-        state = {"status": self.status, "run_dir": str(self.run_dir), **extra}
-        p = self.run_dir / "state.json"
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, default=str, indent=1))
-        os.replace(tmp, p)
+        if is_main_process():
+            self.dir.write_state({"status": self.status, "run_dir": str(self.run_dir), **extra})
 
 
-def world_size() -> int:
-    """Processes in this job (torchrun / accelerate set WORLD_SIZE); 1 when run alone."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+# ------------------------------------------------------------------ run-directory policies
 
 
-def is_main_process() -> bool:
-    """Only rank 0 writes the run directory (events, config, state, final weights)."""
-    return int(os.environ.get("RANK", "0")) == 0
+def check_writable(rd: RunDir) -> None:
+    """Create the run directory and write a probe into it; RunDirUnwritable naming the directory if
+    it cannot be created, is read-only, or has no room (checked before any model is loaded)."""
+    probe = None
+    try:
+        rd.path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX + "probe-", dir=str(rd.path))
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(b"\0" * PROBE_BYTES)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as e:
+        if _is_disk_full(e):
+            raise RunDirUnwritable(f"the run directory {rd.path} is full ({_free(rd)} free): free some space "
+                                   "or set train.output_dir elsewhere") from e
+        raise RunDirUnwritable(f"cannot create or write the run directory {rd.path}: {e.strerror or e}") from e
+    finally:
+        if probe is not None:
+            Path(probe).unlink(missing_ok=True)
+
+
+def clean_leftovers(rd: RunDir) -> None:
+    """Remove what an interrupted run leaves: checkpoints without their marker (a save or a rotation
+    cut short), temporary folders of a final save or a probe, and a state file never swapped in."""
+    for ck in rd.checkpoints():
+        if not rd.is_complete(ck):
+            shutil.rmtree(ck, ignore_errors=True)
+    # ".adapter-*" / ".model-*": the temporary folders of final saves by earlier versions
+    for tmp in [*rd.path.glob(TMP_PREFIX + "*"), *rd.path.glob(".adapter-*"), *rd.path.glob(".model-*")]:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+    rd.state_path.with_suffix(".tmp").unlink(missing_ok=True)  # RunDir.write_state's temporary file
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _free(rd: RunDir) -> str:
+    """Free space where the run directory is (or would be), for messages."""
+    p = rd.path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return _mib(shutil.disk_usage(p).free)
+    except OSError:
+        return "?"
+
+
+_DISK_FULL = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """ENOSPC / EDQUOT, also from libraries that raise their own exception with the OS's text (the
+    Rust writers of safetensors and tokenizers)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(text in str(e) for text in _DISK_FULL)
+
+
+def _describe(e: BaseException, rd: RunDir) -> str:
+    """The failed event's message: ours as written; a full disk named as such, with the directory."""
+    for err in (e, e.__cause__, e.__context__):
+        if err is not None and not isinstance(err, ForgeError) and _is_disk_full(err):
+            return f"no space left on the device of the run directory {rd.path} ({_free(rd)} free): {err}"
+    return f"{type(e).__name__}: {e}"
 
 
 def _quiet_trainer(trainer) -> None:
     """Our events drive every display; drop transformers' own stdout printer."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback  # loaded with the trainer
 
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
@@ -343,9 +423,8 @@ def _quiet_trainer(trainer) -> None:
 
 def _process_start_time() -> float:
     try:
-        import psutil
         return psutil.Process().create_time()
-    except Exception:
+    except psutil.Error:
         return time.time()
 
 
@@ -361,17 +440,11 @@ def train(config: Any = None, *, blocking: bool = True, **overrides: Any) -> Run
 
 def open_run(run_dir: str | os.PathLike) -> Run:
     """Re-open a run directory (to resume, chat or export); its past events are loaded."""
-    p = Path(run_dir).expanduser()
-    cfgp = p / "config.yaml"
-    if not cfgp.exists():
-        raise FileNotFoundError(f"{p} is not a run directory (no config.yaml)")
-    run = Run(RunConfig.from_yaml(cfgp))
-    run.run_dir = p
-    if (p / "events.jsonl").exists():
-        run.bus.events.extend(read_events(p / "events.jsonl"))
-    state = p / "state.json"
-    if state.exists():
-        run.status = json.loads(state.read_text()).get("status", "pending")
-        if run.status in ("running", "stopping"):
-            run.status = "stopped"  # the process that ran it is gone: it crashed
+    rd = RunDir.open(run_dir)
+    run = Run(rd.config())
+    run.dir = rd
+    run.bus.events.extend(rd.events())
+    run.status = rd.state().get("status", "pending")
+    if run.status in ("running", "stopping"):
+        run.status = "stopped"  # the process that ran it is gone: it crashed
     return run

@@ -1,6 +1,6 @@
 """Evaluate a model, a config or a finished run on a dataset.
 
-Two modes, chosen from the rows unless ``mode`` says:
+Four modes, chosen from the data unless ``mode`` says:
 
 * ``predict``: any chat dataset our data pipeline reads (alpaca, messages, sharegpt, or prompt rows
   with an ``answer``). The model answers every prompt greedily; the answers are scored against the
@@ -10,9 +10,18 @@ Two modes, chosen from the rows unless ``mode`` says:
   scored by its log-likelihood as the assistant's answer to the question (no generation); the
   highest wins. ``accuracy`` uses the summed log-probability, ``accuracy_norm`` the log-probability
   per character of the choice (so long choices are not penalised for their length).
+* ``benchmark``: a folder in the published MMLU / C-Eval / CMMLU layout (the shipped samples:
+  ``mmlu_sample``, ``ceval_sample``, ``cmmlu_sample``): k-shot prompts from the dev split, scored by
+  the answer letter's log-probability and by each choice's full log-likelihood, per subject and on
+  average (:mod:`kit.benchmarks`).
+* ``ppl``: perplexity of the model on text rows (``{"text": ...}``, e.g. ``demo_text``).
+
+``compare_base=True`` (``forge eval --compare-base``) scores a run and the model it started from on
+the same data and writes both side by side (``comparison.json``).
 
     scores = kit.evaluate(run, "demo_mc")                 # -> {"accuracy": ..., "n": 20, ...}
     scores = kit.evaluate("smollm2-135m-instruct", "demo_sft", max_samples=10, max_new_tokens=64)
+    scores = kit.evaluate(run, "mmlu_sample", n_shot=5, compare_base=True)   # -> {"tuned", "base", "delta"}
 
 Outputs go to ``<run dir>/eval/<dataset>/`` (or ``output_dir``; for a bare model,
 ``FORGE_HOME/evals/<timestamp>-<dataset>/``): ``predictions.jsonl`` (one line per row) and
@@ -28,10 +37,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .data.formats import DataError
+from .rundir import RunDir
 
-MODES = ("auto", "predict", "mc")
+MODES = ("auto", "predict", "mc", "benchmark", "ppl")
 PREDICT_METRICS = ("bleu", "rouge")
 MC_METRICS = ("accuracy",)
+PPL_METRICS = ("perplexity",)
 
 # Words (letters/digits/underscore runs) and single punctuation marks. CJK ideographs and kana are
 # not separated by spaces, so each becomes its own token: a rough character-level stand-in; for real
@@ -192,7 +203,7 @@ def _predict_rows(ref: str, fmt: str, max_samples: Optional[int]) -> tuple[list[
 def _source_info(source: Any) -> tuple[Any, Optional[Path], Any]:
     """(what ChatModel.load takes, the run dir if any, the RunConfig if known)."""
     from .config import RunConfig
-    from .engine import Run, open_run
+    from .engine import Run
     from .infer.hf import ChatModel
 
     if isinstance(source, Run):
@@ -201,8 +212,8 @@ def _source_info(source: Any) -> tuple[Any, Optional[Path], Any]:
         return source, source.run_dir, source.config
     if isinstance(source, ChatModel):
         return source, None, None
-    if isinstance(source, (str, os.PathLike)) and (Path(source) / "config.yaml").exists():
-        return str(source), Path(source), open_run(source).config
+    if RunDir.is_run_dir(source):
+        return str(source), Path(source), RunDir(source).config()
     if source is None or isinstance(source, (RunConfig, dict)) or str(source).endswith((".yaml", ".yml")):
         cfg = RunConfig.coerce(source)
         return cfg, None, cfg
@@ -215,8 +226,7 @@ def _mc_logprobs(cm, question: str, choices: list[str]) -> list[tuple[float, int
     The prompt (chat template, system prompt, question) is the same for every choice and much longer
     than the choices, so it is run once and its key/value cache shared by the batch of choices.
     """
-    import torch
-
+    from .benchmarks import continuation_logprobs
     from .data.encode import encode_prompt
 
     tok = cm.tokenizer
@@ -225,24 +235,8 @@ def _mc_logprobs(cm, question: str, choices: list[str]) -> list[tuple[float, int
     for c, text in zip(conts, choices):
         if not c:
             raise ValueError(f"choice {text!r} encodes to no tokens")
-    k, width = len(conts), max(len(c) for c in conts)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    device = next(cm.model.parameters()).device
-    with torch.inference_mode():
-        head = cm.model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
-        first = torch.log_softmax(head.logits[0, -1].float(), dim=-1)       # predicts each choice's first token
-        cache = head.past_key_values
-        cache.batch_repeat_interleave(k)
-        # right padding: the pad positions come after every real token, so they change nothing before them
-        ids = torch.tensor([c + [pad] * (width - len(c)) for c in conts], device=device)
-        mask = torch.tensor([[1] * (len(prompt) + len(c)) + [0] * (width - len(c)) for c in conts], device=device)
-        rest = torch.log_softmax(cm.model(input_ids=ids, attention_mask=mask, past_key_values=cache,
-                                          use_cache=False).logits.float(), dim=-1)
-    out = []
-    for j, c in enumerate(conts):
-        lp = first[c[0]].item() + sum(rest[j, t - 1, c[t]].item() for t in range(1, len(c)))
-        out.append((lp, len(c)))
-    return out
+    _, sums = continuation_logprobs(cm.model, tok, prompt, conts)
+    return [(lp, len(c)) for lp, c in zip(sums, conts)]
 
 
 # ------------------------------------------------------------------------------------------ entry
@@ -252,21 +246,33 @@ def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "
              metrics: Optional[list[str]] = None, max_samples: Optional[int] = None,
              max_new_tokens: Optional[int] = None, output_dir: Optional[str] = None, data_format: str = "auto",
              tokenize: Callable[[str], list[str]] = simple_tokenize, progress: Optional[Callable[[int, int], None]] = None,
-             **overrides: Any) -> dict:
+             n_shot: int = 5, batch_size: int = 8, compare_base: bool = False, **overrides: Any) -> dict:
     """Score ``source`` (a Run, run dir, RunConfig/dict/YAML, model name/path or ChatModel) on ``dataset``.
 
-    ``dataset``: a registered name or a file; default: the config's ``data.eval_dataset``.
-    ``mode``: ``auto`` (``mc`` when rows have question + choices, else ``predict``), ``predict`` or ``mc``.
-    ``metrics``: predict: ``bleu``, ``rouge`` (default both); mc: ``accuracy``.
+    ``dataset``: a registered name, a file, or a benchmark folder (MMLU / C-Eval / CMMLU layout, e.g.
+    the shipped ``mmlu_sample``); default: the config's ``data.eval_dataset``.
+    ``mode``: ``auto`` (``benchmark`` for a benchmark folder, ``mc`` when rows have question +
+    choices, ``ppl`` for text rows, else ``predict``), or one of those.
+    ``metrics``: predict: ``bleu``, ``rouge`` (default both); mc / benchmark: ``accuracy``; ppl: ``perplexity``.
+    ``max_samples``: the first N rows (benchmark: the first N questions of each subject).
+    ``n_shot``: benchmark k-shot examples from the dev split. ``batch_size``: predict mode answers
+    this many prompts per batch. ``compare_base``: also evaluate the model the run started from and
+    write both side by side (``comparison.json``; the base's own files under ``base/``); returns
+    ``{"tuned", "base", "delta"}``.
     ``overrides``: RunConfig keys applied when the model is loaded (e.g. ``model__dtype="float32"``).
     Returns the scores (also written to ``scores.json`` next to ``predictions.jsonl``).
     """
+    from .benchmarks import find_benchmark, load_benchmark, perplexity, run_benchmark
     from .data.registry import get_spec, read_spec
     from .infer.hf import ChatModel
     from .paths import forge_home
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if compare_base:
+        return _compare_base(source, dataset, mode=mode, metrics=metrics, max_samples=max_samples,
+                             max_new_tokens=max_new_tokens, output_dir=output_dir, data_format=data_format,
+                             tokenize=tokenize, progress=progress, n_shot=n_shot, batch_size=batch_size, **overrides)
     load_src, run_dir, cfg = _source_info(source)
     if dataset is None and cfg is not None and cfg.data.eval_dataset:
         ev = cfg.data.eval_dataset
@@ -276,37 +282,58 @@ def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "
     if "," in dataset:
         raise ValueError(f"evaluate one dataset at a time; got {dataset!r}")
 
-    spec = get_spec(dataset)
-    raw, source_label = read_spec(spec)
-    if not raw:
-        raise DataError("the dataset is empty", source_label)
-    if mode == "auto":
-        mode = "mc" if _is_mc(raw) else "predict"
-    metrics = _check_metrics(metrics, MC_METRICS if mode == "mc" else PREDICT_METRICS, mode)
-    if mode == "mc":
-        rows = mc_rows(raw[:max_samples] if max_samples else raw, source_label)
+    bench_root = find_benchmark(dataset) if mode in ("auto", "benchmark") else None
+    if mode == "benchmark" and bench_root is None:
+        raise DataError(f"{dataset!r} is not a benchmark folder in the MMLU, C-Eval or CMMLU layout")
+    bench, rows = None, []
+    if bench_root is not None:
+        mode = "benchmark"
+        metrics = _check_metrics(metrics, MC_METRICS, mode)
+        bench = load_benchmark(bench_root)
+        spec_name = bench.name
     else:
-        if _is_mc(raw):
-            raise DataError("this is a multiple-choice dataset (question + choices): use mode='mc'", source_label)
-        rows, source_label = _predict_rows(dataset, data_format, max_samples)
+        spec = get_spec(dataset)
+        spec_name = spec.name
+        raw, source_label = read_spec(spec)
+        if not raw:
+            raise DataError("the dataset is empty", source_label)
+        if mode == "auto":
+            mode = "mc" if _is_mc(raw) else "ppl" if _is_text(raw) else "predict"
+        metrics = _check_metrics(metrics, {"mc": MC_METRICS, "ppl": PPL_METRICS}.get(mode, PREDICT_METRICS), mode)
+        if mode == "mc":
+            rows = mc_rows(raw[:max_samples] if max_samples else raw, source_label)
+        elif mode == "ppl":
+            rows = text_rows(raw[:max_samples] if max_samples else raw, source_label)
+        else:
+            if _is_mc(raw):
+                raise DataError("this is a multiple-choice dataset (question + choices): use mode='mc'", source_label)
+            rows, source_label = _predict_rows(dataset, data_format, max_samples)
 
     # where results go: the run dir if there is one, else FORGE_HOME/evals
-    name = re.sub(r"[^\w.-]+", "_", spec.name)
+    name = re.sub(r"[^\w.-]+", "_", spec_name)
     if output_dir:
         out = Path(output_dir).expanduser()
     elif run_dir is not None:
-        out = run_dir / "eval" / name
+        out = RunDir(run_dir).eval_dir(name)
     else:
         out = forge_home() / "evals" / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
     cm = ChatModel.load(load_src, **overrides)
-    was_training = cm.model.training
-    cm.model.eval()   # a Run hands over its model as trained: no dropout while scoring
+    if mode != "predict" and cm.model is None:
+        raise ValueError(f"{mode} scoring reads the model's log-probabilities, which the {cm.backend} back end does "
+                         "not expose: evaluate with generate.backend=hf")
+    was_training = cm.model is not None and cm.model.training
+    if cm.model is not None:
+        cm.model.eval()   # a Run hands over its model as trained: no dropout while scoring
     try:
         records: list[dict] = []
-        if mode == "mc":
+        if mode == "benchmark":
+            scores, records = run_benchmark(cm, bench, n_shot=n_shot, max_samples=max_samples, progress=progress)
+        elif mode == "ppl":
+            scores, records = perplexity(cm, rows, progress=progress)
+        elif mode == "mc":
             correct = correct_norm = 0
             for i, r in enumerate(rows):
                 lps = _mc_logprobs(cm, r["question"], r["choices"])
@@ -325,14 +352,15 @@ def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "
             scores: dict = {"accuracy": 100.0 * correct / n, "accuracy_norm": 100.0 * correct_norm / n,
                             "chance": 100.0 * sum(1 / len(r["choices"]) for r in rows) / n}
         else:
-            gen = {"temperature": 0.0}        # greedy: scores are reproducible
+            gen = {"temperature": 0.0}        # greedy: scores are reproducible (and equal to one-at-a-time answers)
             if max_new_tokens:
                 gen["max_new_tokens"] = max_new_tokens
-            preds = []
-            for i, r in enumerate(rows):
-                preds.append(cm.generate(r["prompt"], **gen))
+            preds: list[str] = []
+            for start in range(0, len(rows), max(1, batch_size)):
+                chunk = rows[start:start + max(1, batch_size)]
+                preds += cm.generate_many([r["prompt"] for r in chunk], **gen)
                 if progress:
-                    progress(i + 1, len(rows))
+                    progress(len(preds), len(rows))
             scores, per = score_predictions(preds, [r["reference"] for r in rows], metrics, tokenize)
             for i, (r, p, s) in enumerate(zip(rows, preds, per)):
                 records.append({"row": i, "prompt": r["prompt"], "reference": r["reference"], "prediction": p, **s})
@@ -340,9 +368,10 @@ def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "
         if was_training:
             cm.model.train()
 
-    result = {**{k: round(v, 4) for k, v in scores.items()}, "n": len(rows), "mode": mode, "dataset": dataset,
-              "model": _model_name(load_src, cfg), "seconds": round(time.time() - t0, 2),
-              "predictions": str(out / "predictions.jsonl"), "output_dir": str(out)}
+    result = {**{k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}, "n": len(records),
+              "mode": mode, "dataset": dataset, "model": _model_name(load_src, cfg),
+              "seconds": round(time.time() - t0, 2), "predictions": str(out / "predictions.jsonl"),
+              "output_dir": str(out)}
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as fh:
         for rec in records:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -350,35 +379,59 @@ def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "
     return result
 
 
+def _is_text(rows: list) -> bool:
+    chat_keys = ("instruction", "messages", "conversations", "prompt", "question")
+    return bool(rows) and isinstance(rows[0], dict) and isinstance(rows[0].get("text"), str) and not any(
+        k in rows[0] for k in chat_keys)
+
+
+def text_rows(rows: list, source: str) -> list[str]:
+    """The ``text`` of each row (perplexity mode); errors name the row and field."""
+    out = []
+    for i, row in enumerate(rows):
+        t = row.get("text") if isinstance(row, dict) else None
+        if not isinstance(t, str) or not t.strip():
+            raise DataError("missing or empty text (a string)", source, i, "text")
+        out.append(t)
+    return out
+
+
+def base_of(source: Any) -> Any:
+    """The model a run (or a config with ``model.adapter_path``) started from, as a RunConfig."""
+    from .config import RunConfig
+    from .engine import Run
+
+    if isinstance(source, Run):
+        return source.config
+    if RunDir.is_run_dir(source):
+        return RunDir(source).config()
+    if isinstance(source, RunConfig) and source.model.adapter_path:
+        return source.replace(model__adapter_path=None)
+    raise ValueError("compare_base needs a training run, a run directory or a config with model.adapter_path")
+
+
+_NOT_SCORES = ("n", "seconds", "n_shot", "chance")
+
+
+def _compare_base(source: Any, dataset: Optional[str], *, output_dir: Optional[str], **kw: Any) -> dict:
+    """Evaluate the tuned model and its base on the same data; both, and their difference, side by side."""
+    base = base_of(source)
+    tuned = evaluate(source, dataset, output_dir=output_dir, **kw)
+    out = Path(tuned["output_dir"])
+    before = evaluate(base, tuned["dataset"], output_dir=str(out / "base"), **kw)
+    delta = {k: round(v - before[k], 4) for k, v in tuned.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _NOT_SCORES
+             and isinstance(before.get(k), (int, float))}
+    if isinstance(tuned.get("subjects"), dict) and isinstance(before.get("subjects"), dict):
+        delta["subjects"] = {s: round(v["accuracy"] - before["subjects"][s]["accuracy"], 4)
+                             for s, v in tuned["subjects"].items() if s in before["subjects"]}
+    comparison = {"dataset": tuned["dataset"], "mode": tuned["mode"], "tuned": tuned, "base": before, "delta": delta,
+                  "output_dir": str(out), "comparison": str(out / "comparison.json")}
+    (out / "comparison.json").write_text(json.dumps(comparison, indent=1, ensure_ascii=False))
+    return comparison
+
+
 def _model_name(load_src: Any, cfg: Any) -> str:
     if cfg is not None:
         return cfg.model.name
     return str(getattr(load_src, "name_or_path", load_src)) if isinstance(load_src, (str, os.PathLike)) else type(load_src).__name__
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-
-def add_eval_parser(sub, fn) -> None:
-    e = sub.add_parser("eval", help="score a model or run on a dataset (BLEU/ROUGE, or multiple-choice accuracy)")
-    e.add_argument("source", nargs="?", default=None,
-                   help="run dir, YAML config, model name or path (default: the embedded model)")
-    e.add_argument("-d", "--dataset", help="registered dataset name or file (default: the config's data.eval_dataset)")
-    e.add_argument("--mode", choices=MODES, default="auto", help="predict, mc, or auto (from the rows)")
-    e.add_argument("--metrics", help="comma separated: bleu, rouge (predict) or accuracy (mc)")
-    e.add_argument("-n", "--max-samples", type=int, help="evaluate the first N rows only")
-    e.add_argument("--max-new-tokens", type=int, help="predict mode: longest answer generated")
-    e.add_argument("-o", "--output-dir", help="where predictions.jsonl and scores.json go")
-    e.set_defaults(fn=fn)
-
-
-def eval_cli(a) -> int:
-    import sys
-
-    def progress(i: int, n: int) -> None:
-        print(f"\r{i}/{n}", end="" if i < n else "\n", file=sys.stderr, flush=True)
-
-    res = evaluate(a.source, a.dataset, mode=a.mode, metrics=a.metrics, max_samples=a.max_samples,
-                   max_new_tokens=a.max_new_tokens, output_dir=a.output_dir, progress=progress)
-    print(json.dumps(res, indent=1, ensure_ascii=False))
-    return 0

@@ -5,24 +5,34 @@
 * ``%forge_chat [name]``: a chat panel on a Run variable, a run directory or a model name
 
 Training magics show a TrainPanel bound to the run (live plot) and return the Run, which trains in
-a background thread unless ``--wait`` is given. A config error is printed as one line
-("line N, key K: message") and the magic returns None, without a traceback.
+a background thread unless ``--wait`` is given. Errors go through the front ends' error boundary
+(:mod:`kit.boundary`): a config error is one line ("line N, key K: message"), an unexpected one is
+one line saying it is a bug, with the traceback saved to a file; the magic then returns None. With
+``--wait`` a run that fails is reported the same way (and still returned, to inspect).
 """
 from __future__ import annotations
 
 import shlex
-import sys
 from typing import Any, Optional
 
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.display import display
 
+from .boundary import ErrorBoundary
 from .config import ConfigError, RunConfig
+from .engine import Run
+from .widgets.chat import ChatPanel
+from .widgets.train import TrainPanel
 
 
 def _parse_args(line: str) -> tuple[list[str], list[str], bool]:
     """(positional, key=value overrides, wait)."""
+    try:
+        tokens = shlex.split(line or "")
+    except ValueError as e:  # e.g. an unclosed quote
+        raise ConfigError(f"cannot read the magic's arguments {line!r}: {e}") from None
     pos, pairs, wait = [], [], False
-    for tok in shlex.split(line or ""):
+    for tok in tokens:
         if tok == "--wait":
             wait = True
         elif "=" in tok and not tok.startswith("-"):
@@ -32,8 +42,17 @@ def _parse_args(line: str) -> tuple[list[str], list[str], bool]:
     return pos, pairs, wait
 
 
-def _error(msg: str) -> None:
-    print(f"forge: {msg}", file=sys.stderr)
+def _config(line: str, cell: Optional[str]) -> tuple[RunConfig, bool]:
+    pos, pairs, wait = _parse_args(line)
+    if cell is not None:
+        if pos:
+            raise ConfigError(f"unexpected argument(s) {' '.join(pos)}; use key=value or --wait")
+        cfg = RunConfig.from_yaml_text(cell, source="%%forge_train")
+    else:
+        if len(pos) != 1:
+            raise ConfigError("usage: %forge_train path.yaml [key=value ...] [--wait]")
+        cfg = RunConfig.from_yaml(pos[0])
+    return (cfg.override(pairs) if pairs else cfg), wait
 
 
 @magics_class
@@ -41,47 +60,24 @@ class ForgeMagics(Magics):
 
     @line_cell_magic
     def forge_train(self, line: str, cell: Optional[str] = None):
-        pos, pairs, wait = _parse_args(line)
-        try:
-            if cell is not None:
-                if pos:
-                    raise ConfigError(f"unexpected argument(s) {' '.join(pos)}; use key=value or --wait")
-                cfg = RunConfig.from_yaml_text(cell, source="%%forge_train")
-            else:
-                if len(pos) != 1:
-                    raise ConfigError("usage: %forge_train path.yaml [key=value ...] [--wait]")
-                cfg = RunConfig.from_yaml(pos[0])
-            if pairs:
-                cfg = cfg.override(pairs)
-        except (ConfigError, OSError) as e:
-            _error(str(e))
-            return None
-        return self._train(cfg, wait)
+        boundary = ErrorBoundary("forge", command=["%forge_train" if cell is None else "%%forge_train", line])
+        with boundary:
+            cfg, wait = _config(line, cell)
+            return self._train(cfg, wait, boundary)
+        return None
 
-    def _train(self, cfg: RunConfig, wait: bool):
-        from IPython.display import display
-
-        from .engine import Run
-        from .widgets.train import TrainPanel
-
-        run = Run(cfg)
+    def _train(self, cfg: RunConfig, wait: bool, boundary: ErrorBoundary):
         panel = TrainPanel(cfg, context=lambda: cfg)
-        panel.follow(run)
         display(panel)     # the panel shows its widget and, on the static back end, the plot below it
         self.last_panel = panel
-        run.start(blocking=False)
-        if wait:
-            run.wait()
-            panel._throttle.flush()
+        run = panel.start(wait=wait)
+        boundary.run_dir = run.run_dir
+        if wait and run.status == "failed" and run.error is not None:
+            boundary.report(run.error)  # one line, as for any other error; the run is still returned
         return run
 
     @line_magic
     def forge_chat(self, line: str):
-        from IPython.display import display
-
-        from .engine import Run
-        from .widgets.chat import ChatPanel
-
         name = line.strip()
         source: Any = None
         if name:

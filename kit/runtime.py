@@ -1,5 +1,6 @@
 """Process-level settings for fast start-up and CPU training: threads, the C allocator, the garbage
-collector while a run sets up, and which optional libraries get imported.
+collector while a run sets up, which optional libraries get imported, and where this process
+stands in a multi-process job (:func:`world_size`, :func:`is_main_process`).
 
 This module imports only the standard library (torch lazily), so ``kit/__init__`` can use
 :func:`paused_gc` around its own imports.
@@ -146,6 +147,16 @@ def deferred_bitsandbytes(needed: bool) -> Iterator[None]:
                 fn = getattr(sys.modules.get(module), name, None)
                 if hasattr(fn, "cache_clear"):
                     fn.cache_clear()
+
+
+def world_size() -> int:
+    """Processes in this job (torchrun / accelerate set ``WORLD_SIZE``); 1 when run alone."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Whether this is rank 0, the one process that writes the run directory (``RANK`` unset: alone)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def set_threads(n: Optional[int]) -> None:

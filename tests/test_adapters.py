@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import kit
-from kit.adapters import apply_adapter, build_optimizer, param_counts
+from kit.adapters import apply_adapter, build_optimizer
+from kit.memory import param_counts
 from kit.models import load_model
 
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -215,7 +216,8 @@ def test_activation_estimate_matches_saved_tensors(tiny_cfg, checkpointing):
     """The activation part of the memory estimate vs the bytes autograd really keeps for one
     forward pass of a full packed row (LoRA on all linear layers)."""
     import torch
-    from kit.adapters import activation_bytes, apply_adapter
+    from kit.adapters import apply_adapter
+    from kit.memory import activation_bytes
     from kit.models import load_model
 
     cfg = tiny_cfg(cutoff_len=256, batch_size=2, micro_batch_size=1, gradient_checkpointing=checkpointing)
@@ -258,7 +260,7 @@ def test_optimizer_state_estimate_equals_the_real_state(tiny_cfg, optim):
     bytes the optimizer really holds after one step."""
     import torch
     import kit
-    from kit.adapters import optimizer_state_bytes
+    from kit.memory import optimizer_state_bytes
     if optim == "adamw_8bit":
         pytest.importorskip("bitsandbytes")
     run = kit.train(tiny_cfg(optim=optim, max_steps=1, save_steps=0, cutoff_len=64, max_samples=4))

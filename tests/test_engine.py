@@ -6,8 +6,11 @@ import pytest
 
 import kit
 from kit.cli import main as cli_main
-from kit.engine import COMPLETE_MARKER, Run, open_run
+from kit.engine import Run, open_run
 from kit.events import read_events
+from kit.rundir import RunDir
+
+COMPLETE_MARKER = RunDir.COMPLETE_MARKER
 
 
 def test_train_emits_events_and_saves(tiny_cfg):

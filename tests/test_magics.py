@@ -53,3 +53,41 @@ def test_forge_chat_uses_a_notebook_variable(shell, tiny_model_dir):
     out = panel.send("Hi", wait=True)
     assert out is not None and isinstance(out["tuned"], str) and panel.error is None
     assert [m["role"] for m in panel.history["tuned"]] == ["user", "assistant"]
+
+
+# ------------------------------------------------------------------ the error boundary (#13)
+
+
+def test_unexpected_error_is_one_line_naming_a_bug(shell, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from kit.boundary import BUG_NOTE
+    from kit.widgets.train import TrainPanel
+
+    monkeypatch.setenv("FORGE_HOME", str(tmp_path / "home"))
+
+    def start(self, wait=False):
+        raise RuntimeError("boom in the panel")
+    monkeypatch.setattr(TrainPanel, "start", start)
+    assert shell.run_cell_magic("forge_train", "", f"model: {tiny_model_dir}\n") is None
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and BUG_NOTE in err and "RuntimeError: boom in the panel" in err
+    (saved,) = (tmp_path / "home" / "bug-reports").iterdir()
+    assert "boom in the panel" in saved.read_text() and "%%forge_train" in saved.read_text()
+
+
+def test_unreadable_arguments_are_one_line(shell, capsys):
+    assert shell.run_line_magic("forge_train", "'unclosed.yaml") is None
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "cannot read the magic's arguments" in err
+
+
+def test_a_run_that_fails_under_wait_is_reported_in_one_line(shell, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FORGE_PLOT_BACKEND", "static")
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"instruction": "hi", "output": "hello"}\n{"instruction": "x", "output": \n')
+    body = (f"model: {tiny_model_dir}\ndata:\n  dataset: {bad}\n"
+            f"train:\n  max_steps: 1\n  num_threads: 1\n  output_dir: {tmp_path / 'run'}\n")
+    run = shell.run_cell_magic("forge_train", "--wait", body)
+    assert run is not None and run.status == "failed"        # returned, to inspect
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("forge: ")]
+    assert len(lines) == 1 and "broken.jsonl" in lines[0] and "Traceback" not in err

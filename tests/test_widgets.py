@@ -1,14 +1,30 @@
-"""Notebook widgets: panels <-> RunConfig, Board round trip through YAML, Start/Stop buttons on a real run."""
+"""Notebook widgets: panels <-> RunConfig, Board round trip through YAML, Start/Stop buttons on a real run,
+and the Board on ipywidgets 8 (in this process) and 7.7.1 (Colab's; in a subprocess)."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from kit.config import RunConfig
 from kit.events import Event
-from kit.widgets import (AdapterPanel, Board, DataPanel, LossPlot, ModelPanel, QuantPanel, StagePanel, TrainPanel,
-                         config_from_panels, set_plot_backend)
+from kit.widgets import (
+    AdapterPanel,
+    Board,
+    DataPanel,
+    LossPlot,
+    ModelPanel,
+    QuantPanel,
+    StagePanel,
+    TrainPanel,
+    config_from_panels,
+    set_plot_backend,
+)
 from kit.widgets.plot import plot_backend
 
 
@@ -80,7 +96,7 @@ def test_start_stop_buttons_drive_a_real_run(tiny_cfg):
     assert _wait(lambda: panel.plot.trace_points(0) >= 2, 90), f"no loss points; status {run.status}"
     panel.stop_button.click()
     run.wait(90)
-    panel._throttle.flush()
+    panel.flush()
     assert run.status == "stopped"
     assert run.last_checkpoint is not None and run.last_checkpoint.exists()
     assert run.global_step < 30
@@ -240,3 +256,148 @@ def test_evaluate_panel_scores_the_tiny_model(tiny_model_dir, tmp_path):
     panel.metrics.value = ""                     # demo_sft has no questions/choices: the row error is shown
     assert panel.evaluate(wait=True) is None
     assert "question" in panel.output.value and "row 0" in panel.output.value and not panel.run_button.disabled
+
+
+# ---------------------------------------------------------------- ipywidgets 7 and 8
+
+ROOT = Path(__file__).resolve().parent.parent
+WIDGETS_7 = ["ipywidgets==7.7.1", "widgetsnbextension==3.6.*", "jupyterlab_widgets==1.1.*", "ipython_genutils"]
+
+
+def board_probe() -> dict:
+    """What a user of this process's ipywidgets sees of a Board: titles, tooltips, and the warnings it raised.
+
+    Run in this process (ipywidgets 8) and, by the widgets-7 test, in a subprocess (``python -c``).
+    """
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import ipywidgets
+
+        import kit
+        from kit.widgets.compat import titles, tooltip
+
+        out: dict = {"version": ipywidgets.__version__}
+        for lang in ("en", "zh"):
+            board = kit.Board(lang=lang)
+            fields = [f for p in board.config_panels for f in p.form.fields.values()]
+            buttons = [board.train.start_button, board.train.stop_button, board.train.resume_button]
+            standalone = kit.widgets.TrainPanel(lang=lang)      # what %forge_train shows: an accordion
+            out[lang] = {"tabs": titles(board.tabs), "accordion": titles(standalone.widget.children[0]),
+                         "tooltips": {f.key: tooltip(f.widget) for f in fields},
+                         "helps": {f.key: f.help for f in fields},
+                         "buttons": [tooltip(b) for b in buttons], "plot": board.train.plot.backend}
+        svg = kit.widgets.LossPlot("svg")
+        svg.add_step(1, 2.0, 1e-3)
+        out["svg_points"] = svg.widget.value.count('class="forge-point"')
+    # traitlets' "Passing unrecognized arguments" (titles=/tooltip= on 7), ipywidgets 8's deprecations; not
+    # ipywidgets 7's own use of ipykernel's old Comm class (the kernel here is newer than Colab's)
+    out["warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught
+                       if ("unrecognized argument" in str(w.message) or "ipywidgets" in str(w.filename)
+                           or "tooltip" in str(w.message)) and "ipykernel.comm.Comm" not in str(w.message)]
+    return out
+
+
+def _check_probe(out: dict, version: str) -> None:
+    assert out["version"].startswith(version), out["version"]
+    assert out["warnings"] == []
+    assert out["en"]["tabs"] == ["Model", "Quantization", "Adapter", "Stage", "Data", "Train", "Chat", "Export",
+                                 "Evaluate", "YAML"]
+    assert out["zh"]["tabs"][:3] == ["模型", "量化", "适配器"] and all(out["zh"]["tabs"])
+    assert out["en"]["accordion"] == ["Hyperparameters"] and out["zh"]["accordion"] == ["超参数"]
+    for lang in ("en", "zh"):
+        tips = out[lang]["tooltips"]
+        assert len(tips) > 40 and tips == out[lang]["helps"], f"{lang}: a field's tooltip is missing or wrong"
+        assert all(tips.values()) and all(out[lang]["buttons"])
+    assert out["svg_points"] == 1
+
+
+def test_board_on_ipywidgets_8():
+    import ipywidgets
+    if not ipywidgets.__version__.startswith("8"):
+        pytest.skip(f"this environment has ipywidgets {ipywidgets.__version__}")
+    _check_probe(board_probe(), "8")
+
+
+@pytest.fixture(scope="session")
+def widgets7_dir(request) -> Path:
+    """ipywidgets 7.7.1 (the version Colab ships) in its own folder, installed once under the pytest cache."""
+    target = Path(request.config.cache.mkdir("ipywidgets-7.7.1"))
+    done = target / ".complete"
+    if not done.exists():
+        argv = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade", "--target", str(target),
+                *WIDGETS_7]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+        if r.returncode != 0:
+            pytest.skip(f"pip could not fetch ipywidgets 7.7.1 (exit {r.returncode}): {r.stderr.strip()[-300:]}")
+        done.write_text(" ".join(WIDGETS_7) + "\n")
+    return target
+
+
+def test_board_on_ipywidgets_7(widgets7_dir, forge_home):
+    """Colab's ipywidgets: every tab title and field tooltip shows, with no traitlets warning."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(widgets7_dir), str(ROOT)]), "FORGE_HOME": str(forge_home)}
+    code = ("import json, sys; sys.path.insert(0, 'tests'); from test_widgets import board_probe; "
+            "print('PROBE' + json.dumps(board_probe()))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), env=env, capture_output=True, text=True,
+                       timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.split("PROBE", 1)[1])
+    _check_probe(out, "7.7.1")
+    assert out["en"]["plot"] == "static"   # no kernel here; in a widgets-7 kernel auto picks svg
+
+
+def test_plot_backend_on_ipywidgets_7_is_svg(monkeypatch):
+    from kit.widgets import plot
+
+    class ZMQInteractiveShell:   # what a Jupyter kernel's shell is called
+        pass
+
+    monkeypatch.delenv("FORGE_PLOT_BACKEND", raising=False)
+    monkeypatch.setattr("IPython.get_ipython", lambda: ZMQInteractiveShell())
+    monkeypatch.setattr(plot, "WIDGETS_8", False)
+    assert plot.detect_backend() == "svg"
+    monkeypatch.setattr(plot, "WIDGETS_8", True)
+    assert plot.detect_backend() == "plotly"
+
+
+def test_svg_plot_draws_every_point():
+    plot = LossPlot("svg")
+    assert plot.widget is not None and plot.trace_points(0) == 0 and "waiting" in plot.widget.value
+    events = [Event("step", 0.0, {"step": i, "loss": 3.0 - 0.1 * i, "learning_rate": 1e-3}) for i in range(1, 26)]
+    events.append(Event("eval", 0.0, {"step": 25, "eval_loss": 2.2}))
+    assert plot.add_events(events) == 26
+    svg = plot.widget.value
+    assert svg.count('class="forge-point"') == 25 == plot.trace_points(0)
+    assert svg.count('class="forge-eval-point"') == 1 and 'class="forge-smooth"' in svg and 'class="forge-lr"' in svg
+    assert "learning rate" in svg and plot.bundle()["text/html"] == svg and "25 steps" in plot.bundle()["text/plain"]
+    plot.t.set_language("zh")
+    assert "学习率" in plot.widget.value and "learning rate" not in plot.widget.value
+
+
+def test_board_errors_are_one_clear_message(tiny_model_dir):
+    """Our errors (a config key) show in the status line as one message, not a traceback; others say 'bug'."""
+    from kit.widgets._fields import error_html
+
+    board = Board(RunConfig.from_kwargs(model=str(tiny_model_dir)), backend="static")
+    board.train.form["train.learning_rate"].widget.value = -1.0
+    board.train.start_button.click()
+    status = board.train.status.value
+    assert board.run is None and "status: error" in status and "forge-error" in status
+    assert "learning_rate" in status and "Traceback" not in status and "bug" not in status
+    assert "invalid settings" in board.show_yaml() and "learning_rate" in board.yaml_text.value
+    board.set_language("zh")
+    assert board.train.status.value.startswith("状态：出错") and "learning_rate" in board.train.status.value
+    bug = error_html(TypeError("unsupported operand"))
+    assert "TypeError: unsupported operand" in bug and "bug in forge-kit" in bug
+
+
+def test_public_refresh_and_flush_replace_private_calls():
+    assert not hasattr(AdapterPanel, "_schedule")
+    from kit.widgets.train import Throttle
+    assert not hasattr(Throttle(lambda b: None), "calls")
+    for path in (ROOT / "kit").rglob("*.py"):
+        text = path.read_text()
+        assert "._throttle" not in text.replace("self._throttle", ""), path
+        assert "._schedule(" not in text, path

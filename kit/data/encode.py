@@ -4,28 +4,55 @@ Chat rows are encoded with the tokenizer's own chat template (the source of trut
 ``input_ids`` equal ``tokenizer.apply_chat_template(messages)`` token for token. The trained
 span of each assistant turn is found by rendering prefixes: the tokens between
 ``template(messages[:i], add_generation_prompt=True)`` and ``template(messages[:i+1])``
-are the i-th answer plus its end-of-turn marker. Templates that are not prefix-consistent
-(they rewrite earlier turns, e.g. strip reasoning) get a clear error instead of a wrong mask.
+are the i-th answer plus its end-of-turn marker.
+
+When those token prefixes do not line up although the rendered *text* does -- an answer that
+starts with spaces or newlines merges with the newline after the assistant header into one BPE
+token -- the text is cut at the answer boundaries and each piece tokenized on its own. That is
+exactly how the prompt is tokenized at inference (it ends with the header), so the model learns
+to continue the tokens it will be given. Templates whose text is not prefix-consistent (they
+rewrite earlier turns, e.g. strip reasoning) get a clear error instead of a wrong mask.
 """
 from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..errors import ForgeError, with_place
+
 IGNORE = -100
 
 
-class TemplateError(ValueError):
-    pass
+class TemplateError(ForgeError, ValueError):
+    """The chat template cannot encode a row as asked (e.g. it drops tool calls); the message says
+    what to set, and names the file and row when the row is known."""
+
+    def __init__(self, message: str, source: Optional[str] = None, row: Optional[int] = None):
+        self.source, self.row, self.reason = source, row, message
+        super().__init__(with_place(message, source, row))
+
+
+def _render(tok, messages: list[dict], *, add_generation_prompt: bool = False, tools: Optional[list] = None,
+            tokenize: bool = True):
+    kw: dict[str, Any] = {"tokenize": tokenize, "add_generation_prompt": add_generation_prompt}
+    if tokenize:
+        kw["return_dict"] = False
+    if tools:
+        kw["tools"] = tools
+    try:
+        out = tok.apply_chat_template(messages, **kw)
+    except ForgeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Jinja raises TemplateError, TypeError, ... on what it cannot render
+        raise TemplateError(f"the chat template cannot render this conversation ({type(e).__name__}: {e})") from None
+    if not tokenize:
+        return out
+    if hasattr(out, "keys"):
+        out = out["input_ids"]
+    return list(out)
 
 
 def _ids(tok, messages: list[dict], *, add_generation_prompt: bool = False, tools: Optional[list] = None) -> list[int]:
-    kw: dict[str, Any] = {"tokenize": True, "return_dict": False, "add_generation_prompt": add_generation_prompt}
-    if tools:
-        kw["tools"] = tools
-    ids = tok.apply_chat_template(messages, **kw)
-    if hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    return list(ids)
+    return _render(tok, messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
 
 def assistant_spans(tok, messages: list[dict], tools: Optional[list] = None) -> tuple[list[int], list[tuple[int, int]]]:
@@ -38,11 +65,36 @@ def assistant_spans(tok, messages: list[dict], tools: Optional[list] = None) -> 
         prefix = _ids(tok, messages[:i], add_generation_prompt=True, tools=tools)
         upto = _ids(tok, messages[: i + 1], tools=tools)
         if full[: len(upto)] != upto or upto[: len(prefix)] != prefix:
+            return _spans_by_text(tok, messages, tools)
+        spans.append((len(prefix), len(upto)))
+    return full, spans
+
+
+def _spans_by_text(tok, messages: list[dict], tools: Optional[list]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Cut the rendered text at each answer's start and end and tokenize the pieces separately."""
+    full = _render(tok, messages, tools=tools, tokenize=False)
+    cuts = [0]
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prefix = _render(tok, messages[:i], add_generation_prompt=True, tools=tools, tokenize=False)
+        upto = _render(tok, messages[: i + 1], tools=tools, tokenize=False)
+        if not (full.startswith(upto) and upto.startswith(prefix) and len(prefix) >= cuts[-1]):
             raise TemplateError(
                 "the chat template is not prefix-consistent (rendering a conversation changes earlier turns), "
                 "so answer spans cannot be located; set model.template to a consistent template")
-        spans.append((len(prefix), len(upto)))
-    return full, spans
+        cuts += [len(prefix), len(upto)]
+    cuts.append(len(full))
+    ids: list[int] = []
+    spans = []
+    for k in range(len(cuts) - 1):
+        start = len(ids)
+        piece = full[cuts[k]: cuts[k + 1]]
+        if piece:
+            ids += tok(piece, add_special_tokens=False)["input_ids"]
+        if k % 2 == 1:  # pieces alternate: prompt, answer, prompt, answer, ..., rest
+            spans.append((start, len(ids)))
+    return ids, spans
 
 
 def check_tool_support(tok, messages: list[dict], tools: Optional[list]) -> None:

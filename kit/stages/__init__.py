@@ -13,12 +13,26 @@ from typing import Any, Callable
 
 @dataclass(frozen=True)
 class Recipe:
+    """What the engine needs to know of a stage, so that its life cycle names no stage.
+
+    ``model_class``: what loads the base model (``None``: a causal LM; anything with
+    ``from_pretrained(path, **kw)``, e.g. a one-logit classifier for reward models);
+    ``peft_task_type``: the LoRA adapter's task type, which decides what peft saves with it (the
+    score head for ``SEQ_CLS``); ``collapse_checks``: which signs of a collapsed run the numerics
+    guard watches for (:mod:`kit.numerics`): ``zero_grad_norm`` (the gradient is exactly zero for
+    several steps) and ``uniform_loss`` (a token cross-entropy stuck at ln(vocab), i.e. uniform
+    output). Online RL leaves both out: a group whose completions score alike has no advantage and
+    a zero gradient, legitimately.
+    """
+
     name: str
     data_kind: str                    # sft | text | preference | kto | prompt
     build: Callable[[Any], Any]       # StageContext -> trainer with .train()
-    head: str = "causal_lm"           # causal_lm | sequence_classification
     description: str = ""
     metrics: tuple = ()               # metric names a stage logs besides loss (for panels)
+    model_class: Any = None
+    peft_task_type: str = "CAUSAL_LM"
+    collapse_checks: tuple = ("zero_grad_norm",)
 
 
 _RECIPES: dict[str, Recipe] = {}
@@ -31,24 +45,9 @@ def register_recipe(recipe: Recipe) -> Recipe:
 
 
 def get_recipe(name: str) -> Recipe:
+    """The recipe of stage ``name``, importing its module on first use (each imports its trainer library)."""
     if name not in _RECIPES and name in STAGE_MODULES:
-        try:
-            importlib.import_module(f"kit.stages.{STAGE_MODULES[name]}")
-        except ModuleNotFoundError as e:
-            if e.name == f"kit.stages.{STAGE_MODULES[name]}":
-                raise NotImplementedError(f"stage '{name}' is not available in this version of forge-kit") from None
-            raise
+        importlib.import_module(f"kit.stages.{STAGE_MODULES[name]}")
     if name not in _RECIPES:
         raise KeyError(f"unknown stage '{name}'; known: {', '.join(STAGE_MODULES)}")
     return _RECIPES[name]
-
-
-def available_stages() -> list[str]:
-    out = []
-    for n in STAGE_MODULES:
-        try:
-            get_recipe(n)
-            out.append(n)
-        except NotImplementedError:
-            pass
-    return out

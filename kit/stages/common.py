@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ..config import RunConfig
+from ..config import TOKENIZING, RunConfig
+from ..models import load_model
+from ..rundir import RunDir
+from ..runtime import world_size
 
 
 @dataclass
@@ -25,12 +27,20 @@ class StageContext:
     loaded: Any = None              # kit.models.LoadedModel
 
 
+def _checkpointing_arg() -> str:
+    """TrainingArguments' name for activation (gradient) checkpointing: recent transformers 5.x renamed
+    ``gradient_checkpointing`` to ``activation_checkpointing`` (the old name warns); earlier 5.x know only the old one."""
+    from transformers import TrainingArguments
+    return "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
+        else "gradient_checkpointing"
+
+
 def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.dtype) -> dict:
     """Keyword arguments shared by every TRL config class (they all extend TrainingArguments)."""
     t = cfg.train
     has_eval = bool(cfg.data.eval_dataset) or cfg.data.val_size > 0
     kw: dict[str, Any] = dict(
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(RunDir(run_dir).checkpoints_dir),
         max_steps=t.max_steps,
         num_train_epochs=t.num_epochs,
         per_device_train_batch_size=t.batch_size,
@@ -48,10 +58,9 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
         logging_first_step=True,
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
         eval_strategy=("steps" if t.eval_steps else "no") if has_eval else "no",
         eval_steps=t.eval_steps,
-        gradient_checkpointing=t.gradient_checkpointing,
+        **{_checkpointing_arg(): t.gradient_checkpointing},
         report_to=list(t.report_to) or "none",
         disable_tqdm=True,                     # the engine's events drive progress bars
         bf16=dtype == torch.bfloat16 and device == "cuda",
@@ -62,8 +71,15 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
         remove_unused_columns=False,
         save_only_model=False,                 # optimizer + scheduler + RNG states: exact resume
         include_num_input_tokens_seen="no",
+        # transformers would log a non-finite loss as the average of the previous ones (0.0 on the
+        # first step); the engine's numerics guard must see it. Only a run that skips such steps
+        # keeps the filter, so the skipped step does not turn every later logged loss into NaN.
+        logging_nan_inf_filter=t.on_nonfinite == "skip",
+        # checkpoint rotation is the engine's: it deletes an old checkpoint only once the new one is
+        # complete (transformers rotates before the engine can mark the new one; see kit.engine)
+        save_total_limit=None,
     )
-    if device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if device == "cpu" and world_size() > 1:
         kw["ddp_backend"] = "gloo"  # several CPU processes: gloo is the back end that works without GPUs
     if device == "cuda" and importlib.util.find_spec("liger_kernel") is not None:
         # Triton kernels (RMSNorm, RoPE, SwiGLU) patched into the model by transformers; GPU only
@@ -143,12 +159,47 @@ def tokens_per_forward(cfg, device: str, padding_free: bool) -> int:
     return tokens
 
 
+# Stages whose forward pass carries two sequences per example (chosen and rejected, or the
+# completion and its KL sample). Stated here, not on the recipes, because the adapter panel's
+# memory estimate runs before any trainer (TRL) is imported.
+PAIRED_STAGES = ("dpo", "kto", "rm")
+
+
+def forward_tokens(cfg, device: str) -> int:
+    """Upper bound on the tokens one forward pass of this run's stage carries (memory estimate)."""
+    if cfg.stage.name in TOKENIZING:  # our collator: micro-batches and per-pass token budgets
+        return tokens_per_forward(cfg, device, padding_free_requested(cfg))
+    tokens = cfg.train.batch_size * cfg.data.cutoff_len
+    return 2 * tokens if cfg.stage.name in PAIRED_STAGES else tokens
+
+
+def reference_model(ctx: StageContext):
+    """The frozen reference of a preference stage: ``stage.ref_model`` loaded, or None, which the
+    TRL trainers read as "the starting policy" (for LoRA the model with its adapter disabled)."""
+    ref = ctx.cfg.stage.ref_model
+    if not ref:
+        return None
+    return load_model(ctx.cfg.replace(model__name=ref), with_adapter=False).model.eval()
+
+
+@runtime_checkable
+class ReportsTokens(Protocol):
+    """A trainer that counts the tokens it trained on; the engine turns the counts into tokens/s."""
+
+    def tokens_seen(self) -> tuple[int, int]:
+        """(real, trained) tokens so far: real excludes padding, trained counts loss positions."""
+        ...
+
+
 class TokenCounting:
     """Mixin for trainers fed by :class:`~kit.data.ForgeCollator`: counts real (non-padding) and
-    trained tokens per step and removes the counters before the forward pass."""
+    trained tokens per step and removes the counters before the forward pass (:class:`ReportsTokens`)."""
 
     forge_real_tokens: int = 0
     forge_trained_tokens: int = 0
+
+    def tokens_seen(self) -> tuple[int, int]:
+        return self.forge_real_tokens, self.forge_trained_tokens
 
     def _pop_counts(self, inputs: dict) -> None:
         real = inputs.pop("num_real_tokens", None)

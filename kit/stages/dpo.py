@@ -9,20 +9,13 @@ from __future__ import annotations
 
 import os
 
+from trl import DPOConfig, DPOTrainer
+
 from ..data import build_rows
 from . import Recipe, register_recipe
-from .common import StageContext, base_training_args
+from .common import StageContext, base_training_args, reference_model
 
 DPO_LOSSES = ("sigmoid", "ipo", "hinge")
-
-
-def _ref_model(ctx: StageContext):
-    """An explicit reference model (stage.ref_model), or None for TRL's default."""
-    ref = ctx.cfg.stage.ref_model
-    if not ref:
-        return None
-    from ..models import load_model
-    return load_model(ctx.cfg.replace(model__name=ref), with_adapter=False).model.eval()
 
 
 def build_dpo_trainer(ctx: StageContext):
@@ -34,14 +27,15 @@ def build_dpo_trainer(ctx: StageContext):
     common = dict(model=ctx.model, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=ctx.tokenizer,
                   callbacks=ctx.callbacks)
     if st.loss_type in DPO_LOSSES:
-        from trl import DPOConfig, DPOTrainer
         # the SFT mix (stage.ftx) is TRL's "sft" loss term weighted against the preference loss
         losses, weights = [st.loss_type], [1.0]
         if st.ftx > 0:
             losses, weights = losses + ["sft"], weights + [st.ftx]
         args = DPOConfig(**base, beta=st.beta, loss_type=losses, loss_weights=weights,
                          label_smoothing=st.label_smoothing, max_length=cfg.data.cutoff_len)
-        return DPOTrainer(ref_model=_ref_model(ctx), args=args, **common)
+        return DPOTrainer(ref_model=reference_model(ctx), args=args, **common)
+    # TRL's experimental trainers are imported only by the runs that use them: each module warns on
+    # import (silenced here) and may change between TRL releases
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     if st.loss_type == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer

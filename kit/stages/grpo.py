@@ -8,17 +8,19 @@ reward model (``stage.reward_model``). Generation uses the HF back end, or vLLM 
 """
 from __future__ import annotations
 
+from importlib.util import find_spec
+
+from trl import GRPOConfig, GRPOTrainer
+
 from ..data import build_rows
 from . import Recipe, register_recipe
 from .common import StageContext, base_training_args
-from .rewards import resolve_rewards
+from .rewards import completion_text, resolve_rewards
+from .rm import load_reward_model
 
 
 def reward_model_fn(path: str):
     """A TRL reward function backed by an rm run (see :func:`kit.stages.rm.load_reward_model`)."""
-    from .rm import load_reward_model
-    from .rewards import completion_text
-
     rm = load_reward_model(path)
 
     def reward_model(prompts, completions, **_):
@@ -28,8 +30,6 @@ def reward_model_fn(path: str):
 
 
 def build_grpo_trainer(ctx: StageContext):
-    from trl import GRPOConfig, GRPOTrainer
-
     cfg, st = ctx.cfg, ctx.cfg.stage
     funcs = resolve_rewards(st.reward_funcs)
     if st.reward_model:
@@ -38,7 +38,6 @@ def build_grpo_trainer(ctx: StageContext):
         raise ValueError("grpo needs stage.reward_funcs (e.g. ['exact_match'] or ['format:<regex>']) "
                          "and/or stage.reward_model")
     if st.use_vllm:
-        from importlib.util import find_spec
         if find_spec("vllm") is None:
             raise ValueError("stage.use_vllm=true needs vllm installed (pip install 'forge-kit[vllm]')")
     train_ds, eval_ds = build_rows(cfg, "prompt")
@@ -61,4 +60,5 @@ def build_grpo_trainer(ctx: StageContext):
 
 register_recipe(Recipe("grpo", "prompt", build_grpo_trainer,
                        description="Online RL with verifiable rewards (GRPO); generates with HF or vLLM.",
-                       metrics=("reward", "reward_std", "loss", "kl", "completions/mean_length")))
+                       metrics=("reward", "reward_std", "loss", "kl", "completions/mean_length"),
+                       collapse_checks=()))

@@ -5,10 +5,12 @@ assistant turn as the completion. The reference is the starting adapter, as in D
 """
 from __future__ import annotations
 
+from datasets import Dataset
+from trl import KTOConfig, KTOTrainer
+
 from ..data import DataError, load_splits
 from . import Recipe, register_recipe
-from .common import StageContext, base_training_args
-from .dpo import _ref_model
+from .common import StageContext, base_training_args, reference_model
 
 
 def _to_trl(rows: list[dict]) -> list[dict]:
@@ -16,9 +18,6 @@ def _to_trl(rows: list[dict]) -> list[dict]:
 
 
 def build_kto_trainer(ctx: StageContext):
-    from datasets import Dataset
-    from trl import KTOConfig, KTOTrainer
-
     cfg, st = ctx.cfg, ctx.cfg.stage
     train_rows, eval_rows = load_splits(cfg, "kto")
     labels = {r["label"] for r in train_rows}
@@ -33,7 +32,7 @@ def build_kto_trainer(ctx: StageContext):
     args = KTOConfig(**base_training_args(cfg, ctx.run_dir, ctx.device, ctx.dtype), beta=st.beta,
                      desirable_weight=st.kto_desirable_weight, undesirable_weight=st.kto_undesirable_weight,
                      max_length=cfg.data.cutoff_len)
-    return KTOTrainer(model=ctx.model, ref_model=_ref_model(ctx), args=args, train_dataset=train_ds,
+    return KTOTrainer(model=ctx.model, ref_model=reference_model(ctx), args=args, train_dataset=train_ds,
                       eval_dataset=eval_ds, processing_class=ctx.tokenizer, callbacks=ctx.callbacks)
 
 

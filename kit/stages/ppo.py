@@ -19,6 +19,8 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
@@ -27,6 +29,7 @@ from ..data.encode import encode_prompt
 from . import Recipe, register_recipe
 from .common import StageContext, base_training_args
 from .rewards import resolve_rewards
+from .rm import load_reward_model
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -187,7 +190,6 @@ class PPOTrainer(Trainer):
 
     def _save(self, output_dir=None, state_dict=None):
         super()._save(output_dir, state_dict)
-        from safetensors.torch import save_file
         out = output_dir or self.args.output_dir
         save_file({k: v.detach().cpu().contiguous() for k, v in self.model.v_head.state_dict().items()},
                   os.path.join(out, VALUE_HEAD_FILE))
@@ -196,13 +198,10 @@ class PPOTrainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         p = os.path.join(resume_from_checkpoint, VALUE_HEAD_FILE)
         if os.path.exists(p):
-            from safetensors.torch import load_file
             self.model.v_head.load_state_dict(load_file(p))
 
 
 def build_ppo_trainer(ctx: StageContext):
-    from datasets import Dataset
-
     cfg, st, tok = ctx.cfg, ctx.cfg.stage, ctx.tokenizer
     funcs = resolve_rewards(st.reward_funcs)
     if not st.reward_model and not funcs:
@@ -212,7 +211,6 @@ def build_ppo_trainer(ctx: StageContext):
         raise ValueError("ppo: train.grad_accum must be 1 (each rollout batch is optimised stage.ppo_epochs times)")
     rm = None
     if st.reward_model:
-        from .rm import load_reward_model
         rm = load_reward_model(st.reward_model, device=ctx.device)
     train_rows, _ = load_splits(cfg, "prompt")
     rows = [{"input_ids": encode_prompt(tok, r["prompt"])[-cfg.data.cutoff_len:], "prompt": r["prompt"],
@@ -237,4 +235,5 @@ def build_ppo_trainer(ctx: StageContext):
 
 register_recipe(Recipe("ppo", "prompt", build_ppo_trainer,
                        description="PPO against a trained reward model (value head, GAE, KL to the reference).",
-                       metrics=("reward", "kl", "pg_loss", "vf_loss", "clipfrac", "response_length")))
+                       metrics=("reward", "kl", "pg_loss", "vf_loss", "clipfrac", "response_length"),
+                       collapse_checks=()))

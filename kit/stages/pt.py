@@ -16,4 +16,4 @@ def build_pt_trainer(ctx: StageContext):
 
 register_recipe(Recipe("pt", "text", build_pt_trainer,
                        description="Continued pre-training on plain text (loss on every token).",
-                       metrics=("loss",)))
+                       metrics=("loss",), collapse_checks=("zero_grad_norm", "uniform_loss")))

@@ -1,8 +1,8 @@
 """Reward modelling on preference pairs (TRL's RewardTrainer), and scoring with the result.
 
-The model is a sequence-classification head (one logit) on the base model; the engine loads it
-with ``AutoModelForSequenceClassification`` and a SEQ_CLS LoRA adapter, whose saved adapter
-includes the score head. :func:`score` (``kit.score``) and the ppo stage load it back from the
+The model is a sequence-classification head (one logit) on the base model: the recipe declares
+:class:`ScalarHead` as its model class and a SEQ_CLS LoRA adapter, whose saved adapter includes
+the score head. :func:`score` (``kit.score``) and the ppo stage load it back from the
 run directory.
 """
 from __future__ import annotations
@@ -12,13 +12,28 @@ from pathlib import Path
 from typing import Any, Union
 
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from ..adapters import find_adapter_dir
 from ..data import build_rows
+from ..models import load_model
+from ..rundir import MODELS, RunDir
 from . import Recipe, register_recipe
 from .common import StageContext, base_training_args
 
 
+class ScalarHead:
+    """``AutoModelForSequenceClassification`` with a single output: the reward (the rm recipe's model class)."""
+
+    @staticmethod
+    def from_pretrained(path, **kw):
+        kw.setdefault("num_labels", 1)
+        return AutoModelForSequenceClassification.from_pretrained(path, **kw)
+
+
 def build_rm_trainer(ctx: StageContext):
+    # TRL is imported by the runs that train a reward model, not by kit.score, grpo and ppo, which
+    # only load one from this module (importing TRL takes seconds)
     from trl import RewardConfig, RewardTrainer
 
     cfg = ctx.cfg
@@ -30,22 +45,13 @@ def build_rm_trainer(ctx: StageContext):
                          processing_class=ctx.tokenizer, callbacks=ctx.callbacks)
 
 
-register_recipe(Recipe("rm", "preference", build_rm_trainer, head="sequence_classification",
+register_recipe(Recipe("rm", "preference", build_rm_trainer,
                        description="Reward model on preference pairs (pairwise accuracy; use with kit.score / ppo).",
-                       metrics=("loss", "accuracy", "margin", "mean_reward")))
+                       metrics=("loss", "accuracy", "margin", "mean_reward"),
+                       model_class=ScalarHead, peft_task_type="SEQ_CLS"))
 
 
 # ------------------------------------------------------------------ loading and scoring
-
-
-class ScalarHead:
-    """``AutoModelForSequenceClassification`` with a single output: the reward (the engine loads rm models with it)."""
-
-    @staticmethod
-    def from_pretrained(path, **kw):
-        from transformers import AutoModelForSequenceClassification
-        kw.setdefault("num_labels", 1)
-        return AutoModelForSequenceClassification.from_pretrained(path, **kw)
 
 
 class RewardModel:
@@ -70,43 +76,31 @@ class RewardModel:
 
 def load_reward_model(path: Union[str, os.PathLike], device: str | None = None) -> RewardModel:
     """From an rm run directory (its config.yaml + adapter/ or model/) or a saved classifier folder."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from ..config import RunConfig
-    from ..models import load_model
-
     p = Path(path).expanduser()
-    if (p / "config.yaml").exists():
-        cfg = RunConfig.from_yaml(p / "config.yaml")
+    if RunDir.is_run_dir(p):
+        rd = RunDir(p)
+        cfg = rd.config()
         if cfg.stage.name != "rm":
             raise ValueError(f"{p} is a '{cfg.stage.name}' run, not a reward model (rm) run")
-        if (p / "model").exists():
-            p = p / "model"
+        weights = rd.weights()
+        if weights.adapter is None:
+            p = Path(weights.model)
         else:
-            from peft import PeftModel
-            from ..adapters import find_adapter_dir
+            from peft import PeftModel  # only LoRA reward models need peft (a second of import time)
             over = {"model__adapter_path": None, "quant__bits": None}
             if device:
                 over["model__device"] = device
             loaded = load_model(cfg.replace(**over), with_adapter=False, model_cls=ScalarHead)
-            model = PeftModel.from_pretrained(loaded.model, str(find_adapter_dir(p)))
+            model = PeftModel.from_pretrained(loaded.model, str(find_adapter_dir(weights.adapter)))
             return RewardModel(model, loaded.tokenizer, loaded.device)
     if not (p / "config.json").exists():
         raise FileNotFoundError(f"no reward model in {p}: expected an rm run directory or a saved model folder")
     tok = AutoTokenizer.from_pretrained(str(p))
-    model = AutoModelForSequenceClassification.from_pretrained(str(p), num_labels=1)
+    model = ScalarHead.from_pretrained(str(p))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     dev = device or "cpu"
     return RewardModel(model.to(dev), tok, dev)
-
-
-_CACHE: dict[tuple, RewardModel] = {}
-
-
-def _stamp(p: Path) -> float:
-    files = [f for d in (p, p / "adapter", p / "model") for f in d.glob("*.safetensors")] if p.is_dir() else []
-    return max((f.stat().st_mtime for f in files), default=0.0)
 
 
 def score(run_dir_or_model: Any, prompt: Union[str, list], answer: Union[str, list, None] = None) -> Any:
@@ -119,10 +113,8 @@ def score(run_dir_or_model: Any, prompt: Union[str, list], answer: Union[str, li
         rm = run_dir_or_model
     else:
         path = str(getattr(run_dir_or_model, "run_dir", run_dir_or_model))
-        key = (path, _stamp(Path(path).expanduser()))   # a retrained run in the same folder is reloaded
-        if key not in _CACHE:
-            _CACHE[key] = load_reward_model(path)
-        rm = _CACHE[key]
+        # one cache of loaded models: a retrained run in the same folder is loaded again
+        rm = MODELS.get("reward", path, lambda: load_reward_model(path))
     single = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], dict))
     if single:
         if answer is None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from trl import SFTConfig, SFTTrainer
 
+from ..adapters import build_optimizer
 from ..data import IGNORE, ForgeCollator, build_tokenized
 from ..data.collator import split_flat
 from ..models.attention import use_varlen
@@ -108,7 +109,6 @@ def build_sft_trainer(ctx: StageContext, kind: str = "sft"):
         ctx.emit("data", train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else 0,
                  packed=cfg.data.packing, padding_free=padding_free,
                  tokens_per_forward=max_tokens, **info)
-    from ..adapters import build_optimizer
     opt = build_optimizer(ctx.model, cfg)  # LoRA+ param groups; None: the trainer's own optimizer
     trainer = ForgeSFTTrainer(model=ctx.model, args=args, data_collator=collator, train_dataset=train_ds,
                               eval_dataset=eval_ds, processing_class=tok, callbacks=ctx.callbacks,
@@ -119,4 +119,4 @@ def build_sft_trainer(ctx: StageContext, kind: str = "sft"):
 
 register_recipe(Recipe("sft", "sft", build_sft_trainer,
                        description="Supervised fine-tuning on chat/instruction data (loss on answers).",
-                       metrics=("loss", "mean_token_accuracy")))
+                       metrics=("loss", "mean_token_accuracy"), collapse_checks=("zero_grad_norm", "uniform_loss")))

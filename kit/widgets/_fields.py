@@ -14,8 +14,9 @@ from typing import Any, Callable, Iterable, Optional
 import ipywidgets as W
 import yaml
 
-from ..config import GROUPS, RunConfig, _is_optional, field_choices, field_help
-
+from ..config import GROUPS, RunConfig, field_choices, is_optional
+from ..errors import ForgeError
+from .texts import Texts
 
 
 def _hint(dotted: str) -> Any:
@@ -28,46 +29,45 @@ def default_value(dotted: str) -> Any:
     return getattr(GROUPS[g](), name)
 
 
-def _label(dotted: str) -> str:
-    return dotted.split(".", 1)[1].replace("_", " ")
-
-
 class Field:
     """A widget bound to one config field, with exact value conversion."""
 
     def __init__(self, dotted: str, *, label: Optional[str] = None, widget: Optional[W.Widget] = None,
-                 options: Optional[list] = None):
+                 options: Optional[list] = None, texts: Optional[Texts] = None):
         self.key = dotted
+        self.t = texts or Texts()
         self.tp = _hint(dotted)
-        self.optional = _is_optional(self.tp)
+        self.optional = is_optional(self.tp)
         self.choices = field_choices(dotted)
-        help_text = field_help(dotted)
-        desc = label or _label(dotted)
         value = default_value(dotted)
         self.kind = self._kind()
         if widget is not None:
             self.widget = widget
         elif self.kind == "choice":
             opts = [(str(c), c) for c in self.choices]
+            self.widget = W.Dropdown(options=[("none", None)] + opts if self.optional else opts, value=value)
             if self.optional:
-                opts = [("none", None)] + opts
-            self.widget = W.Dropdown(options=opts, value=value, description=desc)
+                self.t.bind(self.widget, "options", lambda t: [(t("field.none"), None)] + opts)
         elif self.kind == "bool":
-            self.widget = W.Checkbox(value=value, description=desc, indent=True)
+            self.widget = W.Checkbox(value=value, indent=True)
         elif self.kind == "int":
-            self.widget = W.IntText(value=value, description=desc)
+            self.widget = W.IntText(value=value)
         elif self.kind == "float":
-            self.widget = W.FloatText(value=value, description=desc)
+            self.widget = W.FloatText(value=value)
         elif options is not None:
-            self.widget = W.Combobox(value=self._to_text(value), options=list(options), description=desc,
-                                     ensure_option=False)
+            self.widget = W.Combobox(value=self._to_text(value), options=list(options), ensure_option=False)
         else:
-            self.widget = W.Text(value=self._to_text(value), description=desc)
-        self.help = help_text
-        self.widget.tooltip = help_text       # hover text: the config field's own documentation
+            self.widget = W.Text(value=self._to_text(value))
+        self.t.bind(self.widget, "description", lambda t: label or t.label(dotted))
+        self.t.bind(self.widget, "tooltip", lambda t: t.help(dotted))  # hover: the field's own documentation
         if self.widget.style.has_trait("description_width"):
             self.widget.style.description_width = "150px"
         self.widget.layout.width = "420px"
+
+    @property
+    def help(self) -> str:
+        """The field's documentation in the panel's language (its tooltip)."""
+        return self.t.help(self.key)
 
     def _kind(self) -> str:
         if self.choices is not None:
@@ -135,10 +135,10 @@ class Field:
 class FieldForm:
     """Widgets for several config fields; ``fragment()`` and ``load(cfg)`` convert exactly."""
 
-    def __init__(self, keys: Iterable[str], **custom: Field):
+    def __init__(self, keys: Iterable[str], *, texts: Optional[Texts] = None, **custom: Field):
         self.fields: dict[str, Field] = {}
         for k in keys:
-            self.fields[k] = custom.get(k.replace(".", "__")) or Field(k)
+            self.fields[k] = custom.get(k.replace(".", "__")) or Field(k, texts=texts)
 
     def __getitem__(self, key: str) -> Field:
         return self.fields[key]
@@ -176,15 +176,48 @@ def group_fields(group: str) -> list[str]:
 
 
 class ShowsWidget:
-    """Displays ``self.widget`` when the object is the value of a notebook cell."""
+    """A panel: ``self.widget`` (shown when the object is a cell's value), its texts ``self.t`` and its tab title."""
 
     widget: Any
+    t: Texts
+    title_key = ""
+
+    @property
+    def title(self) -> str:
+        """The panel's name in its language (the board's tab title)."""
+        return self.t(self.title_key)
+
+    def set_language(self, lang: str) -> None:
+        """Relabel every widget of the panel (and of every panel sharing its texts) in ``lang``."""
+        self.t.set_language(lang)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
         display(self.widget)
 
 
-def html_error(e: BaseException) -> str:
+class PanelError(ForgeError, ValueError):
+    """A panel asked for something it cannot do in its current state (nothing trained yet, a run in progress)."""
+
+
+def error_html(e: BaseException, t: Optional[Texts] = None, run_dir: Any = None) -> str:
+    """One clear message for an error shown in a panel (a button has nowhere to raise to), never a traceback.
+
+    The same split as the CLI's and the magic's (:mod:`kit.boundary`): the user's error (a
+    :class:`~kit.errors.ForgeError` naming a config key, a data file/row/field, a model name; a
+    missing file, a full disk, a missing extra) is its one-line message; anything else is a bug in
+    Forge Kit and says so, with the exception and the run directory, where its traceback is saved.
+    """
     import html
-    return f'<span style="color:#b00020">{html.escape(str(e))}</span>'
+
+    from ..boundary import is_user_error, save_traceback, user_message
+
+    t = t or Texts()
+    if is_user_error(e):
+        message = user_message(e)
+    else:
+        message = t("error.bug", error=f"{type(e).__name__}: {e}")
+        saved = save_traceback(e, run_dir) if run_dir is not None else None
+        if saved is not None:
+            message += " " + t("error.bug_saved", run_dir=str(run_dir), path=str(saved))
+    return f'<span class="forge-error" style="color:#b00020">{html.escape(message)}</span>'

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import html
 import threading
-from pathlib import Path
 from typing import Any, Optional
 
 import ipywidgets as W
 
 from ..config import RunConfig
-from ._fields import ShowsWidget, html_error
+from ..rundir import RunDir
+from ._fields import PanelError, ShowsWidget, error_html
+from .texts import Texts
 from .train import Throttle
 
 SIDES = ("tuned", "base")
@@ -19,7 +20,7 @@ def base_source(source: Any) -> Optional[RunConfig]:
     """The model a run started from (its config without the trained adapter), or None if not a run."""
     from ..engine import Run, open_run
 
-    if isinstance(source, (str, Path)) and (Path(source) / "config.yaml").exists():
+    if RunDir.is_run_dir(source):
         source = open_run(source)
     if isinstance(source, Run):
         return source.config.replace(model__adapter_path=None)
@@ -35,10 +36,11 @@ class ChatPanel(ShowsWidget):
     *compare with base* to see the untuned model answer the same conversation next to it.
     """
 
-    title = "Chat"
+    title_key = "tab.chat"
 
     def __init__(self, source: Any = None, *, compare: bool = False, system: str = "",
-                 temperature: float = 0.0, max_new_tokens: int = 128, interval: float = 0.1):
+                 temperature: float = 0.0, max_new_tokens: int = 128, interval: float = 0.1, lang: Any = None):
+        self.t = t = Texts.of(lang)
         self._source = source
         self._models: dict[str, Any] = {}
         self._loaded_for: dict[str, int] = {}
@@ -48,16 +50,24 @@ class ChatPanel(ShowsWidget):
         self.interval = interval
         self.error: Optional[BaseException] = None
 
-        self.system = W.Textarea(value=system, description="system", placeholder="optional system prompt",
-                                 layout=W.Layout(width="98%", height="48px"))
-        self.temperature = W.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05, description="temperature",
-                                         tooltip="0: greedy (deterministic).")
-        self.max_new_tokens = W.IntSlider(value=max_new_tokens, min=1, max=2048, description="max tokens")
-        self.compare = W.Checkbox(value=compare, description="compare with base", indent=False,
-                                  tooltip="Also answer with the model before fine-tuning (the run without its adapter).")
-        self.input = W.Textarea(placeholder="Type a message, then Send", layout=W.Layout(width="98%", height="60px"))
-        self.send_button = W.Button(description="Send", icon="paper-plane", button_style="primary")
-        self.clear_button = W.Button(description="Clear", icon="trash")
+        self.system = W.Textarea(value=system, layout=W.Layout(width="98%", height="48px"))
+        self.temperature = W.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05)
+        self.max_new_tokens = W.IntSlider(value=max_new_tokens, min=1, max=2048)
+        self.compare = W.Checkbox(value=compare, indent=False)
+        self.input = W.Textarea(layout=W.Layout(width="98%", height="60px"))
+        self.send_button = W.Button(icon="paper-plane", button_style="primary")
+        self.clear_button = W.Button(icon="trash")
+        for widget, attr, key in ((self.system, "description", "chat.system"),
+                                  (self.system, "placeholder", "chat.system_placeholder"),
+                                  (self.temperature, "description", "chat.temperature"),
+                                  (self.temperature, "tooltip", "chat.temperature_tooltip"),
+                                  (self.max_new_tokens, "description", "chat.max_tokens"),
+                                  (self.compare, "description", "chat.compare"),
+                                  (self.compare, "tooltip", "chat.compare_tooltip"),
+                                  (self.input, "placeholder", "chat.input_placeholder"),
+                                  (self.send_button, "description", "chat.send"),
+                                  (self.clear_button, "description", "chat.clear")):
+            t.bind(widget, attr, key)
         self.send_button.on_click(lambda _: self._send_from_input())
         self.clear_button.on_click(lambda _: self.clear())
         self.status = W.HTML("")
@@ -66,6 +76,7 @@ class ChatPanel(ShowsWidget):
         self.transcripts = W.HBox([self.views["tuned"], self.views["base"]])
         self.widget = W.VBox([self.system, W.HBox([self.temperature, self.max_new_tokens, self.compare]),
                               self.transcripts, self.input, W.HBox([self.send_button, self.clear_button]), self.status])
+        t.on_change(self._render)
         self._layout()
 
     def _layout(self) -> None:
@@ -87,9 +98,9 @@ class ChatPanel(ShowsWidget):
         if side == "base":
             src = base_source(src)
             if src is None:
-                raise ValueError("compare with base needs a training run (or a config with model.adapter_path)")
+                raise PanelError(self.t("chat.base_needs_run"))
         if self._loaded_for.get(side) != id(src) or side not in self._models:
-            self.status.value = f"loading the {side} model&hellip;"
+            self.t.bind(self.status, "value", lambda t: t("chat.loading", side=t(f"chat.side_{side}")))
             self._models[side] = ChatModel.load(src)
             self._loaded_for[side] = id(src)
         return self._models[side]
@@ -105,7 +116,7 @@ class ChatPanel(ShowsWidget):
     def send(self, text: str, wait: bool = False) -> Optional[dict]:
         """Ask ``text``; answers stream into the transcript(s). ``wait=True`` returns ``{side: answer}``."""
         if not self._busy.acquire(blocking=False):
-            self.status.value = "still answering the previous message&hellip;"
+            self.t.bind(self.status, "value", "chat.busy")
             return None
         sides = list(SIDES) if self.compare.value else ["tuned"]
         result: dict = {}
@@ -129,7 +140,7 @@ class ChatPanel(ShowsWidget):
             throttle = Throttle(lambda _: self._render(), self.interval)
             for side in sides:  # one after the other: two generations at once only halve each other's speed
                 cm = self.model(side)
-                self.status.value = f"{side} model answering&hellip;"
+                self.t.bind(self.status, "value", lambda t, side=side: t("chat.answering", side=t(f"chat.side_{side}")))
                 msg = self.history[side][-1]
                 for piece in cm.stream(self.history[side][:-1], system=self.system.value or None,
                                        temperature=self.temperature.value, max_new_tokens=self.max_new_tokens.value):
@@ -137,10 +148,10 @@ class ChatPanel(ShowsWidget):
                     throttle.push(piece)
                 throttle.flush()
                 result[side] = msg["content"]
-            self.status.value = ""
+            self.t.bind(self.status, "value", lambda t: "")
         except Exception as e:
-            self.error = e
-            self.status.value = html_error(e)
+            self.error = error = e
+            self.t.bind(self.status, "value", lambda t: error_html(error, t))
         finally:
             self._render()
             self.send_button.disabled = False
@@ -152,11 +163,13 @@ class ChatPanel(ShowsWidget):
         self._render()
 
     def _render(self) -> None:
+        t = self.t
         for side, view in self.views.items():
-            rows = [f"<div style='color:#888;font-size:11px'>{side} model</div>"] if self.compare.value else []
+            rows = ([f"<div style='color:#888;font-size:11px'>{t('chat.model_of', side=t(f'chat.side_{side}'))}</div>"]
+                    if self.compare.value else [])
             for m in self.history[side]:
-                who = "You" if m["role"] == "user" else "Model"
+                who = t("chat.you") if m["role"] == "user" else t("chat.model")
                 color = "#f4f4f4" if m["role"] == "user" else "#eef6ff"
                 rows.append(f"<div style='background:{color};margin:3px 0;padding:4px;white-space:pre-wrap'>"
                             f"<b>{who}:</b> {html.escape(m['content'])}</div>")
-            view.value = "".join(rows) or "<span style='color:#999'>No messages yet.</span>"
+            view.value = "".join(rows) or f"<span style='color:#999'>{t('chat.empty')}</span>"

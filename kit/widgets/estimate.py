@@ -2,7 +2,7 @@
 
 The model is built on PyTorch's ``meta`` device from its ``config.json`` (shapes only, no memory),
 the real adapter code (:func:`kit.adapters.apply_adapter`, so peft itself) is applied, and the
-parameters are counted. Results are cached per (model, adapter settings).
+parameters are counted with the engine's formulas (:mod:`kit.memory`). Results are cached per (model, adapter settings).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Optional
 from ..config import RunConfig
 from ..models.registry import resolve_model_info
 from ..paths import models_dir
+from ..rundir import RunDir
 
 
 def local_model_dir(name: str) -> Optional[str]:
@@ -23,10 +24,12 @@ def local_model_dir(name: str) -> Optional[str]:
         cached = models_dir() / info.name
         return str(cached) if (cached / "config.json").exists() else None
     p = Path(name).expanduser()
-    for cand in (p, p / "model", p / "merged"):
-        if cand.is_dir() and (cand / "config.json").exists():
-            return str(cand)
-    return None
+    if RunDir.is_run_dir(p):  # the weights the run trained (a LoRA run: its base model's shapes)
+        try:
+            return local_model_dir(RunDir(p).weights().model)
+        except (OSError, ValueError):  # no final weights yet, or an unreadable config.yaml
+            return None
+    return str(p) if (p / "config.json").is_file() else None
 
 
 def model_type(path: str) -> str:
@@ -48,25 +51,26 @@ def _bytes_per(dtype_name: str) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _estimate(path: str, adapter_yaml: str, bits: Optional[int], optim: str, dtype_name: str) -> dict:
+    # torch's meta device, peft and kit.memory load when the panel first estimates, not with the widgets
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..adapters import apply_adapter, optimizer_state_bytes, param_counts
+    from .. import memory
+    from ..runtime import deferred_bitsandbytes
 
     cfg = RunConfig.from_yaml_text(adapter_yaml)
-    with torch.device("meta"):
+    # peft imports bitsandbytes (whose CPU back end warns on import) when first imported and when it
+    # attaches LoRA layers; counting shapes needs neither (quantization is counted in bytes below)
+    with deferred_bitsandbytes(False), torch.device("meta"):
+        from ..adapters import apply_adapter
         model = AutoModelForCausalLM.from_config(_meta_model_config(path))
         model = apply_adapter(model, cfg)
-    trainable, total = param_counts(model)
-    weight_bytes = 0.0
-    wsize = _bytes_per(dtype_name)
-    for name, p in model.named_parameters():
-        frozen_linear = not p.requires_grad and p.dim() == 2 and ".layers." in name
-        # bitsandbytes quantizes the frozen linear layers inside the decoder blocks
-        weight_bytes += p.numel() * (bits / 8 if bits and frozen_linear else wsize)
-    grads, states = trainable * 4, optimizer_state_bytes(model, optim)  # the engine's own formula
-    return {"trainable": trainable, "total": total, "weights_bytes": int(weight_bytes), "grads_bytes": grads,
-            "optimizer_bytes": states, "total_bytes": int(weight_bytes + grads + states)}
+    trainable, total = memory.param_counts(model)
+    # the engine's own formulas; bitsandbytes would quantize the frozen linear layers to `bits`
+    weights = memory.weight_bytes(model, dtype_bytes=_bytes_per(dtype_name), quant_bits=bits)
+    grads, states = memory.grad_bytes(model), memory.optimizer_state_bytes(model, optim)
+    return {"trainable": trainable, "total": total, "weights_bytes": weights, "grads_bytes": grads,
+            "optimizer_bytes": states, "total_bytes": weights + grads + states}
 
 
 def estimate(cfg: RunConfig) -> dict:
@@ -84,7 +88,7 @@ def estimate(cfg: RunConfig) -> dict:
     device = pick_device(cfg.model.device)
     dtype_name = str(pick_dtype(cfg.model.dtype, device)).replace("torch.", "")
     e = dict(_estimate(path, shape_cfg.to_yaml(), cfg.quant.bits, cfg.train.optim, dtype_name))
-    from ..adapters import activation_bytes
+    from ..memory import activation_bytes
     e["activations_bytes"] = activation_bytes(_meta_model_config(path), cfg, device, _bytes_per(dtype_name))
     e["total_bytes"] += e["activations_bytes"]
     return e

@@ -13,22 +13,25 @@ from typing import Any, Callable, Optional
 
 import ipywidgets as W
 
-from ..config import RunConfig
-from ._fields import Field, FieldForm, ShowsWidget, group_fields, html_error, merge
+from ..config import STAGES, RunConfig, default_of, stage_knobs
+from ._fields import Field, FieldForm, ShowsWidget, error_html, group_fields, merge
+from .texts import Texts
 
 
 class Panel(ShowsWidget):
     """Base: ``Panel(config, context=fn)``; ``keys`` are the ``group.field`` names the form shows.
 
     ``context`` returns the whole RunConfig (the board's) for panels whose hints need other groups.
+    ``lang`` is a language code (``"zh"``) or the board's :class:`~kit.widgets.texts.Texts`.
     """
 
-    title = ""
     keys: tuple = ()
 
-    def __init__(self, config: Any = None, *, context: Optional[Callable[[], RunConfig]] = None):
+    def __init__(self, config: Any = None, *, context: Optional[Callable[[], RunConfig]] = None,
+                 lang: Any = None):
         self._context = context
-        self.form = FieldForm(self.keys, **self._custom_fields())
+        self.t = Texts.of(lang)
+        self.form = FieldForm(self.keys, texts=self.t, **self._custom_fields())
         self.widget = self._build()
         if config is not None:
             self.load(RunConfig.coerce(config))
@@ -56,7 +59,7 @@ class Panel(ShowsWidget):
 class ModelPanel(Panel):
     """Pick a registered model (embedded first) or type a hub id / local path / .gguf file."""
 
-    title = "Model"
+    title_key = "tab.model"
     keys = ("model.name", "model.gguf_file", "model.dtype", "model.device", "model.attn_implementation",
             "model.template", "model.adapter_path")
 
@@ -64,8 +67,8 @@ class ModelPanel(Panel):
         from ..models import list_models
         models = sorted(list_models(), key=lambda m: m.source != "embedded")
         self.models = {m.name: m for m in models}
-        name = Field("model.name", options=list(self.models))
-        name.widget.placeholder = "registered name, hub id, directory or .gguf file"
+        name = Field("model.name", options=list(self.models), texts=self.t)
+        self.t.bind(name.widget, "placeholder", "model.name_placeholder")
         return {"model__name": name}
 
     def _build(self) -> W.Widget:
@@ -80,11 +83,16 @@ class ModelPanel(Panel):
             m = self.models.get(self.form["model.name"].value)
             device = pick_device(self.form["model.device"].value)
             dtype = str(pick_dtype(self.form["model.dtype"].value, device)).replace("torch.", "")
-            desc = f"{m.family}, {m.params} params, {m.source}" if m else "custom model (hub id, directory or .gguf)"
-            self.info.value = (f"<small>{html.escape(desc)} &middot; device <b>{device}</b> &middot; "
-                               f"precision <b>{dtype}</b></small>")
         except Exception as e:  # an odd value must never break the panel
-            self.info.value = html_error(e)
+            error = e
+            self.t.bind(self.info, "value", lambda t: error_html(error, t))
+            return
+
+        def info(t: Texts) -> str:
+            desc = (t("model.info_registered", family=m.family, params=m.params, source=t(f"model.source_{m.source}"))
+                    if m else t("model.info_custom"))
+            return "<small>" + t("model.info", model=html.escape(desc), device=device, dtype=dtype) + "</small>"
+        self.t.bind(self.info, "value", info)
 
 
 def bnb_available() -> bool:
@@ -92,7 +100,7 @@ def bnb_available() -> bool:
 
 
 class QuantPanel(Panel):
-    title = "Quantization"
+    title_key = "tab.quant"
     keys = ("quant.bits", "quant.quant_type", "quant.double_quant", "quant.compute_dtype")
 
     def _build(self) -> W.Widget:
@@ -100,61 +108,57 @@ class QuantPanel(Panel):
         if not bnb_available():
             for w in self.form.widgets():
                 w.disabled = True
-            self.reason.value = "<small>quantization needs <code>bitsandbytes</code> (pip install bitsandbytes)</small>"
+            self.t.bind(self.reason, "value", "quant.needs_bitsandbytes")
         return W.VBox(self.form.widgets() + [self.reason])
 
 
 class AdapterPanel(Panel):
     """Adapter settings and a count of trainable parameters (meta device: no weights are loaded)."""
 
-    title = "Adapter"
+    title_key = "tab.adapter"
     keys = ("adapter.type", "adapter.lora_rank", "adapter.lora_alpha", "adapter.lora_dropout", "adapter.lora_target",
             "adapter.use_dora", "adapter.use_rslora", "adapter.init", "adapter.loraplus_lr_ratio",
             "adapter.freeze_trainable_layers", "adapter.freeze_trainable_modules")
 
     def _build(self) -> W.Widget:
         self.params = W.HTML()
-        self.form.observe(lambda _: self._schedule())
+        # the estimate is cached per (model, settings), so recomputing on each change is cheap after the first
+        self.form.observe(lambda _: self.refresh())
         return W.VBox(self.form.widgets() + [self.params])
 
-    def _schedule(self) -> None:
-        # the estimate is cached per (model, settings), so recomputing on each change is cheap after the first
-        self.refresh()
-
     def refresh(self) -> None:
+        """Recompute the trainable-parameter and memory estimate (the board calls it when the model changes)."""
         from .estimate import estimate, human, human_bytes
         try:
             e = estimate(self.config())
-            self.params.value = (f"<small>trainable <b>{human(e['trainable'])}</b> of {human(e['total'])} params "
-                                 f"({100 * e['trainable'] / max(e['total'], 1):.2f}%) &middot; "
-                                 f"~{human_bytes(e['total_bytes'])} to train (weights {human_bytes(e['weights_bytes'])}, "
-                                 f"activations {human_bytes(e['activations_bytes'])})</small>")
+        except FileNotFoundError:  # the model is not on disk yet (hub ids are never fetched for a hint)
+            self.t.bind(self.params, "value", lambda t: "<small>" + t("adapter.estimate_na", reason=t(
+                "adapter.estimate_not_on_disk")) + "</small>")
+            return
         except Exception as e:  # the estimate is a hint: show why it is missing, never crash
-            self.params.value = f"<small>trainable params: n/a ({html.escape(str(e)[:200])})</small>"
-
-
-STAGE_KNOBS = {
-    "sft": [], "pt": [], "rm": [],
-    "dpo": ["stage.loss_type", "stage.beta", "stage.ftx", "stage.label_smoothing", "stage.simpo_gamma", "stage.ref_model"],
-    "kto": ["stage.beta", "stage.kto_desirable_weight", "stage.kto_undesirable_weight", "stage.ref_model"],
-    "grpo": ["stage.reward_funcs", "stage.reward_model", "stage.num_generations", "stage.max_new_tokens",
-             "stage.temperature", "stage.beta", "stage.use_vllm"],
-    "ppo": ["stage.reward_model", "stage.num_generations", "stage.max_new_tokens", "stage.temperature",
-            "stage.ppo_epochs", "stage.ppo_clip", "stage.vf_coef", "stage.gamma", "stage.lam", "stage.beta"],
-}
+            reason = html.escape(str(e)[:200])
+            self.t.bind(self.params, "value", lambda t: "<small>" + t("adapter.estimate_na", reason=reason) + "</small>")
+            return
+        self.t.bind(self.params, "value", lambda t: "<small>" + t(
+            "adapter.estimate", trainable=human(e["trainable"]), total=human(e["total"]),
+            pct=f"{100 * e['trainable'] / max(e['total'], 1):.2f}", memory=human_bytes(e["total_bytes"]),
+            weights=human_bytes(e["weights_bytes"]), activations=human_bytes(e["activations_bytes"])) + "</small>")
 
 
 class StagePanel(Panel):
-    """The stage and only the knobs that stage uses (all are kept in the form, so values round-trip)."""
+    """The stage and only the knobs that stage (and, for dpo, its loss) reads, as kit.config declares
+    them (:func:`kit.config.stage_knobs`). Every knob keeps its widget, so a value typed for one stage
+    is still there after switching away and back; the fragment gives the knobs the chosen stage
+    ignores at their defaults, since the config refuses an ignored knob that is set."""
 
-    title = "Stage"
+    title_key = "tab.stage"
     keys = tuple(group_fields("stage"))
 
     def _build(self) -> W.Widget:
-        from ..stages import STAGE_MODULES
-        self.form["stage.name"].widget.options = [(s, s) for s in STAGE_MODULES]
+        self.form["stage.name"].widget.options = [(s, s) for s in STAGES]
         self.box = W.VBox()
-        self.form["stage.name"].widget.observe(lambda _: self._relayout(), names="value")
+        for key in ("stage.name", "stage.loss_type"):
+            self.form[key].widget.observe(lambda _: self._relayout(), names="value")
         self._relayout()
         return self.box
 
@@ -162,35 +166,48 @@ class StagePanel(Panel):
         super().load(cfg)
         self._relayout()
 
+    def shown_keys(self) -> list[str]:
+        """The knobs of the chosen stage, in declaration order (without stage.name)."""
+        return stage_knobs(self.form["stage.name"].value, loss_type=self.form["stage.loss_type"].value, group="stage")
+
     def _relayout(self) -> None:
-        stage = self.form["stage.name"].value
-        keys = ["stage.name"] + [k for k in STAGE_KNOBS.get(stage, []) if k in self.form.fields]
-        self.box.children = self.form.widgets(keys)
+        self.box.children = self.form.widgets(["stage.name"] + self.shown_keys())
+
+    def fragment(self) -> dict:
+        out = super().fragment()
+        shown = {"stage.name", *self.shown_keys()}
+        for key in self.form.fields:
+            if key not in shown:
+                out["stage"][key.split(".", 1)[1]] = default_of(key)
+        return out
+
+    config_fragment = fragment
 
 
 class DataPanel(Panel):
-    title = "Data"
+    title_key = "tab.data"
     keys = ("data.dataset", "data.eval_dataset", "data.format", "data.cutoff_len", "data.max_samples", "data.val_size",
             "data.packing", "data.train_on_prompt", "data.mask_history")
 
     def _custom_fields(self) -> dict:
         from ..data import list_datasets
-        ds = Field("data.dataset", options=sorted(list_datasets("train")))  # evaluation-only sets stay out
-        ds.widget.placeholder = "registered name or file path (json/jsonl/csv/parquet)"
+        ds = Field("data.dataset", options=sorted(list_datasets("train")), texts=self.t)  # no evaluation-only sets
+        self.t.bind(ds.widget, "placeholder", "data.dataset_placeholder")
         return {"data__dataset": ds}
 
     def _build(self) -> W.Widget:
-        self.preview_button = W.Button(description="Preview", icon="eye")
+        self.preview_button = W.Button(icon="eye")
+        self.t.bind(self.preview_button, "description", "data.preview")
         self.preview_html = W.HTML()
         self.preview_button.on_click(lambda _: self.preview())
         return W.VBox(self.form.widgets() + [self.preview_button, self.preview_html])
 
     def preview(self) -> str:
-        from ..data import preview
+        from ..preview import preview
         try:
             self.preview_html.value = preview(self.config(), 1, style="html")[0]["rendered"]
         except Exception as e:  # a bad file or row: show the DataError (it names file/row/field)
-            self.preview_html.value = html_error(e)
+            self.preview_html.value = error_html(e, self.t)
         return self.preview_html.value
 
 

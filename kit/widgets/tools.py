@@ -1,32 +1,22 @@
 """Export (merge, save, Modelfile, GGUF, push) and Evaluate panels.
 
 Both call the library functions (``kit.export.export``, ``kit.evaluate.evaluate``), imported only
-when used, and say so clearly when this install does not have them. Slow or irreversible exports
-ask for a confirmation first. Both run their work through :class:`BackgroundJob`: the kernel stays
-free (other cells, the Stop button of a training run) while a merge or an evaluation runs.
+when used (they pull in transformers). Slow or irreversible exports ask for a confirmation first.
+Both run their work through :class:`BackgroundJob`: the kernel stays free (other cells, the Stop
+button of a training run) while a merge or an evaluation runs.
 """
 from __future__ import annotations
 
 import html
-import importlib
+import importlib.util
 import json
 import threading
 from typing import Any, Callable, Optional
 
 import ipywidgets as W
 
-from ._fields import ShowsWidget, html_error
-
-
-def _optional(module: str, attr: str) -> tuple[Optional[Callable], str]:
-    try:
-        return getattr(importlib.import_module(module), attr), ""
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            return None, f"{module} is not available in this version of forge-kit"
-        raise
-    except AttributeError:
-        return None, f"{module}.{attr} is not available in this version of forge-kit"
+from ._fields import PanelError, ShowsWidget, error_html
+from .texts import Texts
 
 
 def _resolve(source: Any) -> Any:
@@ -52,11 +42,13 @@ class BackgroundJob:
 
     The button is disabled before the thread starts, so a double click cannot start the job twice.
     ``render(result)`` turns the result into the output's HTML; an exception is shown with
-    :func:`html_error` (a button has nowhere to raise to) and kept in ``error``.
+    :func:`~kit.widgets._fields.error_html` (a button has nowhere to raise to) and kept in ``error``.
+    ``busy`` is what the output says meanwhile: a text, or ``fn(texts)`` for one that follows the language.
     """
 
-    def __init__(self, button: W.Button, output: W.HTML, busy: str):
+    def __init__(self, button: W.Button, output: W.HTML, busy: Any, texts: Optional[Texts] = None):
         self.button, self.output, self.busy = button, output, busy
+        self.t = texts or Texts()
         self.result: Any = None
         self.error: Optional[BaseException] = None
         self.thread: Optional[threading.Thread] = None
@@ -71,15 +63,17 @@ class BackgroundJob:
             raise RuntimeError("this job is still running")
         self.result, self.error = None, None
         self.button.disabled = True
-        self.output.value = self.busy
+        busy = self.busy
+        self.t.bind(self.output, "value", busy if callable(busy) else lambda t: busy)
 
         def work():
             try:
                 self.result = fn()
-                self.output.value = render(self.result)
+                result = self.result
+                self.t.bind(self.output, "value", lambda t: render(result))
             except Exception as e:
-                self.error = e
-                self.output.value = html_error(e)
+                self.error = error = e
+                self.t.bind(self.output, "value", lambda t: error_html(error, t))
             finally:
                 self.button.disabled = False
 
@@ -99,23 +93,37 @@ class BackgroundJob:
 class ExportPanel(ShowsWidget):
     """Merge the adapter, save, write an Ollama Modelfile, convert to GGUF, push to the hub."""
 
-    title = "Export"
+    title_key = "tab.export"
 
-    def __init__(self, source: Any = None, out_dir: str = ""):
+    def __init__(self, source: Any = None, out_dir: str = "", *, lang: Any = None):
+        self.t = t = Texts.of(lang)
         self._source = source
-        self.out_dir = W.Text(value=out_dir, description="output dir", placeholder="default: <run dir>/export",
-                              layout=W.Layout(width="420px"))
-        self.merge = W.Checkbox(value=True, description="merge adapter into the base", indent=False)
-        self.modelfile = W.Checkbox(value=True, description="Ollama Modelfile", indent=False)
-        self.gguf = W.Dropdown(options=[("no GGUF", None), ("GGUF f16", "f16"), ("GGUF q8_0", "q8_0")], value=None,
-                               description="GGUF")
-        self.push_to_hub = W.Text(description="push to hub", placeholder="owner/name (optional)",
-                                  layout=W.Layout(width="420px"))
-        self.token = W.Password(description="hub token", placeholder="or HF_TOKEN", layout=W.Layout(width="420px"))
-        self.dry_run = W.Checkbox(value=False, description="dry run (show the plan only)", indent=False)
-        self.export_button = W.Button(description="Export", icon="download", button_style="primary")
-        self.confirm_button = W.Button(description="Yes, export", button_style="warning")
-        self.cancel_button = W.Button(description="Cancel")
+        self.out_dir = W.Text(value=out_dir, layout=W.Layout(width="420px"))
+        self.merge = W.Checkbox(value=True, indent=False)
+        self.modelfile = W.Checkbox(value=True, indent=False)
+        self.gguf = W.Dropdown(options=[("", None), ("GGUF f16", "f16"), ("GGUF q8_0", "q8_0")], value=None)
+        self.push_to_hub = W.Text(layout=W.Layout(width="420px"))
+        self.token = W.Password(layout=W.Layout(width="420px"))
+        self.dry_run = W.Checkbox(value=False, indent=False)
+        self.export_button = W.Button(icon="download", button_style="primary")
+        self.confirm_button = W.Button(button_style="warning")
+        self.cancel_button = W.Button()
+        for widget, attr, key in ((self.out_dir, "description", "export.out_dir"),
+                                  (self.out_dir, "placeholder", "export.out_dir_placeholder"),
+                                  (self.merge, "description", "export.merge"),
+                                  (self.modelfile, "description", "export.modelfile"),
+                                  (self.gguf, "description", "export.gguf"),
+                                  (self.push_to_hub, "description", "export.push_to_hub"),
+                                  (self.push_to_hub, "placeholder", "export.push_to_hub_placeholder"),
+                                  (self.token, "description", "export.token"),
+                                  (self.token, "placeholder", "export.token_placeholder"),
+                                  (self.dry_run, "description", "export.dry_run"),
+                                  (self.export_button, "description", "export.export"),
+                                  (self.confirm_button, "description", "export.confirm"),
+                                  (self.cancel_button, "description", "export.cancel")):
+            t.bind(widget, attr, key)
+        t.bind(self.gguf, "options", lambda t: [(t("export.no_gguf"), None), ("GGUF f16", "f16"),
+                                                ("GGUF q8_0", "q8_0")])
         self.confirm_text = W.HTML()
         self.confirm_box = W.VBox([self.confirm_text, W.HBox([self.confirm_button, self.cancel_button])],
                                   layout=W.Layout(display="none"))
@@ -123,7 +131,7 @@ class ExportPanel(ShowsWidget):
         self.export_button.on_click(lambda _: self.export())
         self.confirm_button.on_click(lambda _: self.export(confirmed=True))
         self.cancel_button.on_click(lambda _: self._hide_confirm())
-        self.job = BackgroundJob(self.export_button, self.output, "exporting&hellip;")
+        self.job = BackgroundJob(self.export_button, self.output, lambda t: t("export.busy"), t)
         self.widget = W.VBox([self.out_dir, self.merge, self.modelfile, self.gguf, self.push_to_hub, self.token,
                               self.dry_run, self.export_button, self.confirm_box, self.output])
 
@@ -137,17 +145,17 @@ class ExportPanel(ShowsWidget):
                     dry_run=self.dry_run.value)
 
     def needs_confirmation(self) -> list[str]:
-        """What in the chosen export is slow or cannot be undone."""
-        o = self.options()
+        """What in the chosen export is slow or cannot be undone (in the panel's language)."""
+        o, t = self.options(), self.t
         if o["dry_run"]:
             return []
         why = []
         if o["merge"]:
-            why.append("merging writes a full copy of the model weights")
+            why.append(t("export.why_merge"))
         if o["gguf"]:
-            why.append(f"GGUF {o['gguf']} conversion is slow")
+            why.append(t("export.why_gguf", kind=o["gguf"]))
         if o["push_to_hub"]:
-            why.append(f"pushing publishes to {o['push_to_hub']} on the hub (cannot be undone here)")
+            why.append(t("export.why_push", repo=o["push_to_hub"]))
         return why
 
     def _hide_confirm(self) -> None:
@@ -155,56 +163,58 @@ class ExportPanel(ShowsWidget):
 
     def export(self, confirmed: bool = False, wait: bool = False) -> Optional[dict]:
         """Export in the background (after a confirmation when :meth:`needs_confirmation` says so)."""
-        fn, why = _optional("kit.export", "export")
-        if fn is None:
-            self.output.value = html_error(RuntimeError(why))
-            return None
-        reasons = self.needs_confirmation()
-        if reasons and not confirmed:
-            self.confirm_text.value = "<b>Please confirm:</b><ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in reasons) + "</ul>"
+        from ..export import export
+
+        if self.needs_confirmation() and not confirmed:
+            self.t.bind(self.confirm_text, "value", lambda t: f"<b>{t('export.please_confirm')}</b><ul>" + "".join(
+                f"<li>{html.escape(r)}</li>" for r in self.needs_confirmation()) + "</ul>")
             self.confirm_box.layout.display = None
             return None
         self._hide_confirm()
         source = _resolve(self._source)
         if source is None:
-            self.output.value = html_error(RuntimeError("nothing to export yet: train a run first"))
+            self.t.bind(self.output, "value", lambda t: error_html(PanelError(t("export.nothing_trained")), t))
             return None
-        out_dir = self.out_dir.value.strip() or None
-        if out_dir is None:
-            run_dir = getattr(source, "run_dir", None) or source
-            out_dir = str(run_dir) + "/export"
+        out_dir = self.out_dir.value.strip() or None  # None: kit.export's default, <run dir>/export
         opts = self.options()
-        return self.job.start(lambda: dict(fn(source, out_dir, **opts) or {}),
-                              lambda done: "<b>done</b>" + _table(done), wait=wait)
+        return self.job.start(lambda: dict(export(source, out_dir, **opts) or {}),
+                              lambda done: f"<b>{self.t('export.done')}</b>" + _table(done), wait=wait)
 
 
 class EvaluatePanel(ShowsWidget):
     """Prediction metrics (BLEU/ROUGE) or multiple-choice accuracy on a dataset, through ``kit.evaluate``."""
 
-    title = "Evaluate"
+    title_key = "tab.evaluate"
 
-    def __init__(self, source: Any = None, dataset: str = "", metrics: str = ""):
+    def __init__(self, source: Any = None, dataset: str = "", metrics: str = "", *, lang: Any = None):
         from ..data import list_datasets
 
+        self.t = t = Texts.of(lang)
         self._source = source
-        self.dataset = W.Combobox(value=dataset, options=sorted(list_datasets()), description="dataset",
-                                  placeholder="name or file (blank: the config's eval dataset)",
-                                  ensure_option=False, layout=W.Layout(width="420px"))
-        self.mode = W.Dropdown(options=[("auto (from the rows)", "auto"), ("predict: BLEU / ROUGE", "predict"),
-                                        ("multiple choice: accuracy", "mc")], value="auto", description="mode")
-        self.metrics = W.Text(value=metrics, description="metrics", placeholder="e.g. bleu, rouge (blank: defaults)",
-                              layout=W.Layout(width="420px"))
-        self.max_samples = W.BoundedIntText(value=0, min=0, max=10**9, description="max rows",
-                                            tooltip="evaluate the first n rows only (0: all)")
-        self.run_button = W.Button(description="Evaluate", icon="check", button_style="primary")
+        self.dataset = W.Combobox(value=dataset, options=sorted(list_datasets()), ensure_option=False,
+                                  layout=W.Layout(width="420px"))
+        self.mode = W.Dropdown(options=[("auto", "auto"), ("predict", "predict"), ("mc", "mc")], value="auto")
+        self.metrics = W.Text(value=metrics, layout=W.Layout(width="420px"))
+        self.max_samples = W.BoundedIntText(value=0, min=0, max=10**9)
+        self.run_button = W.Button(icon="check", button_style="primary")
         self.output = W.HTML()
+        for widget, attr, key in ((self.dataset, "description", "evaluate.dataset"),
+                                  (self.dataset, "placeholder", "evaluate.dataset_placeholder"),
+                                  (self.mode, "description", "evaluate.mode"),
+                                  (self.metrics, "description", "evaluate.metrics"),
+                                  (self.metrics, "placeholder", "evaluate.metrics_placeholder"),
+                                  (self.max_samples, "description", "evaluate.max_rows"),
+                                  (self.max_samples, "tooltip", "evaluate.max_rows_tooltip"),
+                                  (self.run_button, "description", "evaluate.evaluate")):
+            t.bind(widget, attr, key)
+        t.bind(self.mode, "options", lambda t: [(t("evaluate.mode_auto"), "auto"),
+                                                (t("evaluate.mode_predict"), "predict"), (t("evaluate.mode_mc"), "mc")])
         self.run_button.on_click(lambda _: self.evaluate())
-        self.job = BackgroundJob(self.run_button, self.output, "evaluating&hellip;")
-        fn, why = _optional("kit.evaluate", "evaluate")
-        self.available = fn is not None
+        self.job = BackgroundJob(self.run_button, self.output, lambda t: t("evaluate.busy"), t)
+        # BLEU/ROUGE need the eval extra; multiple-choice accuracy needs nothing more
+        self.available = all(importlib.util.find_spec(m) is not None for m in ("nltk", "rouge_score"))
         if not self.available:
-            self.output.value = f"<span style='color:#777'>Evaluation is not available: {html.escape(why)}.</span>"
-            self.run_button.disabled = True
+            t.bind(self.output, "value", lambda t: f"<span style='color:#777'>{t('evaluate.needs_extra')}</span>")
         self.widget = W.VBox([self.dataset, self.mode, self.metrics, self.max_samples, self.run_button, self.output])
 
     @property
@@ -223,11 +233,9 @@ class EvaluatePanel(ShowsWidget):
 
     def evaluate(self, wait: bool = False) -> Optional[dict]:
         """Evaluate in the background; ``wait=True`` returns the scores (None if it failed: see ``output``)."""
-        fn, why = _optional("kit.evaluate", "evaluate")
-        if fn is None:
-            self.output.value = html_error(RuntimeError(why))
-            return None
+        from ..evaluate import evaluate
+
         kwargs = self.options()
         # the source is resolved inside the job: building it (e.g. the board's config) may fail, and
         # that error belongs in the output like any other
-        return self.job.start(lambda: dict(fn(_resolve(self._source), **kwargs) or {}), _table, wait=wait)
+        return self.job.start(lambda: dict(evaluate(_resolve(self._source), **kwargs) or {}), _table, wait=wait)

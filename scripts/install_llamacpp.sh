@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# llama-cpp-python (llama.cpp itself, CPU build from source) for tests/test_llamacpp.py, which load
+# our GGUF exports in llama.cpp, and for k-quant GGUF exports (q4_k_m, ...).
+#
+# The build takes ~8-16 min on 2 cores, so the wheel is kept in a cache folder and reused by every
+# later run that keeps it (CI caches, a developer machine). Never fatal: if the build or install
+# fails, the script says why and exits 0; tests/test_llamacpp.py then skips with the reason.
+#
+#   bash scripts/install_llamacpp.sh            # FORGE_LLAMACPP_WHEELS=dir to choose the cache
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VERSION=0.3.36
+CACHE=${FORGE_LLAMACPP_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/forge-kit/llamacpp-wheels}
+LOG="$CACHE/build-$VERSION.log"
+
+give_up() {
+    echo "llama-cpp-python $VERSION not installed: $1; tests/test_llamacpp.py will skip" >&2
+    exit 0
+}
+
+if $PY -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$VERSION')" 2>/dev/null; then
+    echo "llama-cpp-python $VERSION already installed"
+    exit 0
+fi
+mkdir -p "$CACHE" || give_up "cannot create the wheel cache $CACHE"
+wheel=$(ls "$CACHE"/llama_cpp_python-"$VERSION"-*.whl 2>/dev/null | head -n 1)
+if [ -z "$wheel" ]; then
+    echo "building llama-cpp-python $VERSION from source (CPU, ~8-16 min on 2 cores; log: $LOG)"
+    # no multimodal (llava/mtmd) parts: not used here, and they are a third of the build
+    CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+    CMAKE_ARGS=${CMAKE_ARGS:-"-DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF"} \
+        timeout "${FORGE_LLAMACPP_BUILD_TIMEOUT:-1800}" \
+        $PY -m pip wheel --no-deps "llama-cpp-python==$VERSION" -w "$CACHE" >"$LOG" 2>&1 ||
+        { tail -n 20 "$LOG" >&2; give_up "the build failed (log: $LOG)"; }
+    wheel=$(ls "$CACHE"/llama_cpp_python-"$VERSION"-*.whl 2>/dev/null | head -n 1)
+    [ -n "$wheel" ] || give_up "the build left no wheel in $CACHE"
+fi
+# its own dependencies are small pure-Python or numpy packages (no torch); numpy, jinja2 and
+# typing-extensions are already here, so only diskcache is new
+$PY -m pip install -q --no-deps "$wheel" || give_up "pip could not install $wheel"
+PIN=(); [ -f constraints.txt ] && PIN=(-c constraints.txt)
+$PY -m pip install -q "${PIN[@]}" "diskcache>=5.6.1" "jinja2>=2.11.3" "typing-extensions>=4.5.0" "numpy>=1.20.0" ||
+    give_up "its dependencies (diskcache, jinja2, typing-extensions, numpy) did not install"
+$PY -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__, 'installed')" ||
+    give_up "it installed but does not import"

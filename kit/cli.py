@@ -234,7 +234,8 @@ def cmd_env(a, boundary: ErrorBoundary) -> int:
     dev = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
     print(f"device: {dev}; torch threads {torch.get_num_threads()}")
     extras = {"notebook": ["ipywidgets", "plotly", "anywidget", "jupyterlab"], "quant": ["bitsandbytes"],
-              "vllm": ["vllm"], "gptq": ["gptqmodel"], "awq": ["awq"], "eval": ["rouge_score", "nltk"], "galore": ["galore_torch"]}
+              "vllm": ["vllm"], "gptq": ["gptqmodel"], "awq": ["awq"], "eval": ["rouge_score", "nltk"], "galore": ["galore_torch"],
+              "serve": ["fastapi", "uvicorn", "openai"], "llamacpp": ["llama_cpp"]}
     for name, mods in extras.items():
         ok = all(importlib.util.find_spec(m) is not None for m in mods)
         print(f"  extra {name:9s} {'installed' if ok else 'missing (pip install forge-kit[' + name + '])'}")

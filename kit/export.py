@@ -105,20 +105,40 @@ def chat_layout(tok) -> ChatLayout:
         raise ExportError("the tokenizer has no chat_template; set model.template before exporting a Modelfile")
 
     def render(msgs, generation=False) -> str:
-        return tok.apply_chat_template([{"role": r, "content": c} for r, c in msgs], tokenize=False,
-                                       add_generation_prompt=generation)
+        try:
+            return tok.apply_chat_template([{"role": r, "content": c} for r, c in msgs], tokenize=False,
+                                           add_generation_prompt=generation)
+        except Exception as e:  # a template that refuses the probe chat (raise_exception, bad roles)
+            raise ValueError(f"it refuses a {'/'.join(r for r, _ in msgs)} chat ({type(e).__name__}: {e})") from e
 
-    u_only = render([("user", _U)])
+    u_only = ""
     try:
+        u_only = render([("user", _U)])
+        g1 = render([("user", _U)], True)
+        # text some templates end a chat with only when not generating (Phi-3: eos_token); Ollama never sees it
+        trail = next((t for t in ("", tok.eos_token or "") if u_only.endswith(t) and g1.startswith(
+            u_only[:len(u_only) - len(t)])), None)
+        if trail is None:
+            raise ValueError("a chat with a generation prompt does not start like the same chat without it")
+
+        def closed(msgs) -> str:
+            text = render(msgs)
+            if trail and not text.endswith(trail):
+                raise ValueError(f"it ends some chats with {trail!r} and others not")
+            return text[:len(text) - len(trail)]
+
         # a BOS the template writes once before the first turn (not a token that starts every turn)
-        three = render([("user", _U), ("assistant", _A), ("user", _U2)])
+        three = closed([("user", _U), ("assistant", _A), ("user", _U2)])
         bos = tok.bos_token
         preamble = bos if bos and u_only.startswith(bos) and three.count(bos) == 1 else ""
+        if preamble and not _adds_bos(tok):
+            raise ValueError(f"it writes {bos!r} before the first turn, which an Ollama TEMPLATE would repeat every "
+                             "turn (and this tokenizer does not add it itself)")
         strip = len(preamble)
-        x = u_only[strip:]
+        x = closed([("user", _U)])[strip:]
         head_u, after_u = _cut(x, _U, "the user turn")
-        generation = _after_prefix(render([("user", _U)], True)[strip:], x, "the generation prompt")
-        rest = _after_prefix(render([("user", _U), ("assistant", _A)])[strip:], x, "an assistant turn")
+        generation = _after_prefix(g1[strip:], x, "the generation prompt")
+        rest = _after_prefix(closed([("user", _U), ("assistant", _A)])[strip:], x, "an assistant turn")
         before_a, after_a = _cut(rest, _A, "the assistant turn")
         if generation != before_a:
             raise ValueError(f"its generation prompt {generation!r} is not how an assistant turn starts ({before_a!r})")
@@ -129,8 +149,8 @@ def chat_layout(tok) -> ChatLayout:
             raise ValueError("the second user turn ends differently from the first")
         system, default = None, None
         try:
-            z = render([("system", _S), ("user", _U), ("assistant", _A)])[strip:]
-        except Exception:  # templates without a system role raise (Gemma, Mistral): no system part
+            z = closed([("system", _S), ("user", _U), ("assistant", _A)])[strip:]
+        except ValueError:  # templates without a system role refuse one (Gemma, Mistral): no system part
             z = None
         if z is not None and _S in z:
             before_s, rest = _cut(z, _S, "the system turn")
@@ -146,7 +166,7 @@ def chat_layout(tok) -> ChatLayout:
         elif head_u != before_u:
             raise ValueError(f"the text before the first user turn ({head_u!r}) differs from later user turns")
         layout = ChatLayout(system, (before_u, after_u), (before_a, after_a), default, preamble)
-        # the layout must say what the template says, on a chat it was not read from
+        # the layout must say what the template says, on chats it was not read from
         turns = [("user", "hello"), ("assistant", "hi there"), ("user", "and?")]
         for sys_msg in ([None, "be brief"] if system else [None]):
             msgs = ([("system", sys_msg)] if sys_msg else []) + turns
@@ -159,6 +179,11 @@ def chat_layout(tok) -> ChatLayout:
             f"a probe chat as {u_only[:200]!r}. Export a GGUF (Ollama then reads the template embedded in it), or "
             "use modelfile=False (--no-modelfile) and write the TEMPLATE by hand.") from None
     return layout
+
+
+def _adds_bos(tok) -> bool:
+    ids = tok.encode("hello", add_special_tokens=True)
+    return tok.bos_token_id is not None and bool(ids) and ids[0] == tok.bos_token_id
 
 
 def chat_template_to_go(tok) -> str:

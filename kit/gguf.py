@@ -31,6 +31,7 @@ the export with an error rather than producing a file that runs differently.
 """
 from __future__ import annotations
 
+import ctypes
 import shutil
 import subprocess
 import tempfile
@@ -305,7 +306,7 @@ def llama_quantize(src, dst, kind: str) -> Path:
         ) from e
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}")
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         raise GGUFExportError(f"llama.cpp's quantizer failed ({rc}) on {src} -> {name}")
     return dst

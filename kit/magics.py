@@ -86,10 +86,13 @@ class ForgeMagics(Magics):
         else:
             runs = [v for v in (self.shell.user_ns.values() if self.shell else []) if isinstance(v, Run)]
             source = runs[-1] if runs else None
-        panel = ChatPanel(source=source)
-        display(panel.widget)
-        self.last_panel = panel
-        return panel
+        with ErrorBoundary("forge", command=["%forge_chat", line]) as boundary:
+            boundary.run_dir = getattr(source, "run_dir", None)
+            panel = ChatPanel(source=source)
+            display(panel.widget)
+            self.last_panel = panel
+            return panel
+        return None
 
 
 def load_ipython_extension(ipython) -> None:

@@ -309,22 +309,24 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".model", ".jinja"
 
 def fingerprint(source: Any) -> tuple:
     """What identifies the weights behind ``source`` on disk: (file, size, mtime) of each weight and
-    config file. A run directory is fingerprinted through :meth:`RunDir.weights`, a model folder by
-    its files, a file by itself; names that are not paths (registered models, hub ids) give ``()``."""
+    config file. A run directory is fingerprinted by its final ``model/`` and ``adapter/`` folders
+    (both: which one :meth:`RunDir.weights` picks needs the config parsed, and a retrain changes
+    either way what is in them), a model folder by its files, a file by itself; names that are not
+    paths (registered models, hub ids) give ``()``."""
     if not isinstance(source, (str, os.PathLike)):
         return ()
     p = Path(source).expanduser()
     if RunDir.is_run_dir(p):
-        try:
-            p = RunDir(p).weights().folder
-        except RunDirError:
-            return ()
-    if p.is_file():
-        files = [p]
-    elif p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.name.endswith(_WEIGHT_SUFFIXES))
+        folders = [RunDir(p).model_dir, RunDir(p).adapter_dir]
+    elif p.is_file():
+        return _stats([p])
     else:
-        return ()
+        folders = [p]
+    return _stats([f for d in folders if d.is_dir() for f in sorted(d.iterdir())
+                   if f.is_file() and f.name.endswith(_WEIGHT_SUFFIXES)])
+
+
+def _stats(files: list[Path]) -> tuple:
     out = []
     for f in files:
         st = f.stat()

@@ -159,11 +159,11 @@ def drive_board(page, fe: FrontEnd, base: str, shot: Path) -> BoardFacts:
     fe.open(page, base)
     fe.run_cell(page, 0)
     start = page.locator(".forge-start")
-    start.wait_for(state="visible", timeout=90_000)
+    start.wait_for(state="visible", timeout=180_000)   # a loaded 2-core machine renders slowly
     facts.titles = [t.strip() for t in page.locator(fe.tab_labels).all_inner_texts()]
     page.wait_for_function("() => !document.querySelector('.forge-start').disabled", timeout=10_000)
     start.click()
-    page.wait_for_function(f"() => ({POINTS_JS})() >= 3", timeout=90_000)
+    page.wait_for_function(f"() => ({POINTS_JS})() >= 3", timeout=180_000)
     facts.n_before = page.evaluate(POINTS_JS)
     page.locator(".forge-stop").click()
     page.wait_for_function(STATUS_DONE_JS, timeout=60_000)

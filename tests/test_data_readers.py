@@ -248,6 +248,14 @@ def test_json_document_or_json_lines_told_apart_by_parsing(tmp_path, text):
         assert [r["text"] for r in load_rows(str(q))[0]] == ["a", "b"]
 
 
+def test_jsonl_lines_end_only_at_newline(tmp_path):
+    """JSON allows U+2028, U+0085, form feed ... unescaped inside strings; str.splitlines would cut there."""
+    texts = ["a\u2028b", "c\x85d", "e\x0cf\x1cg", "crlf"]
+    p = tmp_path / "seps.jsonl"
+    p.write_bytes(b"".join(json.dumps({"text": t}, ensure_ascii=False).encode() + b"\r\n" for t in texts))
+    assert [r["text"] for r in load_rows(str(p))[0]] == texts
+
+
 def test_trl_conversational_preference_rows(tmp_path):
     explicit = {"prompt": [{"role": "user", "content": "q"}],
                 "chosen": [{"role": "assistant", "content": "good"}],

@@ -179,3 +179,143 @@ def test_default_model_beats_chance_on_demo_mc(default_model_dir, tmp_path):
     assert res["n"] == 22 and res["chance"] == 25.0
     # 11+ of 22 right is far beyond 4-choice chance (P < 0.01 for a guesser)
     assert res["accuracy"] >= 50.0, res
+
+
+# ------------------------------------------------------------------ benchmark layouts (MMLU / C-Eval / CMMLU)
+
+
+def test_the_shipped_benchmark_samples_load_in_their_layouts(tmp_path):
+    from kit.benchmarks import detect_layout, load_benchmark
+
+    want = {"mmlu_sample": ("mmlu", "test", {"elementary_mathematics", "high_school_geography"}),
+            "ceval_sample": ("ceval", "val", {"computer_network", "middle_school_geography"}),
+            "cmmlu_sample": ("cmmlu", "test", {"astronomy", "nutrition"})}
+    for name, (layout, split, subjects) in want.items():
+        b = load_benchmark(name)
+        assert (b.layout, b.split, set(b.questions)) == (layout, split, subjects), name
+        assert all(len(qs) == 8 for qs in b.questions.values()) and all(len(d) == 5 for d in b.dev.values())
+        answers = [q.answer for qs in b.questions.values() for q in qs]
+        assert sorted(set(answers)) == [0, 1, 2, 3] and all(len(q.choices) == 4 for qs in b.questions.values() for q in qs)
+    assert load_benchmark("mmlu_sample", subjects=["high_school_geography"]).n == 8
+    q = load_benchmark("ceval_sample").questions["computer_network"][0]
+    assert q.question.startswith("以太网") and q.choices[q.answer] == "48"
+    # a bad row names the file, the row and the field
+    root = tmp_path / "mine"
+    (root / "dev").mkdir(parents=True)
+    (root / "test").mkdir()
+    (root / "dev" / "law_dev.csv").write_text("Q1?,a,b,c,d,A\n")
+    (root / "test" / "law_test.csv").write_text("Q1?,a,b,c,d,B\nQ2?,a,b,c,d,E\n")
+    assert detect_layout(root) == "mmlu" and detect_layout(tmp_path) is None
+    with pytest.raises(DataError) as e:
+        load_benchmark(str(root))
+    assert "law_test.csv" in str(e.value) and "row 1" in str(e.value) and "field 'answer'" in str(e.value)
+    with pytest.raises(DataError, match="no such subject"):
+        load_benchmark("mmlu_sample", subjects=["astrology"])
+    with pytest.raises(DataError, match="not a benchmark folder"):
+        evaluate("m", str(tmp_path), mode="benchmark")
+
+
+def test_benchmark_scores_are_the_letter_and_choice_log_probabilities(tiny_model_dir, tmp_path):
+    import torch
+
+    from kit.benchmarks import LETTERS, letter_ids, load_benchmark, messages_for
+    from kit.data.encode import encode_prompt
+    from kit.infer.hf import ChatModel
+
+    res = evaluate(str(tiny_model_dir), "mmlu_sample", n_shot=2, max_samples=2, output_dir=str(tmp_path / "b"))
+    assert res["mode"] == "benchmark" and res["n"] == 4 and res["n_shot"] == 2 and res["chance"] == 25.0
+    assert set(res["subjects"]) == {"elementary_mathematics", "high_school_geography"}
+    recs = [json.loads(line) for line in open(res["predictions"])]
+    assert res["accuracy"] == pytest.approx(100 * sum(r["correct"] for r in recs) / 4)
+    assert res["accuracy_choice"] == pytest.approx(100 * sum(r["correct_choice"] for r in recs) / 4)
+    assert res["accuracy_subject_mean"] == pytest.approx(sum(s["accuracy"] for s in res["subjects"].values()) / 2)
+    # recompute one question with a plain forward pass of the whole sequence
+    cm = ChatModel.load(str(tiny_model_dir))
+    bench = load_benchmark("mmlu_sample")
+    rec = recs[0]
+    q = bench.questions[rec["subject"]][rec["row"]]
+    prompt = encode_prompt(cm.tokenizer, messages_for(q, bench.dev[q.subject][:2], "mmlu"))
+    assert rec["prompt_tokens"] == len(prompt)
+    text = cm.tokenizer.decode(prompt)
+    assert "about elementary mathematics" in text or "about high school geography" in text
+    assert text.count("Answer:") == 3  # two shots and the question
+    with torch.inference_mode():
+        last = torch.log_softmax(cm.model(input_ids=torch.tensor([prompt])).logits[0, -1].float(), -1)
+    assert rec["letter_logprobs"] == pytest.approx([last[i].item() for i in letter_ids(cm.tokenizer)], abs=1e-4)
+    for choice, lp in zip(q.choices, rec["choice_logprobs"]):
+        cont = cm.tokenizer(choice, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logp = torch.log_softmax(cm.model(input_ids=torch.tensor([prompt + cont])).logits[0].float(), -1)
+        assert lp == pytest.approx(sum(logp[len(prompt) - 1 + k, t].item() for k, t in enumerate(cont)), abs=1e-3)
+    assert rec["predicted"] == LETTERS[max(range(4), key=rec["letter_logprobs"].__getitem__)]
+
+
+def test_perplexity_of_a_text_set(tiny_model_dir, tmp_path):
+    import math
+
+    import torch
+
+    from kit.benchmarks import perplexity
+    from kit.infer.hf import ChatModel
+
+    f = tmp_path / "texts.jsonl"
+    texts = ["The river flows to the sea.", "Stars are far away and very hot; some are older than the Sun."]
+    f.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    res = evaluate(str(tiny_model_dir), str(f), output_dir=str(tmp_path / "p"))
+    assert res["mode"] == "ppl" and res["n"] == 2
+    cm = ChatModel.load(str(tiny_model_dir))
+    nll = n = 0
+    for t in texts:
+        ids = cm.tokenizer(t)["input_ids"]
+        with torch.inference_mode():
+            logp = torch.log_softmax(cm.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        nll -= sum(logp[k - 1, ids[k]].item() for k in range(1, len(ids)))
+        n += len(ids) - 1
+    assert res["tokens"] == n and res["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-4)
+    # windows shorter than a text: every token is still scored once
+    windowed, per = perplexity(cm, texts, window=6)
+    assert windowed["tokens"] == n and [r["tokens"] for r in per] == [len(cm.tokenizer(t)["input_ids"]) - 1 for t in texts]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"text": ""}) + "\n")
+    with pytest.raises(DataError, match="row 1.*field 'text'"):
+        evaluate("m", str(bad), mode="ppl")
+
+
+def test_predict_mode_batches_give_the_one_at_a_time_answers(tiny_model_dir, tmp_path):
+    a = evaluate(str(tiny_model_dir), "demo_sft", max_samples=5, max_new_tokens=8, batch_size=5,
+                 output_dir=str(tmp_path / "a"))
+    b = evaluate(str(tiny_model_dir), "demo_sft", max_samples=5, max_new_tokens=8, batch_size=1,
+                 output_dir=str(tmp_path / "b"))
+    preds = lambda r: [json.loads(line)["prediction"] for line in open(r["predictions"])]  # noqa: E731
+    assert preds(a) == preds(b)
+
+
+def test_compare_base_writes_tuned_and_base_side_by_side(tiny_cfg, tmp_path, capsys):
+    from kit.cli import main
+
+    run = kit.train(tiny_cfg(max_steps=2, max_samples=8, lora_rank=4, learning_rate=5e-2))
+    res = kit.evaluate(run, "cmmlu_sample", n_shot=1, max_samples=1, compare_base=True)
+    out = run.run_dir / "eval" / "cmmlu_sample"
+    assert res["output_dir"] == str(out) and json.loads((out / "comparison.json").read_text()) == res
+    assert json.loads((out / "scores.json").read_text()) == res["tuned"]
+    assert json.loads((out / "base" / "scores.json").read_text()) == res["base"]
+    assert res["tuned"]["model"] == res["base"]["model"]  # the same base model name; the tuned one has the adapter
+    assert res["delta"]["accuracy"] == pytest.approx(res["tuned"]["accuracy"] - res["base"]["accuracy"])
+    assert set(res["delta"]["subjects"]) == {"astronomy", "nutrition"}
+    tuned_lp = [json.loads(line)["letter_logprobs"] for line in open(out / "predictions.jsonl")]
+    base_lp = [json.loads(line)["letter_logprobs"] for line in open(out / "base" / "predictions.jsonl")]
+    assert tuned_lp != base_lp  # the adapter was applied on one side only
+    assert main(["eval", str(run.run_dir), "-d", "demo_mc", "-n", "2", "--compare-base"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert set(both) >= {"tuned", "base", "delta"} and both["tuned"]["n"] == both["base"]["n"] == 2
+    with pytest.raises(ValueError, match="compare_base needs a training run"):
+        evaluate("some-model", "demo_mc", compare_base=True)
+
+
+@pytest.mark.e2e
+def test_default_model_scores_the_three_benchmark_layouts(default_model_dir, tmp_path):
+    for name in ("mmlu_sample", "ceval_sample", "cmmlu_sample"):
+        res = evaluate("smollm2-135m-instruct", name, n_shot=1, output_dir=str(tmp_path / name))
+        print(f"{name}: letter {res['accuracy']:.1f}%, choice {res['accuracy_choice']:.1f}% "
+              f"({res['subjects']}), {res['seconds']:.1f}s")
+        assert res["n"] == 16 and len(res["subjects"]) == 2 and 0 <= res["accuracy"] <= 100

@@ -190,7 +190,7 @@ def good_row(draw, fmt):
     if fmt == "prompt":
         row = {"prompt": draw(st.one_of(solid, st.builds(lambda t: [{"role": "user", "content": t}], solid)))}
         if draw(st.booleans()):
-            row["answer"] = draw(st.one_of(plain, st.integers(-5, 5), st.floats(allow_nan=False, width=32)))
+            row["answer"] = draw(st.one_of(plain, st.integers(-5, 5), st.floats(allow_nan=False, allow_infinity=False, width=32)))
         return row
     raise AssertionError(fmt)
 
@@ -237,9 +237,10 @@ def _cell(v):
     return json.dumps(v)
 
 
-def write(draw, path: Path, ftype: str, rows: list) -> str:
-    """Write ``rows`` as ``ftype``; returns the fault injected ('' for none)."""
-    fault = draw(st.sampled_from({
+def write(draw, path: Path, ftype: str, rows: list, *, clean: bool = False) -> str:
+    """Write ``rows`` as ``ftype``; returns the fault injected ('' for none). ``clean``: only harmless
+    variations (a BOM, CRLF line ends, blank lines)."""
+    fault = draw(st.sampled_from(["", "bom", "crlf", "blank_lines"] if clean else {
         "jsonl": ["", "", "", "", "bom", "bad_utf8", "dup_key", "cut_line", "crlf", "blank_lines"],
         "json": ["", "", "", "", "bom", "bad_utf8", "dup_key", "cut_line", "crlf"],
         "csv": ["", "", "", "", "bom", "bad_utf8", "dup_column", "crlf", "blank_lines", "extra_cell", "short_row",
@@ -248,12 +249,12 @@ def write(draw, path: Path, ftype: str, rows: list) -> str:
     if ftype == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
+        rows = [r if isinstance(r, dict) else {"value": r} for r in rows]
+        keys = list(dict.fromkeys(k for r in rows for k in r))  # from_pylist would take the first row's keys only
         try:
-            table = pa.Table.from_pylist([r if isinstance(r, dict) else {"value": r} for r in rows])
-        except (pa.ArrowException, TypeError, ValueError, OverflowError):
-            keys = list(dict.fromkeys(k for r in rows if isinstance(r, dict) for k in r))
-            table = pa.Table.from_pylist([{k: _cell(r.get(k)) if isinstance(r, dict) else "" for k in keys} for r in rows])
-        pq.write_table(table, str(path))
+            pq.write_table(pa.table({k: [r.get(k) for r in rows] for k in keys}), str(path))
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):  # mixed types, empty structs: JSON text
+            pq.write_table(pa.table({k: pa.array([_cell(r.get(k)) for r in rows], pa.string()) for k in keys}), str(path))
         if fault == "corrupt":  # cut short, or the footer (length + magic) damaged; Parquet pages carry no
             data = path.read_bytes()  # checksum, so bytes changed inside a page may read back silently
             cut = draw(st.integers(0, len(data) - 1))
@@ -466,15 +467,18 @@ def workdir():
 
 
 def run_dataset_case(draw, tokenizers, workdir, fmt, prop):
+    """One dataset: valid rows in a harmless file (``clean``: must be accepted, and right), or rows and
+    files with random faults (must be right, or refused with our error naming the place)."""
     ftype = draw(st.sampled_from(["jsonl", "json", "csv", "parquet"]))
     n = draw(st.integers(1, 4))
-    rows = [mutate(draw, good_row(draw, fmt)) for _ in range(n)]
-    if draw(st.integers(0, 14)) == 0:
+    clean = draw(st.integers(0, 2)) == 0
+    rows = [good_row(draw, fmt) if clean else mutate(draw, good_row(draw, fmt)) for _ in range(n)]
+    if not clean and draw(st.integers(0, 9)) == 0:
         rows[draw(st.integers(0, n - 1))] = {k: draw(st.sampled_from(HUGE)) if isinstance(v, str) else v
                                              for k, v in (rows[0].items() if isinstance(rows[0], dict) else [])}
     case_dir = Path(tempfile.mkdtemp(dir=workdir))
     path = case_dir / f"data.{ftype}"
-    fault = write(draw, path, ftype, rows)
+    fault = write(draw, path, ftype, rows, clean=clean)
     tok = tokenizers["tools" if fmt == "tools" else "default"]
     data_format = draw(st.sampled_from(["auto", "auto", "messages" if fmt == "tools" else fmt]))
     with Case(prop):
@@ -483,6 +487,7 @@ def run_dataset_case(draw, tokenizers, workdir, fmt, prop):
                                         cache=False, output_dir=str(case_dir / "run"))
             check_accepted(tok, cfg, KIND[fmt], path, rows, ftype, fault)
         except ForgeError as e:
+            assert not clean, f"valid {fmt} rows in a {ftype} file were refused: {e}"
             place_named(e, path, n)
             raise
         finally:

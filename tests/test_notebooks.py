@@ -180,3 +180,19 @@ def test_cell_does_not_hide_a_failed_install(monkeypatch):
 def test_cell_knows_where_it_runs(monkeypatch, env, where):
     _, out, ns = run_cell(monkeypatch, env=env)
     assert ns["WHERE"] == where and out.startswith(f"Forge Kit on {where}:")
+
+
+def test_stderr_check_sees_red_text(tmp_path):
+    """The stderr check of tests/test_notebooks_output.py and tests/test_packaging.py reads real outputs."""
+    import nbformat
+
+    from notebook_runner import run_notebook, unexpected_stderr
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import sys, warnings\nprint('fine')\nsys.stderr.write('Loading weights: 100%|####| 3/3\\r\\n')\n"
+        "warnings.warn('something deprecated', FutureWarning)")])
+    path = tmp_path / "red.ipynb"
+    nbformat.write(nb, str(path))
+    ran = run_notebook(path, cwd=tmp_path, env=dict(__import__("os").environ), timeout=120)
+    bad = unexpected_stderr(ran)
+    assert any("Loading weights" in b for b in bad) and any("something deprecated" in b for b in bad), bad
+    assert not any("fine" in b for b in bad)

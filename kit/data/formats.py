@@ -389,8 +389,8 @@ def norm_kto(row: dict, source: str, idx: int) -> dict:
             label = bool(label)
         else:
             raise DataError(f"expected true/false, got {label!r}", source, idx, "label")
-    if "messages" in row:
-        msgs = check_messages(row["messages"], source, idx, "messages")
+    if row.get("messages") is not None or "prompt" not in row:  # a null cell: the row uses prompt/completion
+        msgs = check_messages(row.get("messages"), source, idx, "messages")
     else:
         prompt = _check_prompt(_need(row, "prompt", source, idx, (str, list)), source, idx)
         msgs = prompt + _answer(_need(row, "completion", source, idx, (str, list)), prompt, source, idx, "completion")

@@ -122,7 +122,7 @@ def _read_json(text: str, src: str, *, jsonl: bool) -> list[dict]:
             if isinstance(doc, _Duplicates):
                 raise DataError(f"the key '{doc.dups[0]}' appears more than once in the top-level object", src)
             return _check_duplicates(_document_rows(doc, src), src)
-        first = next(line for line in text.splitlines() if line.strip())
+        first = next(line for line in _lines(text) if line.strip())
         try:
             looks_like_lines = isinstance(_loads(first), dict)
         except (ValueError, RecursionError):
@@ -131,7 +131,7 @@ def _read_json(text: str, src: str, *, jsonl: bool) -> list[dict]:
             line = getattr(doc_error, "lineno", None)
             raise DataError(f"invalid JSON: {_parse_error(doc_error)}", src, line=line) from None
     rows, lines = [], []
-    for i, line in enumerate(text.splitlines()):
+    for i, line in enumerate(_lines(text)):
         if not line.strip():
             continue
         try:
@@ -145,6 +145,12 @@ def _read_json(text: str, src: str, *, jsonl: bool) -> list[dict]:
             raise DataError(f"invalid JSON: {_parse_error(e)}", src, len(rows), line=i + 1) from None
         lines.append(i + 1)
     return _check_duplicates(rows, src, lines)
+
+
+def _lines(text: str) -> list[str]:
+    """JSON lines end at "\n" (or "\r\n") only: str.splitlines would also split at U+2028, U+0085 and
+    other characters that JSON allows unescaped inside a string."""
+    return text.split("\n")
 
 
 def _document_rows(data: Any, src: str) -> list:
@@ -246,22 +252,26 @@ def decode_cells(row: dict, src: str, idx: int) -> dict:
     """CSV cells are all text and Parquet columns are often strings: decode JSON text only where the
     formats' schema puts a list or an object (messages, conversations, tools, history, choices; and
     prompt/chosen/rejected/completion when the text is a list of messages), and booleans in
-    ``label``. An empty cell in a list column means "none". Every other value is kept as it is."""
+    ``label``. An empty cell in one of these columns means "none" (a CSV cannot write null, and a
+    row of a mixed file may use other columns, e.g. an implicit-prompt preference row leaves
+    ``prompt`` empty). Every other value is kept as it is."""
     out = {}
     for k, v in row.items():
         if isinstance(v, str):
-            if k in JSON_COLUMNS:
+            if v == "" and (k in JSON_COLUMNS or k in TEXT_OR_MESSAGES_COLUMNS or k in BOOL_COLUMNS):
+                v = None
+            elif k in JSON_COLUMNS:
                 v = _json_cell(v)
             elif k in TEXT_OR_MESSAGES_COLUMNS and v.lstrip().startswith("["):
                 decoded = _json_cell(v)
                 if isinstance(decoded, list) and decoded and all(isinstance(m, dict) and "role" in m for m in decoded):
                     v = decoded
-            found = _find_duplicates(v) if not isinstance(v, str) else None
+            elif k in BOOL_COLUMNS:
+                v = {"true": True, "false": False, "1": True, "0": False}.get(v.strip().lower(), v)
+            found = _find_duplicates(v) if isinstance(v, (dict, list)) else None
             if found:
                 raise DataError(f"the key '{found[1]}' appears more than once in one object (only the last would be "
                                 "kept)", src, idx, f"{k}.{found[0]}" if found[0] else k)
-            elif k in BOOL_COLUMNS:
-                v = {"true": True, "false": False, "1": True, "0": False}.get(v.strip().lower(), v)
         out[k] = v
     return out
 

@@ -478,8 +478,9 @@ def create_app(engine: Any, *, name: Optional[str] = None, api_key: Optional[str
             raise APIError(400, "'prompt' must be a string or a list of strings", param="prompt")
         if len(prompts) > limits.max_prompts:
             raise APIError(400, f"at most {limits.max_prompts} prompts per request (max_prompts)", param="prompt")
-        for key in ("echo", "suffix", "best_of"):
-            if data.get(key) not in (None, False, 1) or (key == "suffix" and data.get(key)):
+        for key, off in (("echo", False), ("suffix", None), ("best_of", 1)):
+            v = data.get(key)
+            if v is not None and v != off or (key == "echo" and v not in (None, False)):
                 raise APIError(400, f"'{key}' is not supported", param=key)
         settings = service.settings(data, 16)  # OpenAI's default for completions
         explicit = data.get("max_tokens") is not None

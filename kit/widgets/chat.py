@@ -39,9 +39,11 @@ class ChatPanel(ShowsWidget):
     title_key = "tab.chat"
 
     def __init__(self, source: Any = None, *, compare: bool = False, system: str = "",
-                 temperature: float = 0.0, max_new_tokens: int = 128, interval: float = 0.1, lang: Any = None):
+                 temperature: float = 0.0, max_new_tokens: int = 128, interval: float = 0.1, lang: Any = None,
+                 url: Optional[str] = None, api_key: Optional[str] = None):
         self.t = t = Texts.of(lang)
         self._source = source
+        self.url, self._api_key = url, api_key  # url: chat with a running server (forge serve) instead
         self._models: dict[str, Any] = {}
         self._loaded_for: dict[str, int] = {}
         self.history: dict[str, list[dict]] = {s: [] for s in SIDES}
@@ -94,6 +96,10 @@ class ChatPanel(ShowsWidget):
         """The ChatModel for a side, loaded on first use (and again when the board's run changes)."""
         from ..infer.hf import ChatModel
 
+        if self.url and side == "tuned":
+            if "tuned" not in self._models:
+                self._models["tuned"] = ChatModel.connect(self.url, api_key=self._api_key)
+            return self._models["tuned"]
         src = self.source()
         if side == "base":
             src = base_source(src)

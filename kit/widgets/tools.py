@@ -196,6 +196,8 @@ class EvaluatePanel(ShowsWidget):
         self.mode = W.Dropdown(options=[("auto", "auto"), ("predict", "predict"), ("mc", "mc")], value="auto")
         self.metrics = W.Text(value=metrics, layout=W.Layout(width="420px"))
         self.max_samples = W.BoundedIntText(value=0, min=0, max=10**9)
+        # kit.evaluate(compare_base=True): the run and the model it started from, side by side
+        self.compare_base = W.Checkbox(value=False, description="compare with base", indent=False)
         self.run_button = W.Button(icon="check", button_style="primary")
         self.output = W.HTML()
         for widget, attr, key in ((self.dataset, "description", "evaluate.dataset"),
@@ -215,7 +217,8 @@ class EvaluatePanel(ShowsWidget):
         self.available = all(importlib.util.find_spec(m) is not None for m in ("nltk", "rouge_score"))
         if not self.available:
             t.bind(self.output, "value", lambda t: f"<span style='color:#777'>{t('evaluate.needs_extra')}</span>")
-        self.widget = W.VBox([self.dataset, self.mode, self.metrics, self.max_samples, self.run_button, self.output])
+        self.widget = W.VBox([self.dataset, self.mode, self.metrics, self.max_samples, self.compare_base,
+                              self.run_button, self.output])
 
     @property
     def scores(self) -> Optional[dict]:
@@ -229,6 +232,8 @@ class EvaluatePanel(ShowsWidget):
             kwargs["metrics"] = metrics
         if self.max_samples.value:
             kwargs["max_samples"] = self.max_samples.value
+        if self.compare_base.value:
+            kwargs["compare_base"] = True
         return kwargs
 
     def evaluate(self, wait: bool = False) -> Optional[dict]:
@@ -238,4 +243,15 @@ class EvaluatePanel(ShowsWidget):
         kwargs = self.options()
         # the source is resolved inside the job: building it (e.g. the board's config) may fail, and
         # that error belongs in the output like any other
-        return self.job.start(lambda: dict(evaluate(_resolve(self._source), **kwargs) or {}), _table, wait=wait)
+        return self.job.start(lambda: dict(evaluate(_resolve(self._source), **kwargs) or {}), _scores_html, wait=wait)
+
+
+def _scores_html(res: dict) -> str:
+    """Scores as a table; a base comparison as one row per score: tuned, base, difference."""
+    if "tuned" not in res or "base" not in res:
+        return _table(res)
+    rows = "".join(f"<tr><td style='text-align:left'><b>{html.escape(k)}</b></td><td>{_fmt(v)}</td>"
+                   f"<td>{_fmt(res['base'].get(k))}</td><td>{d:+.4g}</td></tr>"
+                   for k, v in res["tuned"].items() if isinstance(d := res["delta"].get(k), (int, float)))
+    return (f"<table style='font-size:12px'><tr><th></th><th>tuned</th><th>base</th><th>difference</th></tr>{rows}"
+            f"</table><div style='color:#777'>{html.escape(res.get('comparison', ''))}</div>")

@@ -1,13 +1,14 @@
 """Fine-tuning types: full, freeze (some layers), LoRA and its variants (peft underneath)."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoftQConfig, LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import LoftQConfig, LoraConfig, OFTConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from peft.optimizers import create_loraplus_optimizer
 from torch import nn
 
@@ -74,6 +75,13 @@ def lora_config(model: nn.Module, a: AdapterConfig, task_type: str = "CAUSAL_LM"
         use_dora=a.use_dora, use_rslora=a.use_rslora, init_lora_weights=init, task_type=task_type, **extra)
 
 
+def oft_config(model: nn.Module, a: AdapterConfig, task_type: str = "CAUSAL_LM") -> OFTConfig:
+    """peft OFT (orthogonal fine-tuning) on the same targets as LoRA: each targeted weight is multiplied by a
+    block-diagonal orthogonal matrix of ``oft_block_size`` blocks, which keeps the angles between its neurons."""
+    return OFTConfig(r=0, oft_block_size=a.oft_block_size, target_modules=lora_targets(model, a.lora_target),
+                     modules_to_save=a.modules_to_save, task_type=task_type)
+
+
 def _freeze(model: nn.Module, a: AdapterConfig) -> nn.Module:
     """Train only the last (or first, if negative) n decoder layers, optionally only some modules in them."""
     n_layers = getattr(model.config, "num_hidden_layers", None)
@@ -105,8 +113,16 @@ def apply_adapter(model: nn.Module, cfg: RunConfig, task_type: str = "CAUSAL_LM"
         for p in model.parameters():
             p.requires_grad_(True)
         return model
+    if a.type == "freeze" and a.llama_pro_blocks:
+        from .models.llama_pro import expand_blocks, train_new_blocks_only
+        return train_new_blocks_only(model, expand_blocks(model, a.llama_pro_blocks), _as_list(a.freeze_extra_modules))
     if a.type == "freeze":
         return _freeze(model, a)
+    if cfg.model.new_special_tokens and a.type in ("lora", "oft"):  # the new rows must train and be saved
+        from .models.new_tokens import NEW_TOKEN_MODULES
+        a = dataclasses.replace(a, modules_to_save=sorted(set(_as_list(a.modules_to_save)) | set(NEW_TOKEN_MODULES)))
+    if a.type == "oft":
+        return get_peft_model(model, oft_config(model, a, task_type))
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     if cfg.train.gradient_checkpointing:
@@ -135,6 +151,9 @@ def build_optimizer(model: nn.Module, cfg: RunConfig):
 
     Returns None when LoRA+ is off (the trainer then builds its own optimizer from train.optim).
     """
+    if cfg.train.optim == "muon":
+        from .optimizers import build_muon
+        return build_muon(model, cfg)
     ratio = cfg.adapter.loraplus_lr_ratio
     if not ratio or cfg.adapter.type != "lora":
         return None

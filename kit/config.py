@@ -139,6 +139,16 @@ class ModelConfig:
         "auto", "Attention kernel. auto: flash_attention_2 when installed on GPU, else sdpa.")
     template: Optional[str] = _f(None, "Override the tokenizer's chat template: a registered template name or a Jinja string.")
     adapter_path: Optional[str] = _f(None, "A trained adapter (run dir or adapter dir) applied on load (for chat, or stacking).")
+    new_special_tokens: Optional[list] = _f(None, "Tokens to add to the vocabulary (embeddings resized; a LoRA/OFT "
+                                                  "run then also trains and saves embed_tokens and lm_head).")
+    shift_attn: bool = _f(False, "LongLoRA S²-attn while training: attention within groups of shift_attn_group "
+                                 "tokens, half the heads shifted by half a group (padding-free batches; chat keeps "
+                                 "full attention).", stages=TOKENIZING)
+    shift_attn_group: int = _f(0, "S²-attn group size in tokens (0: cutoff_len / 4); must divide data.cutoff_len.",
+                               min=0, stages=TOKENIZING)
+    rope_scaling: Optional[Literal["linear", "dynamic", "yarn"]] = _f(
+        None, "Stretch RoPE to train past the model's context: the factor is data.cutoff_len / the model's "
+              "max_position_embeddings (nothing changes when cutoff_len fits). None: off.")
 
 
 @dataclass
@@ -157,7 +167,11 @@ class QuantConfig:
 class AdapterConfig:
     """How the model is fine-tuned: full, freeze (some layers) or LoRA (and variants)."""
 
-    type: Literal["lora", "full", "freeze"] = _f("lora", "Fine-tuning type.")
+    type: Literal["lora", "full", "freeze", "oft"] = _f("lora", "Fine-tuning type (oft: orthogonal fine-tuning, peft OFT).")
+    oft_block_size: int = _f(32, "oft: size of the orthogonal blocks (must divide the targeted layers' input size).",
+                             min=1)
+    llama_pro_blocks: int = _f(0, "LLaMA Pro: add this many decoder blocks (copies with zeroed output projections, "
+                                  "spread evenly) and train only them (needs adapter.type=freeze). 0: off.", min=0)
     lora_rank: int = _f(16, "LoRA rank r.", min=1)
     lora_alpha: Optional[int] = _f(None, "LoRA alpha. None: 2 x rank.", min=1)
     lora_dropout: float = _f(0.0, "Dropout on the LoRA input.", min=0.0, max=1.0)
@@ -202,6 +216,15 @@ class DataConfig:
                              "training order always comes from the trainer's seeded sampler, new every epoch.")
     cache: bool = _f(True, "Cache tokenized data by a content hash of (data, tokenizer, template, options).",
                      stages=TOKENIZING)
+    # Hub datasets (owner/name) and local Hub-style folders (parquet shards, save_to_disk): kit.data.hub
+    dataset_dir: Optional[str] = _f(None, "A folder with a LLaMA-Factory dataset_info.json: its names become "
+                                          "datasets here (file_name / hf_hub_url, alpaca / sharegpt / openai).")
+    subset: Optional[str] = _f(None, "Hub datasets: the config (subset) name.")
+    split: str = _f("train", "Hub datasets and Hub-style folders: the split to read.")
+    revision: Optional[str] = _f(None, "Hub datasets: a branch, tag or commit.")
+    data_files: Optional[Union[str, list, dict]] = _f(None, "Hub datasets: the files to read (datasets' data_files).")
+    streaming: bool = _f(False, "Hub datasets: stream rather than download; reads max_samples rows, or the "
+                                "rows max_steps needs (max_steps x batch_size x grad_accum x processes).")
 
 
 @dataclass
@@ -221,6 +244,9 @@ class StageConfig:
     simpo_gamma: float = _f(0.5, "Target reward margin.", min=0.0, stages=("dpo",), loss_types=("simpo",))
     ref_model: Optional[str] = _f(None, "Reference model. None: the base model (adapter disabled).",
                                   stages=("dpo", "kto"), loss_types=REFERENCE_LOSSES)
+    ref_model_quantization_bit: Optional[Literal[4, 8]] = _f(
+        None, "Load stage.ref_model quantized to 4 or 8 bits (bitsandbytes) to save memory.",
+        stages=("dpo", "kto"), loss_types=REFERENCE_LOSSES)
     kto_desirable_weight: float = _f(1.0, "Weight of desirable examples.", min=0.0, stages=("kto",))
     kto_undesirable_weight: float = _f(1.0, "Weight of undesirable examples.", min=0.0, stages=("kto",))
     # online RL
@@ -262,8 +288,12 @@ class TrainConfig:
     warmup_ratio: float = _f(0.0, "Fraction of steps spent warming up.", min=0.0, max=1.0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: off).", min=0.0)
-    optim: Literal["adamw_torch", "adamw_8bit", "sgd", "adafactor", "galore_adamw"] = _f(
-        "adamw_torch", "Optimizer. adamw_8bit needs bitsandbytes; galore_adamw needs galore-torch.")
+    optim: Literal["adamw_torch", "adamw_8bit", "sgd", "adafactor", "galore_adamw", "muon"] = _f(
+        "adamw_torch", "Optimizer. adamw_8bit needs bitsandbytes; galore_adamw needs galore-torch; muon: "
+                       "torch.optim.Muon on the 2-D weights of the decoder blocks, AdamW on the rest.")
+    neftune_noise_alpha: Optional[float] = _f(None, "NEFTune: uniform noise of this scale on the input embeddings "
+                                                    "while training (never at inference). None: off.", gt=0.0,
+                                              stages=("sft",))
     seed: int = _f(42, "Seed for data order, initialisation and sampling.", min=0, max=2**32 - 1,
                    why="(numpy's seed range)")
     logging_steps: int = _f(1, "Emit a step event every n steps.", min=1)
@@ -322,6 +352,7 @@ ALIASES = {
     "epochs": "train.num_epochs",
     "output_dir": "train.output_dir",
     "finetuning_type": "adapter.type",
+    "additional_target": "adapter.modules_to_save",  # LLaMA-Factory's name for peft's modules_to_save
     "quantization_bit": "quant.bits",
     "template": "model.template",
     "seed": "train.seed",  # generate.seed is spelled out: a bare `seed` keeps meaning the training seed

@@ -287,6 +287,27 @@ RULES: list[Callable[[Any], Optional[Problem]]] = [
     Rule("train.optim", lambda c: c.train.optim == "galore_adamw" and c.adapter.type == "lora",
          "GaLore projects the gradients of full weight matrices to low rank, which is what LoRA already does; "
          "use train.optim=galore_adamw with adapter.type=full (or freeze), or another optimizer with LoRA."),
+    Rule("train.optim", lambda c: c.train.optim in ("galore_adamw", "muon") and c.quant.bits is not None,
+         lambda c: f"train.optim={c.train.optim} optimizes full weight matrices; a quantized base trains only "
+                   "LoRA weights: use adamw_torch or adamw_8bit with quant.bits."),
+    Rule("train.optim", lambda c: c.train.optim == "muon" and c.stage.name not in ("sft", "pt"),
+         lambda c: f"train.optim=muon is built by the sft and pt recipes; stage '{c.stage.name}' would train with "
+                   "AdamW instead. Use another optimizer for this stage."),
+    Rule("model.shift_attn_group",
+         lambda c: c.model.shift_attn and c.data.cutoff_len % (c.model.shift_attn_group or max(c.data.cutoff_len // 4, 1)),
+         lambda c: f"S²-attn splits each row into groups: the group size {c.model.shift_attn_group} must divide "
+                   f"data.cutoff_len={c.data.cutoff_len}."),
+    Rule("model.shift_attn",
+         lambda c: c.model.shift_attn and (not c.data.padding_free or c.model.attn_implementation == "eager"),
+         "S²-attn is written for padding-free batches: keep data.padding_free=true and attn_implementation not eager."),
+    Rule("adapter.llama_pro_blocks", lambda c: c.adapter.llama_pro_blocks > 0 and c.adapter.type != "freeze",
+         "LLaMA Pro trains only the added blocks: set adapter.type=freeze with adapter.llama_pro_blocks."),
+    Rule("adapter.oft_block_size", lambda c: c.adapter.type != "oft" and c.adapter.oft_block_size != 32,
+         "is read only with adapter.type=oft."),
+    Rule("stage.ref_model_quantization_bit",
+         lambda c: c.stage.ref_model_quantization_bit is not None and not c.stage.ref_model,
+         "quantizes stage.ref_model, which is not set (the reference is then the policy with its adapter off); "
+         "set stage.ref_model or leave this out."),
     Rule("adapter.freeze_trainable_layers",
          lambda c: c.adapter.type == "freeze" and c.adapter.freeze_trainable_layers == 0,
          "must not be 0 (positive: last n layers, negative: first n)."),

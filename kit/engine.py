@@ -38,6 +38,7 @@ from .events import TERMINAL, Event, EventBus
 from .paths import new_run_dir
 from .rundir import RunDir
 from .runtime import deferred_bitsandbytes, is_main_process, paused_gc, set_threads, training_allocator, world_size
+from .tracking import attach_trackers
 
 __all__ = ["Run", "train", "open_run", "RunDirUnwritable", "is_main_process", "world_size"]
 
@@ -186,6 +187,8 @@ class Run:
         except BaseException as e:  # noqa: BLE001 - the failed event must go out whatever failed
             self._fail(e)
             if self._thread is None:  # foreground: let the caller see the exception
+                if _is_disk_full(e) and not isinstance(e, ForgeError):  # a library's own "no space" error
+                    raise RunDirUnwritable(self.events[-1].get("error")) from e
                 raise
         finally:
             self.bus.close()
@@ -237,6 +240,8 @@ class Run:
                            device=loaded.device, dtype=loaded.dtype, callbacks=[RunHooks(self), self.guard],
                            emit=self._emit, loaded=loaded)
         trainer = recipe.build(ctx)
+        if hasattr(trainer, "callback_handler"):
+            attach_trackers(trainer, cfg, self.run_dir)  # TensorBoard dir, config as hparams (kit.tracking)
         self.guard.watch(trainer)
         _quiet_trainer(trainer)
         self.trainer = trainer

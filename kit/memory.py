@@ -98,6 +98,9 @@ def optimizer_state_bytes(model: nn.Module, optim: str) -> int:
     """
     if optim == "galore_adamw":
         return _galore_state_bytes(model)
+    if optim == "muon":
+        from .optimizers import muon_state_bytes
+        return muon_state_bytes(model)
     total = 0
     for p in model.parameters():
         if not p.requires_grad:

@@ -13,9 +13,19 @@ from __future__ import annotations
 import sys
 
 import pytest
-
-from browser_support import (ARTIFACTS, BOARD_CELL, NOTEBOOK_RUN_CELL, FrontEnd, assert_stopped_with_checkpoint,
-                             ensure_chromium, free_port, jupyter_server, run_in_browser, server_env, write_notebook)
+from browser_support import (
+    ARTIFACTS,
+    BOARD_CELL,
+    NOTEBOOK_RUN_CELL,
+    FrontEnd,
+    assert_stopped_with_checkpoint,
+    ensure_chromium,
+    free_port,
+    jupyter_server,
+    run_in_browser,
+    server_env,
+    write_notebook,
+)
 
 pytestmark = pytest.mark.browser
 

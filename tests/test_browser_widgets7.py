@@ -16,9 +16,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from browser_support import (ARTIFACTS, BOARD_CELL, NOTEBOOK_RUN_CELL, FrontEnd, assert_stopped_with_checkpoint,
-                             ensure_chromium, free_port, jupyter_server, run_in_browser, server_env, write_notebook)
+from browser_support import (
+    ARTIFACTS,
+    BOARD_CELL,
+    NOTEBOOK_RUN_CELL,
+    FrontEnd,
+    assert_stopped_with_checkpoint,
+    ensure_chromium,
+    free_port,
+    jupyter_server,
+    run_in_browser,
+    server_env,
+    write_notebook,
+)
 from widgets7_env import widgets7_python
 
 pytestmark = pytest.mark.browser

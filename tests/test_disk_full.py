@@ -83,7 +83,7 @@ def test_disk_full_mid_run_keeps_the_failure_and_the_last_checkpoint(tiny_cfg, t
         if ev.kind == "checkpoint" and ev.step == 1:
             _fill(where, leave=48 << 10)
     run.subscribe(fill_after_first_checkpoint)
-    with pytest.raises(Exception):
+    with pytest.raises(RunDirUnwritable, match="no space left"):
         run.start()
     assert run.status == "failed"
     rd = RunDir(where / "run")

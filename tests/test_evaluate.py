@@ -13,7 +13,6 @@ import kit  # noqa: E402
 from kit.data import DataError  # noqa: E402
 from kit.evaluate import bleu4, evaluate, mc_rows, rouge, score_predictions, simple_tokenize  # noqa: E402
 
-
 # ------------------------------------------------------------------ metrics on known strings
 
 

@@ -286,7 +286,7 @@ def write(draw, path: Path, ftype: str, rows: list, *, clean: bool = False) -> s
     else:
         keys = list(dict.fromkeys(k for r in rows if isinstance(r, dict) for k in r)) or ["value"]
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        w = csv.writer(buf)  # "\r\n": QUOTE_MINIMAL then quotes any cell holding "\r" or "\n"
         w.writerow(keys + keys[:1] if fault == "dup_column" else keys)
         recs = [[_cell(r.get(k)) if isinstance(r, dict) else _cell(r) for k in keys] + (["x"] if fault == "dup_column" else [])
                 for r in rows]
@@ -307,8 +307,11 @@ def write(draw, path: Path, ftype: str, rows: list, *, clean: bool = False) -> s
                     rec.pop()
                 line = _q_row(rec)
             recs_text = [_q_row(keys)] + [line if j == i else _q_row(r) for j, r in enumerate(recs)]
-            body = "\n".join(recs_text) + "\n"
-    if fault == "crlf":
+            body = "\r\n".join(recs_text) + "\r\n"
+    if fault == "blank_lines" and ftype == "csv":
+        body = body.replace("\r\n", "\r\n\r\n", 1)
+        fault = ""
+    if fault == "crlf" and ftype != "csv":
         body = body.replace("\n", "\r\n")
         fault = ""
     if fault == "blank_lines" and ftype != "json":
@@ -327,10 +330,15 @@ def write(draw, path: Path, ftype: str, rows: list, *, clean: bool = False) -> s
     return fault
 
 
+def _head(path: Path) -> str:
+    """The start of a file, for a failure message."""
+    return repr(path.read_bytes()[:3000]) if path.is_file() else ""
+
+
 def _q_row(cells: list) -> str:
     out = io.StringIO()
-    csv.writer(out, lineterminator="").writerow(cells)
-    return out.getvalue()
+    csv.writer(out).writerow(cells)
+    return out.getvalue()[:-2]
 
 
 def _q(c: str) -> str:
@@ -487,7 +495,7 @@ def run_dataset_case(draw, tokenizers, workdir, fmt, prop):
                                         cache=False, output_dir=str(case_dir / "run"))
             check_accepted(tok, cfg, KIND[fmt], path, rows, ftype, fault)
         except ForgeError as e:
-            assert not clean, f"valid {fmt} rows in a {ftype} file were refused: {e}"
+            assert not clean, f"valid {fmt} rows in a {ftype} file were refused: {e}\n{_head(path)}"
             place_named(e, path, n)
             raise
         finally:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kit.config import ConfigError, GenerateConfig
-from kit.infer import ChatModel, ChatRequest, GenerationSettings
+from kit.infer import ChatModel, GenerationSettings
 from kit.infer.decoding import AnswerText, StopStrings, TextStream
 
 PROMPTS = ["Hello there", "What is the capital of France? Answer in one word please.", "2+2",
@@ -223,3 +223,51 @@ def test_vllm_serves_a_lora_run_without_merging_and_matches_hf(tiny_cfg):
         assert v.generate(p, max_new_tokens=8) == hf.generate(p, max_new_tokens=8)
     assert "".join(v.stream(PROMPTS[0], max_new_tokens=8)) == v.generate(PROMPTS[0], max_new_tokens=8)
     assert v.generate_many(PROMPTS, max_new_tokens=8) == [v.generate(p, max_new_tokens=8) for p in PROMPTS]
+
+
+# ------------------------------------------------------------------ the llamacpp back end
+
+
+
+def _raw_llama_greedy(path, prompt_ids, n, stop_ids):
+    """llama-cpp-python's own generate loop on the same file: what our loop must reproduce."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=2048, n_threads=torch.get_num_threads(), verbose=False)
+    out = []
+    for tok in llm.generate(prompt_ids, top_k=0, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
+        out.append(tok)
+        if tok in stop_ids or len(out) >= n:
+            break
+    llm.close()
+    return out
+
+
+def test_llamacpp_backend_on_an_f16_gguf_of_the_run(tiny_model_dir):
+    pytest.importorskip("llama_cpp")
+    ll = ChatModel.load(str(tiny_model_dir), generate__backend="llamacpp")
+    assert ll.backend == "llamacpp" and ll.engine.path.name == "model-f16.gguf"
+    again = ChatModel.load(str(tiny_model_dir), generate__backend="llamacpp")
+    assert again.engine.path == ll.engine.path  # written once, then reused
+    req = ll.request(PROMPTS[1], max_new_tokens=10)
+    ids = ll.engine.generate([req])[0].token_ids
+    assert ids == _raw_llama_greedy(ll.engine.path, req.prompt_ids, 10, ll.engine.stop_ids)
+    assert "".join(ll.stream(PROMPTS[1], max_new_tokens=10)) == ll.engine.generate([ll.request(PROMPTS[1], max_new_tokens=10)])[0].text
+    kw = dict(max_new_tokens=10, temperature=1.0, seed=5)
+    assert ll.generate_ids(PROMPTS[0], **kw) == ll.generate_ids(PROMPTS[0], **kw)
+
+
+@pytest.mark.e2e
+def test_llamacpp_backend_on_the_default_model(default_model_dir):
+    pytest.importorskip("llama_cpp")
+    ll = ChatModel.load("smollm2-135m-instruct", generate__backend="llamacpp")
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    req = ll.request(chat, max_new_tokens=24)
+    first = ll.engine.generate([req])[0]
+    assert first.token_ids == _raw_llama_greedy(ll.engine.path, req.prompt_ids, 24, ll.engine.stop_ids)
+    assert "Paris" in first.text
+    # the next turn starts with this turn's tokens: their cache is reused, the answer is the same as from scratch
+    turn2 = chat + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And of Italy?"}]
+    warm = ll.engine.generate([ll.request(turn2, max_new_tokens=16)])[0].token_ids
+    ll.engine.reset()
+    assert ll.engine.generate([ll.request(turn2, max_new_tokens=16)])[0].token_ids == warm

@@ -31,8 +31,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("kit.errors", "kit.paths", "kit.config", "kit.config_rules", "kit.events", "kit.runtime", "kit.rundir")),
     ("data", ("kit.data",)),
     ("models", ("kit.models",)),
-    ("adapters", ("kit.adapters",)),
-    ("stages", ("kit.stages",)),
+    ("adapters", ("kit.adapters", "kit.optimizers")),
+    ("stages", ("kit.stages", "kit.tracking")),   # kit.tracking: TrainingArguments' run name, tracker callbacks
     ("memory", ("kit.memory",)),        # the estimate reads the stages' token budget and GaLore targets
     ("engine", ("kit.engine", "kit.hooks", "kit.numerics")),   # the engine and its Trainer callbacks
     ("services", ("kit.infer", "kit.export", "kit.gguf", "kit.hub", "kit.evaluate", "kit.benchmarks", "kit.preview")),

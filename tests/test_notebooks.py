@@ -185,7 +185,6 @@ def test_cell_knows_where_it_runs(monkeypatch, env, where):
 def test_stderr_check_sees_red_text(tmp_path):
     """The stderr check of tests/test_notebooks_output.py and tests/test_packaging.py reads real outputs."""
     import nbformat
-
     from notebook_runner import run_notebook, unexpected_stderr
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "import sys, warnings\nprint('fine')\nsys.stderr.write('Loading weights: 100%|####| 3/3\\r\\n')\n"

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from notebook_runner import cell_text, run_notebook, unexpected_stderr
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from notebook_runner import cell_text, run_notebook, unexpected_stderr
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +70,8 @@ def test_wheel_holds_real_data_files_and_metadata(dist):
         metadata = z.read(meta).decode()
         entry_points = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert "Name: forge-kit" in metadata
+    import kit
+    assert f"Version: {kit.__version__}" in metadata and dist["wheel"].name.startswith(f"forge_kit-{kit.__version__}-")
     for bounded in ("transformers<", "trl<", "peft<", "accelerate<", "datasets<", "bitsandbytes<"):
         assert any(line.startswith("Requires-Dist: " + bounded) for line in metadata.splitlines()), bounded
     assert "Provides-Extra: notebook" in metadata

@@ -23,6 +23,7 @@ from ..config import DataConfig, RunConfig
 from ..paths import data_cache_dir
 from .encode import IGNORE, TemplateError, encode_chat, encode_text_stream, pack
 from .formats import FORMAT_KIND, DataError, Row, detect_format, normalise_rows, origin_of
+from .hub import HubOptions, hub_options
 from .registry import get_spec, read_spec
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,10 @@ _ROWS_CACHE: OrderedDict[tuple, tuple[list[dict], str]] = OrderedDict()
 _ROWS_CACHE_SIZE = 8
 
 
-def load_rows(ref: str, fmt: str = "auto", kind: Optional[str] = None, max_samples: Optional[int] = None) -> tuple[list[dict], str]:
-    """Normalised rows of one dataset reference, and the kind they are."""
-    spec = get_spec(ref)
+def load_rows(ref: str, fmt: str = "auto", kind: Optional[str] = None, max_samples: Optional[int] = None,
+              hub: Optional[HubOptions] = None) -> tuple[list[dict], str]:
+    """Normalised rows of one dataset reference, and the kind they are (``hub``: kit.data.hub's options)."""
+    spec = get_spec(ref, hub)
     if spec.purpose == "eval":
         raise DataError(f"'{spec.name}' is an evaluation set (rows for kit.evaluate / forge eval in multiple-choice "
                         "mode), not training data", str(spec.source) if isinstance(spec.source, str) else spec.name)
@@ -142,7 +144,8 @@ def load_splits(cfg: RunConfig, kind: str) -> tuple[list[dict], list[dict]]:
     """Normalised train and eval rows for ``kind``: mixed, shuffled with the seed where a split or
     packing needs it, and split."""
     d, seed = cfg.data, cfg.train.seed
-    parts = [load_rows(r, d.format, kind, d.max_samples)[0] for r in _refs(d.dataset)]
+    hub = hub_options(cfg)
+    parts = [load_rows(r, d.format, kind, d.max_samples, hub)[0] for r in _refs(d.dataset)]
     if not parts:
         raise DataError("no dataset given (data.dataset)")
     train = mix(parts, d, seed)
@@ -153,7 +156,7 @@ def load_splits(cfg: RunConfig, kind: str) -> tuple[list[dict], list[dict]]:
         random.Random(seed).shuffle(train)
     evals: list[dict] = []
     for r in _refs(d.eval_dataset):
-        evals += load_rows(r, d.format, kind, d.max_samples)[0]
+        evals += load_rows(r, d.format, kind, d.max_samples, hub)[0]
     if d.val_size and not evals:
         n = int(d.val_size) if d.val_size >= 1 else max(1, int(round(len(train) * d.val_size)))
         if n >= len(train):
@@ -179,7 +182,7 @@ def validate_dataset(cfg: RunConfig, kind: Optional[str] = None) -> dict:
     kinds, n_train, n_eval = set(), 0, 0
     for refs, is_eval in ((_refs(d.dataset), False), (_refs(d.eval_dataset), True)):
         for r in refs:
-            rows, have = load_rows(r, d.format, None, d.max_samples)
+            rows, have = load_rows(r, d.format, None, d.max_samples, hub_options(cfg))
             kinds.add(have)
             n_eval, n_train = (n_eval + len(rows), n_train) if is_eval else (n_eval, n_train + len(rows))
     if not n_train:

@@ -1,7 +1,9 @@
 """Named datasets: the shipped demo sets plus whatever users register (in Python or from a JSON/YAML file).
 
-A dataset reference in a config is a registered name, a file path, or ``name_or_path`` with an
-explicit format. Files: ``.json`` (a list of objects, or JSON lines), ``.jsonl``, ``.csv``, ``.parquet``.
+A dataset reference in a config is a registered name, a file path, a Hub-style folder (parquet
+shards or ``save_to_disk`` output), a Hub id ``owner/name`` (:mod:`kit.data.hub`), or a name from a
+LLaMA-Factory ``dataset_info.json`` in ``data.dataset_dir`` (:mod:`kit.data.llamafactory`).
+Files: ``.json`` (a list of objects, or JSON lines), ``.jsonl``, ``.csv``, ``.parquet``.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import yaml
 
 from ..paths import repo_data_dir
 from .formats import DataError
+from .hub import HubOptions, HubSource, is_hub_folder, is_hub_id
 from .readers import read_file
 
 
@@ -87,21 +90,37 @@ def list_datasets(purpose: Optional[str] = None) -> dict[str, DatasetSpec]:
     return {k: v for k, v in _REGISTRY.items() if purpose is None or v.purpose == purpose}
 
 
-def get_spec(ref: str) -> DatasetSpec:
-    """A registered name or a file path."""
+def get_spec(ref: str, hub: Optional[HubOptions] = None) -> DatasetSpec:
+    """A name from ``hub.dataset_dir``'s LLaMA-Factory registry, a registered name, a file path, a
+    Hub-style folder or a Hub id. ``hub``: the split/subset/revision/streaming options (cfg.data)."""
     _ensure_demo()
+    opts = hub or HubOptions()
+    if opts.dataset_dir:
+        from .llamafactory import load_dataset_info
+        found = load_dataset_info(opts.dataset_dir, opts).get(ref)
+        if found is not None:
+            source, fmt, description = found
+            return DatasetSpec(name=ref, source=source, format=fmt, description=description)
     if ref in _REGISTRY:
         return _REGISTRY[ref]
     p = Path(ref).expanduser()
+    if p.is_dir() and is_hub_folder(p):
+        return DatasetSpec(name=p.name, source=HubSource(str(p), opts, folder=str(p)))
     if p.exists():
         return DatasetSpec(name=p.stem, source=str(p))
+    if is_hub_id(ref):
+        return DatasetSpec(name=ref, source=HubSource(ref, opts))
     known = ", ".join(sorted(_REGISTRY))
-    raise DataError(f"unknown dataset '{ref}': not a registered name ({known}) and no such file")
+    extra = f", not in {opts.dataset_dir}/dataset_info.json" if opts.dataset_dir else ""
+    raise DataError(f"unknown dataset '{ref}': not a registered name ({known}){extra}, no such file or folder, "
+                    "and not a Hub id (owner/name)")
 
 
 def read_spec(spec: DatasetSpec) -> tuple[list[dict], str]:
     """Rows and a source label (the file path, or ``<name>`` for in-memory data)."""
     src = spec.source
+    if hasattr(src, "read_rows"):  # HubSource, a LLaMA-Factory entry's file
+        return src.read_rows()
     if isinstance(src, (str, os.PathLike)):
         return read_file(src), str(src)
     if isinstance(src, list):

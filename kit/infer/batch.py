@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .decoding import AnswerText, stop_token_ids
-from .engine import (FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, ChatRequest, Completion, Delta, check_fits,
-                     prompt_ids)
+from .engine import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, ChatRequest, Completion, Delta, check_fits, prompt_ids
 from .sampling import next_tokens, seeded_generator
 
 DEFAULT_MAX_BATCH = 16
@@ -147,7 +146,7 @@ class DecodeBatch:
     Not thread-safe: one thread drives it (a server's scheduler thread, or the caller of ``generate``).
     """
 
-    def __init__(self, engine: "HFEngine"):
+    def __init__(self, engine: HFEngine):
         self.engine = engine
         self.model = engine.model
         self.rows: list[Row] = []
@@ -306,7 +305,7 @@ class HFEngine:
         self.cache_kwarg = cache_kwarg(model)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "HFEngine":
+    def from_config(cls, cfg: Any) -> HFEngine:
         from ..models import load_model
 
         loaded = load_model(cfg, with_adapter=True)

@@ -43,24 +43,37 @@ class TextStream:
         self.ids: list[int] = []
         self._prefix = 0  # start of the decoding window
         self._read = 0    # tokens before this are already emitted
+        self._before: Optional[str] = ""  # the decoded text of ids[_prefix:_read] (None: not yet decoded)
+        # a fast tokenizer's Rust decoder directly: the same text as tokenizer.decode without
+        # clean-up, at a fraction of the per-call cost (this runs once per generated token)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._fast = backend.decode if backend is not None and hasattr(backend, "decode") else None
 
     def _decode(self, ids: Sequence[int]) -> str:
+        if self._fast is not None:
+            return self._fast(list(ids), skip_special_tokens=self.skip)
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip, clean_up_tokenization_spaces=False)
+
+    def _window_start(self) -> str:
+        if self._before is None:
+            self._before = self._decode(self.ids[self._prefix:self._read])
+        return self._before
 
     def push(self, ids: Sequence[int]) -> str:
         self.ids.extend(ids)
-        before = self._decode(self.ids[self._prefix:self._read])
+        before = self._window_start()
         now = self._decode(self.ids[self._prefix:])
         if len(now) > len(before) and not now.endswith("\ufffd"):
-            self._prefix, self._read = self._read, len(self.ids)
+            self._prefix, self._read, self._before = self._read, len(self.ids), None
             return now[len(before):]
         return ""
 
     def flush(self) -> str:
         """Whatever is still held back (an incomplete character at the very end stays as U+FFFD)."""
-        before = self._decode(self.ids[self._prefix:self._read])
+        before = self._window_start()
         now = self._decode(self.ids[self._prefix:])
         self._prefix = self._read = len(self.ids)
+        self._before = ""
         return now[len(before):]
 
 

@@ -21,11 +21,10 @@ same on every back end::
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Protocol, Sequence, runtime_checkable
 
-from ..config import ConfigError, GenerateConfig, RunConfig
+from ..config import ConfigError, GenerateConfig
 
 BACKENDS = ("hf", "vllm", "llamacpp")
 
@@ -81,7 +80,7 @@ class GenerationSettings:
         return not self.temperature or self.temperature <= 0
 
     @classmethod
-    def from_config(cls, gen: Optional[GenerateConfig] = None, **overrides: Any) -> "GenerationSettings":
+    def from_config(cls, gen: Optional[GenerateConfig] = None, **overrides: Any) -> GenerationSettings:
         """The settings of a ``generate`` config group, with keyword overrides (``max_new_tokens=32``).
 
         Unknown override names fail with the allowed ones (a typo must not be silently ignored).
@@ -96,7 +95,7 @@ class GenerationSettings:
         values.update({k: v for k, v in overrides.items() if v is not None or k == "seed"})
         return cls(**values)
 
-    def replace(self, **changes: Any) -> "GenerationSettings":
+    def replace(self, **changes: Any) -> GenerationSettings:
         return dataclasses.replace(self, **changes)
 
 

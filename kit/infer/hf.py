@@ -55,7 +55,7 @@ class ChatModel:
         return self.engine.backend
 
     @classmethod
-    def load(cls, source: Any = None, **overrides: Any) -> "ChatModel":
+    def load(cls, source: Any = None, **overrides: Any) -> ChatModel:
         """From a Run, a run directory, a RunConfig/dict/YAML, or a model name/path.
 
         ``overrides``: RunConfig keys, e.g. ``generate__backend="llamacpp"``, ``model__dtype="bfloat16"``.
@@ -80,7 +80,7 @@ class ChatModel:
 
     @classmethod
     def connect(cls, url: str, *, api_key: Optional[str] = None, model: Optional[str] = None,
-                generate: Optional[GenerateConfig] = None) -> "ChatModel":
+                generate: Optional[GenerateConfig] = None) -> ChatModel:
         """Chat with a running OpenAI-compatible server (``forge serve``, vLLM, llama.cpp's server...).
 
         ``api_key`` defaults to FORGE_API_KEY / OPENAI_API_KEY; ``model`` to the server's first model.

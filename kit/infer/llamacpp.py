@@ -10,8 +10,9 @@ CPU computes in fp32. Which GGUF:
 
 Prompts are encoded by our tokenizer (the chat template the run trained with) and given to llama.cpp
 as token ids; answers are decoded, stopped and streamed by :mod:`kit.infer.decoding` like every other
-back end. Sampling settings map onto llama.cpp's (min-p and the other llama.cpp-only filters off).
-One difference: llama.cpp's repetition penalty looks at the last 64 tokens, transformers' at all.
+back end, and the next token is chosen by :mod:`kit.infer.sampling`, so temperature, top-k/p,
+repetition penalty and seeds mean what they mean on the ``hf`` back end. A request that starts
+with the tokens of the previous one (the next turn of a chat) reuses their cached keys/values.
 Requests run one at a time (a llama.cpp context holds one sequence here).
 """
 from __future__ import annotations
@@ -28,12 +29,12 @@ from .engine import FINISH_LENGTH, FINISH_STOP, ChatRequest, Completion, Delta, 
 MAX_CONTEXT = 16384  # the KV cache is allocated up front: cap it for long-context models
 
 
-def physical_cores() -> int:
-    try:
-        import psutil
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:
-        return os.cpu_count() or 1
+def default_threads() -> int:
+    """torch's thread count (physical cores unless OMP_NUM_THREADS / torch.set_num_threads say
+    otherwise), so both back ends use the same cores; more threads than free cores makes llama.cpp's
+    busy-waiting threads fight each other."""
+    import torch
+    return max(1, torch.get_num_threads())
 
 
 def _gguf_context(path: Path) -> Optional[int]:
@@ -109,7 +110,7 @@ class LlamaCppEngine:
             raise ConfigError("the llamacpp back end needs llama-cpp-python: pip install llama-cpp-python "
                               "(or scripts/install_llamacpp.sh)", "generate.backend") from e
         path = Path(gguf_path)
-        threads = n_threads or physical_cores()
+        threads = n_threads or default_threads()
         ctx = n_ctx or min(_gguf_context(path) or 4096, MAX_CONTEXT)
         self.llm = Llama(model_path=str(path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
                          n_gpu_layers=0, verbose=False)
@@ -118,10 +119,13 @@ class LlamaCppEngine:
         self.path = path
         self.context_length = int(self.llm.n_ctx())
         self.stop_ids = set(stop_token_ids(tokenizer)) | {int(self.llm.token_eos())}
-        self._lock = threading.Lock()
+        self._n_vocab = int(self.llm.n_vocab())
+        self._n_batch = int(self.llm.n_batch)
+        self._cached: list[int] = []  # the tokens whose keys/values are in llama.cpp's cache, in order
+        self._lock = threading.RLock()
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "LlamaCppEngine":
+    def from_config(cls, cfg: Any) -> LlamaCppEngine:
         from ..models.loading import load_tokenizer, resolve_model_path
 
         path = gguf_for(cfg)
@@ -138,21 +142,72 @@ class LlamaCppEngine:
         check_fits(request, self.context_length)
         return ids
 
+    def reset(self) -> None:
+        """Forget the cached prompt (the next request processes its whole prompt)."""
+        with self._lock:
+            self._cached = []
+
+    # ---------------------------------------------------------------- the decode loop
+    # llama.cpp's C API through llama-cpp-python's bindings: one llama_decode per token, the logits
+    # read in place as a numpy array, the next token chosen by kit.infer.sampling (the same
+    # settings mean the same thing as on the hf back end). Llama.generate would add its own sampler
+    # chain and batch bookkeeping per token; this loop keeps the Python work per token to a few calls.
+
+    def _decode(self, tokens: Sequence[int]) -> None:
+        import llama_cpp as C
+
+        for i in range(0, len(tokens), self._n_batch):
+            chunk = tokens[i:i + self._n_batch]
+            arr = (C.llama_token * len(chunk))(*chunk)
+            rc = C.llama_decode(self.llm.ctx, C.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                raise RuntimeError(f"llama_decode returned {rc}")
+            self._cached.extend(chunk)
+
+    def _logits(self):
+        import llama_cpp as C
+        import numpy as np
+
+        return np.ctypeslib.as_array(C.llama_get_logits_ith(self.llm.ctx, -1), shape=(self._n_vocab,))
+
+    def _start(self, ids: list[int]) -> None:
+        """Prefill ``ids``, reusing the cached prefix a previous request left (a chat's earlier turns)."""
+        import llama_cpp as C
+
+        keep = 0
+        for a, b in zip(self._cached, ids):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(ids) - 1)  # at least one token is decoded: its logits start the answer
+        C.llama_memory_seq_rm(C.llama_get_memory(self.llm.ctx), 0, keep, -1)
+        self._cached = self._cached[:keep]
+        self._decode(ids[keep:])
+
     def stream(self, request: ChatRequest) -> Iterator[Delta]:
+        import torch
+
+        from .sampling import next_tokens, seeded_generator
+
         ids = self.prepare(request)
         s = request.settings
         max_new = min(s.max_new_tokens, self.context_length - len(ids))
         text = AnswerText(self.tokenizer, s.stop)
+        plain = s.greedy and s.repetition_penalty == 1.0
+        generator = seeded_generator(s)
+        seen = torch.tensor(sorted(set(ids))) if s.repetition_penalty != 1.0 else None
         n = 0
         with self._lock:
-            if s.seed is not None:
-                self.llm.set_seed(int(s.seed))
-            # temp 0 is llama.cpp's greedy sampler; top_k 0 and top_p 1 are "off" in both libraries
-            tokens = self.llm.generate(ids, top_k=s.top_k, top_p=s.top_p, min_p=0.0, typical_p=1.0,
-                                       temp=0.0 if s.greedy else s.temperature, repeat_penalty=s.repetition_penalty,
-                                       reset=True)
             try:
-                for tok in tokens:
+                self._start(ids)
+                while True:
+                    logits = self._logits()
+                    if plain:
+                        tok = int(logits.argmax())
+                    else:
+                        tok = next_tokens(torch.from_numpy(logits.copy())[None], [s], [seen], [generator])[0]
+                        if seen is not None:
+                            seen = torch.cat([seen, torch.tensor([tok])])
                     n += 1
                     if tok in self.stop_ids:
                         yield Delta(text.finish(), [tok], len(ids), n, FINISH_STOP)
@@ -164,8 +219,12 @@ class LlamaCppEngine:
                     yield Delta(piece, [tok], len(ids), n, finish)
                     if finish is not None:
                         return
-            finally:
-                tokens.close()
+                    self._decode([tok])
+            except GeneratorExit:  # the reader closed the stream at a yield: the cache is consistent
+                raise
+            except BaseException:
+                self._cached = []  # an interrupted decode leaves the cache in an unknown state
+                raise
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         out = []

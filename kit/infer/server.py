@@ -44,7 +44,7 @@ from fastapi import Request  # module level: FastAPI resolves the handlers' anno
 from ..config import ConfigError
 from ..errors import ForgeError
 from .decoding import StopStrings
-from .engine import (FINISH_LENGTH, ChatRequest, ContextLengthError, GenerationSettings, prompt_ids)
+from .engine import FINISH_LENGTH, ChatRequest, ContextLengthError, GenerationSettings, prompt_ids
 from .tools import OPEN, openai_messages_to_chat, parse_tool_calls, supports_tools
 
 log = logging.getLogger("kit.serve")
@@ -600,7 +600,7 @@ class BackgroundServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
-    def start(self, timeout: float = 60.0) -> "BackgroundServer":
+    def start(self, timeout: float = 60.0) -> BackgroundServer:
         self._thread.start()
         t0 = time.time()
         while not self.server.started:
@@ -614,7 +614,7 @@ class BackgroundServer:
         self._thread.join(timeout=10)
         self._sock.close()
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> BackgroundServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

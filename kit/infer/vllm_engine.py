@@ -24,8 +24,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from ..config import ConfigError
 from .decoding import stop_token_ids
-from .engine import (FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, ChatRequest, Completion, Delta, check_fits,
-                     prompt_ids)
+from .engine import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, ChatRequest, Completion, Delta, check_fits, prompt_ids
 
 NEEDS = "the vllm back end needs a CUDA GPU and `pip install forge-kit[vllm]`"
 _IDS = itertools.count(1)
@@ -89,7 +88,7 @@ class VLLMEngine:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "VLLMEngine":
+    def from_config(cls, cfg: Any) -> VLLMEngine:
         check_available()
         from ..adapters import find_adapter_dir
         from ..models.loading import load_tokenizer, resolve_model_path
@@ -121,7 +120,7 @@ class VLLMEngine:
                               stop_token_ids=sorted(self.stop_ids), skip_special_tokens=True,
                               output_kind=RequestOutputKind.DELTA)
 
-    async def _pump(self, request: ChatRequest, out: "queue.Queue") -> None:
+    async def _pump(self, request: ChatRequest, out: queue.Queue) -> None:
         """Run one request on the loop, putting (text, token_ids, finish) deltas into ``out``."""
         rid = f"forge-{next(_IDS)}"
         try:

@@ -428,6 +428,9 @@ def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = No
     """
     from transformers import AutoModelForCausalLM
 
+    from .new_tokens import add_new_tokens
+    from .rope import apply_rope_scaling
+
     mc = cfg.model
     path, gguf_file, info = resolve_model_path(mc.name, mc.gguf_file)
     check_prequantized(path)
@@ -455,6 +458,8 @@ def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = No
         model.to(device)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
+    model = apply_rope_scaling(model, cfg)  # model.rope_scaling (kit.models.rope)
+    add_new_tokens(model, tok, mc.new_special_tokens)  # before an adapter trained with them (kit.models.new_tokens)
     if with_adapter and mc.adapter_path:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, str(find_adapter_dir(mc.adapter_path)))

@@ -12,6 +12,7 @@ from ..config import TOKENIZING, RunConfig
 from ..models import load_model
 from ..rundir import RunDir
 from ..runtime import world_size
+from ..tracking import tracker_args
 
 
 @dataclass
@@ -51,7 +52,8 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
         warmup_steps=t.warmup_ratio,           # a float below 1 is a ratio in transformers 5
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        optim={"adamw_8bit": "adamw_bnb_8bit", "galore_adamw": "galore_adamw"}.get(t.optim, t.optim),
+        # muon: kit.optimizers builds it and the recipe hands it to the trainer (the name is a placeholder)
+        optim={"adamw_8bit": "adamw_bnb_8bit", "galore_adamw": "galore_adamw", "muon": "adamw_torch"}.get(t.optim, t.optim),
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
@@ -62,6 +64,7 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
         eval_steps=t.eval_steps,
         **{_checkpointing_arg(): t.gradient_checkpointing},
         report_to=list(t.report_to) or "none",
+        **tracker_args(cfg, run_dir),          # run name + project for the trackers (kit.tracking)
         disable_tqdm=True,                     # the engine's events drive progress bars
         bf16=dtype == torch.bfloat16 and device == "cuda",
         fp16=dtype == torch.float16 and device == "cuda",
@@ -79,6 +82,8 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
         # complete (transformers rotates before the engine can mark the new one; see kit.engine)
         save_total_limit=None,
     )
+    if t.neftune_noise_alpha is not None:  # transformers hooks the embeddings during train() only
+        kw["neftune_noise_alpha"] = t.neftune_noise_alpha
     if device == "cpu" and world_size() > 1:
         kw["ddp_backend"] = "gloo"  # several CPU processes: gloo is the back end that works without GPUs
     if device == "cuda" and importlib.util.find_spec("liger_kernel") is not None:
@@ -179,7 +184,19 @@ def reference_model(ctx: StageContext):
     ref = ctx.cfg.stage.ref_model
     if not ref:
         return None
-    return load_model(ctx.cfg.replace(model__name=ref), with_adapter=False).model.eval()
+    return load_model(ref_model_config(ctx.cfg), with_adapter=False).model.eval()
+
+
+def ref_model_config(cfg: RunConfig) -> RunConfig:
+    """The config that loads ``stage.ref_model``: quantized with ``stage.ref_model_quantization_bit``
+    (it is frozen, so quantizing only saves memory; the policy's own training knobs are reset so the
+    quantized-base rules, written for a model that trains, hold)."""
+    over: dict[str, Any] = {"model__name": cfg.stage.ref_model}
+    if cfg.stage.ref_model_quantization_bit:
+        over.update(quant__bits=cfg.stage.ref_model_quantization_bit, adapter__type="lora", adapter__init="default",
+                    adapter__llama_pro_blocks=0, adapter__resume_adapter=None, train__optim="adamw_torch",
+                    adapter__loraplus_lr_ratio=None)
+    return cfg.replace(**over)
 
 
 @runtime_checkable

@@ -17,6 +17,7 @@ from ..adapters import build_optimizer
 from ..data import IGNORE, ForgeCollator, build_tokenized
 from ..data.collator import split_flat
 from ..models.attention import use_varlen
+from ..models.s2attn import group_size, use_s2attn
 from . import Recipe, register_recipe
 from .common import (StageContext, TokenCounting, base_training_args, forward_token_budget, micro_batching,
                      padding_free_requested)
@@ -100,6 +101,8 @@ def build_sft_trainer(ctx: StageContext, kind: str = "sft"):
     train_ds, eval_ds, info = build_tokenized(cfg, tok, kind)
     # padding-free batches need an attention kernel that reads cu_seq_lens (kit.models.attention)
     padding_free = padding_free_requested(cfg) and use_varlen(ctx.model)
+    if padding_free and cfg.model.shift_attn:  # LongLoRA S²-attn on the same padding-free rows
+        use_s2attn(ctx.model, group_size(cfg.data.cutoff_len, cfg.model.shift_attn_group))
     max_tokens = forward_token_budget(cfg, ctx.device) if padding_free else None
     kw = base_training_args(cfg, ctx.run_dir, ctx.device, ctx.dtype)
     kw.update(micro_batching(cfg, ctx.device, padding_free))

@@ -311,7 +311,7 @@ class LossPlot:
                        f'<text x="{left - 4}" y="{y(v) + 4:.1f}" text-anchor="end">{_num(v)}</text>')
         if lrs:
             for v in _ticks(0, lr_hi):
-                out.append(f'<text x="{left + pw + 4}" y="{y2(v) + 4:.1f}" fill="{COLORS[3]}">{v:.0e}</text>')
+                out.append(f'<text x="{left + pw + 4}" y="{y2(v) + 4:.1f}" fill="{COLORS[3]}">{v:.1e}</text>')
         t = self.t
         out.append(f'<text x="{left + pw / 2}" y="{h - 4}" text-anchor="middle">{html.escape(t("plot.step"))}</text>'
                    f'<text transform="translate(12 {top + ph / 2}) rotate(-90)" text-anchor="middle">'

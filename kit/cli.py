@@ -233,7 +233,8 @@ def cmd_env(a, boundary: ErrorBoundary) -> int:
         print(f"  {pkg:14s} {_version(pkg)}")
     dev = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
     print(f"device: {dev}; torch threads {torch.get_num_threads()}")
-    extras = {"notebook": ["ipywidgets", "plotly", "anywidget", "jupyterlab"], "quant": ["bitsandbytes"],
+    extras = {"notebook": ["ipywidgets", "plotly", "anywidget", "bitsandbytes", "rouge_score", "nltk"],
+              "lab": ["jupyterlab"], "quant": ["bitsandbytes"],
               "vllm": ["vllm"], "gptq": ["gptqmodel"], "awq": ["awq"], "eval": ["rouge_score", "nltk"], "galore": ["galore_torch"],
               "serve": ["fastapi", "uvicorn", "openai"], "llamacpp": ["llama_cpp"]}
     for name, mods in extras.items():

@@ -288,8 +288,9 @@ class TrainConfig:
     warmup_ratio: float = _f(0.0, "Fraction of steps spent warming up.", min=0.0, max=1.0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: off).", min=0.0)
-    optim: Literal["adamw_torch", "adamw_8bit", "sgd", "adafactor", "galore_adamw", "muon"] = _f(
-        "adamw_torch", "Optimizer. adamw_8bit needs bitsandbytes; galore_adamw needs galore-torch; muon: "
+    optim: Literal["adamw_torch", "adamw_8bit", "sgd", "adafactor", "galore_adamw", "apollo_adamw", "muon"] = _f(
+        "adamw_torch", "Optimizer. adamw_8bit needs bitsandbytes; galore_adamw needs galore-torch; apollo_adamw "
+                       "(full/freeze) needs apollo-torch; muon: "
                        "torch.optim.Muon on the 2-D weights of the decoder blocks, AdamW on the rest.")
     neftune_noise_alpha: Optional[float] = _f(None, "NEFTune: uniform noise of this scale on the input embeddings "
                                                     "while training (never at inference). None: off.", gt=0.0,
@@ -305,6 +306,11 @@ class TrainConfig:
     num_threads: Optional[int] = _f(None, "CPU threads for torch. None: the number of physical cores.", min=1)
     report_to: list = _f(None, "Experiment trackers besides the event stream: none, tensorboard, trackio, mlflow, "
                                "wandb, swanlab, or a list (the 'track' extra installs them).", factory=list)
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = _f(
+        "ddp", "Several processes (forge train --nproc N): ddp (a model copy each), fsdp (sharded, FSDP2) or "
+               "deepspeed (ZeRO; GPU).")
+    distributed_config: Optional[str] = _f(None, "deepspeed: a preset (zero2, zero3, zero3_offload) or a DeepSpeed "
+                                                 "JSON file; fsdp: an FSDP/accelerate config file.")
     resume: bool = _f(True, "If output_dir has a checkpoint, continue from the last complete one.")
     on_nonfinite: Literal["fail", "skip"] = _f(
         "fail", "A step whose loss or gradient norm is NaN/inf: fail (end the run, keeping the last good "

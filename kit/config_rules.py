@@ -185,6 +185,15 @@ def report_to_problem(c: Any) -> Optional[Problem]:
     return None
 
 
+# ------------------------------------------------------------------ more than one process (train.distributed)
+
+
+def distributed_problem(c: Any) -> Optional[Problem]:
+    from .launch import distributed_problem as check  # presets and checks live with the launcher
+    found = check(c)
+    return Problem(*found) if found else None
+
+
 # ------------------------------------------------------------------ reward functions (stage.reward_funcs)
 
 # built-in reward names -> the kind of argument after "name:" (None: takes none); resolved by
@@ -287,7 +296,10 @@ RULES: list[Callable[[Any], Optional[Problem]]] = [
     Rule("train.optim", lambda c: c.train.optim == "galore_adamw" and c.adapter.type == "lora",
          "GaLore projects the gradients of full weight matrices to low rank, which is what LoRA already does; "
          "use train.optim=galore_adamw with adapter.type=full (or freeze), or another optimizer with LoRA."),
-    Rule("train.optim", lambda c: c.train.optim in ("galore_adamw", "muon") and c.quant.bits is not None,
+    Rule("train.optim", lambda c: c.train.optim == "apollo_adamw" and c.adapter.type in ("lora", "oft"),
+         "APOLLO, like GaLore, compresses the optimizer state of full weight matrices; use it with "
+         "adapter.type=full (or freeze), and another optimizer with LoRA."),
+    Rule("train.optim", lambda c: c.train.optim in ("galore_adamw", "apollo_adamw", "muon") and c.quant.bits is not None,
          lambda c: f"train.optim={c.train.optim} optimizes full weight matrices; a quantized base trains only "
                    "LoRA weights: use adamw_torch or adamw_8bit with quant.bits."),
     Rule("train.optim", lambda c: c.train.optim == "muon" and c.stage.name not in ("sft", "pt"),
@@ -336,6 +348,7 @@ RULES: list[Callable[[Any], Optional[Problem]]] = [
          lambda c: f"{c.stage.name} needs stage.reward_funcs (e.g. ['exact_match'] or ['format:<regex>']) "
                    "and/or stage.reward_model (the run directory of an rm stage run)."),
     reward_funcs_problem,
+    distributed_problem,
     Rule("stage.num_generations",
          lambda c: c.stage.name == "grpo" and (c.train.batch_size * c.train.grad_accum) % c.stage.num_generations != 0,
          lambda c: f"grpo: train.batch_size x train.grad_accum ({c.train.batch_size} x {c.train.grad_accum}) must be "

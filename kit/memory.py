@@ -96,7 +96,7 @@ def optimizer_state_bytes(model: nn.Module, optim: str) -> int:
     Adafactor (no first moment by default): a row and a column factor per matrix, a full second
     moment for vectors; GaLore: see :func:`_galore_state_bytes`.
     """
-    if optim == "galore_adamw":
+    if optim in ("galore_adamw", "apollo_adamw"):  # APOLLO keeps its moments in the same projected space
         return _galore_state_bytes(model)
     if optim == "muon":
         from .optimizers import muon_state_bytes

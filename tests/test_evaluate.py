@@ -309,6 +309,15 @@ def test_compare_base_writes_tuned_and_base_side_by_side(tiny_cfg, tmp_path, cap
     assert set(both) >= {"tuned", "base", "delta"} and both["tuned"]["n"] == both["base"]["n"] == 2
     with pytest.raises(ValueError, match="compare_base needs a training run"):
         evaluate("some-model", "demo_mc", compare_base=True)
+    # the Board's Evaluate tab asks for the comparison and shows tuned | base | difference
+    pytest.importorskip("ipywidgets")
+    from kit.widgets.tools import EvaluatePanel, _scores_html
+
+    panel = EvaluatePanel(source=run, dataset="demo_mc")
+    panel.compare_base.value = True
+    assert panel.options()["compare_base"] is True
+    shown = _scores_html(both)
+    assert "<th>base</th>" in shown and "difference" in shown and "accuracy" in shown
 
 
 @pytest.mark.e2e

@@ -549,6 +549,7 @@ def test_fuzz_whole_files(tokenizers, workdir, data):
 GROUP_FIELDS = {g: [f.name for f in dataclasses.fields(type(getattr(RunConfig(), g)))]
                 for g in ("model", "quant", "adapter", "data", "stage", "train", "generate")}
 DOTTED = [f"{g}.{k}" for g, ks in GROUP_FIELDS.items() for k in ks]
+DEFAULTS = {f"{g}.{k}": json.dumps(v) for g in GROUP_FIELDS for k, v in vars(getattr(RunConfig(), g)).items()}
 YAML_VALUES = [".nan", ".inf", "-.inf", "1e9", "1e308", "-5", "0", "1", "-1", "2.5", "true", "no", "null", "~", "[]",
                "[1, 2]", "{a: 1}", "''", "'x'", "sft", "dpo", "lora", "4", "1e-3", "0x10", "99999999999999999999999",
                "!!binary aGk=", "&a 1", "*a", "'\\u0000'", "[[[[1]]]]", "2024-01-01", "0o17", "+1", ".5", "--", ": x"]
@@ -588,11 +589,13 @@ def test_fuzz_config_yaml(data):
     draw = data.draw
     lines = []
     for _ in range(draw(st.integers(0, 6))):
-        shape = draw(st.sampled_from(["flat", "dotted", "group", "unknown", "junk", "dup"]))
+        shape = draw(st.sampled_from(["default", "default", "default", "flat", "dotted", "group", "unknown", "junk", "dup"]))
         key = draw(st.sampled_from(DOTTED))
         g, k = key.split(".")
         v = yaml_scalar(draw)
-        if shape == "flat":
+        if shape == "default":  # a valid value (the default, as JSON) so that acceptance is exercised too
+            lines.append(f"{key}: {DEFAULTS[key]}")
+        elif shape == "flat":
             lines.append(f"{k}: {v}")
         elif shape == "dotted":
             lines.append(f"{key}: {v}")
@@ -619,7 +622,8 @@ def test_fuzz_config_overrides(data):
         key = draw(st.one_of(st.sampled_from(DOTTED), st.sampled_from([k.split(".")[1] for k in DOTTED]),
                              st.sampled_from(["", "=", "train.", ".x", "nope", "train.nope", "a.b.c"])))
         sep = draw(st.sampled_from(["=", "=", "=", " = ", ""]))
-        pairs.append(f"{key}{sep}{yaml_scalar(draw)}")
+        v = DEFAULTS[key] if key in DEFAULTS and draw(st.booleans()) else yaml_scalar(draw)
+        pairs.append(f"{key}{sep}{v}")
     config_case("config:overrides", lambda: RunConfig().override(pairs))
 
 

@@ -28,7 +28,8 @@ KIT = Path(__file__).resolve().parent.parent / "kit"
 # lowest first; a dotted name covers the module and everything under it (kit.data -> kit.data.*),
 # the root package's name only kit/__init__.py
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("kit.errors", "kit.paths", "kit.config", "kit.config_rules", "kit.events", "kit.runtime", "kit.rundir")),
+    ("base", ("kit.errors", "kit.paths", "kit.config", "kit.config_rules", "kit.events", "kit.runtime", "kit.rundir",
+              "kit.launch")),   # kit.launch: distributed presets (checked by config_rules) and torchrun argv
     ("data", ("kit.data",)),
     ("models", ("kit.models",)),
     ("adapters", ("kit.adapters", "kit.optimizers")),

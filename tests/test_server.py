@@ -315,3 +315,13 @@ def test_default_model_served_streaming_and_not(default_model_dir):
         assert "Paris" in r.choices[0].message.content
         s = c.chat.completions.create(model="smollm2-135m-instruct", messages=msgs, max_tokens=16, stream=True)
         assert "".join(ch.choices[0].delta.content or "" for ch in s if ch.choices) == r.choices[0].message.content
+
+
+def test_the_boards_chat_tab_talks_to_a_running_server(tiny, server):
+    pytest.importorskip("ipywidgets")
+    from kit.widgets.chat import ChatPanel
+
+    panel = ChatPanel(url=server.url, max_new_tokens=8)
+    got = panel.send("Hello there", wait=True)
+    want = tiny.engine.generate([tiny.request("Hello there", max_new_tokens=8)])[0].text  # the streamed text, unstripped
+    assert got["tuned"] == want and panel.model().backend == "remote"

@@ -319,3 +319,25 @@ def test_s2attn_checked_and_trains(tiny_cfg):
     base = run.model.get_base_model()
     assert base.config._attn_implementation == "forge_s2attn" and base.config.forge_s2_group == 32
     assert _falls(run)
+
+
+# ------------------------------------------------------------------ APOLLO (apollo-torch, installed with --no-deps)
+
+
+def test_apollo_trains_and_resumes(tiny_cfg, tmp_path):
+    pytest.importorskip("apollo_torch")
+    with pytest.raises(ConfigError):
+        RunConfig.from_kwargs(optim="apollo_adamw")  # the default adapter is LoRA
+    common = dict(finetuning_type="full", optim="apollo_adamw", learning_rate=3e-3, max_samples=16,
+                  lr_scheduler="constant")
+    ref = kit.train(tiny_cfg(max_steps=4, save_steps=0, output_dir=str(tmp_path / "ref"), **common))
+    opt = ref.trainer.optimizer.optimizer
+    assert type(opt).__module__.startswith("apollo_torch") and any("rank" in g for g in opt.param_groups)
+    assert _falls(ref) or [v for _, v in ref.losses()][-1] < [v for _, v in ref.losses()][0]
+    first = kit.train(tiny_cfg(max_steps=2, save_steps=2, output_dir=str(tmp_path / "cut"), **common))
+    again = open_run(first.run_dir)
+    again.resume(max_steps=4)
+    assert again.status == "finished"
+    resumed, expected = dict(again.losses()), dict(ref.losses())
+    for s in (3, 4):
+        assert resumed[s] == pytest.approx(expected[s], rel=1e-4, abs=1e-5), s

@@ -179,6 +179,12 @@ LABELS = {
     "data.interleave_probs": "交错采样概率",
     "data.shuffle": "打乱顺序",
     "data.cache": "缓存分词结果",
+    "data.dataset_dir": "LLaMA-Factory 数据目录",
+    "data.subset": "子集",
+    "data.split": "数据切分",
+    "data.revision": "版本",
+    "data.data_files": "数据文件",
+    "data.streaming": "流式读取",
     "stage.name": "训练阶段",
     "stage.loss_type": "损失类型",
     "stage.beta": "beta 系数",
@@ -220,6 +226,8 @@ LABELS = {
     "train.gradient_checkpointing": "梯度检查点",
     "train.num_threads": "CPU 线程数",
     "train.report_to": "实验记录",
+    "train.distributed": "多进程方式",
+    "train.distributed_config": "分布式配置",
     "train.resume": "断点续训",
     "train.on_nonfinite": "数值异常处理",
     "train.allow_code": "允许执行代码",
@@ -367,6 +375,27 @@ HELP = {
     "data.cache": (
         "Cache tokenized data by a content hash of (data, tokenizer, template, options).",
         "按内容哈希（数据、分词器、模板、选项）缓存分词后的数据。"),
+    "data.dataset_dir": (
+        "A folder with a LLaMA-Factory dataset_info.json: its names become datasets here (file_name / "
+        "hf_hub_url, alpaca / sharegpt / openai).",
+        "包含 LLaMA-Factory dataset_info.json 的文件夹：其中的名称在这里成为数据集（file_name / hf_hub_url，"
+        "alpaca / sharegpt / openai）。"),
+    "data.subset": (
+        'Hub datasets: the config (subset) name.',
+        'Hub 数据集：配置（子集）名称。'),
+    "data.split": (
+        'Hub datasets and Hub-style folders: the split to read.',
+        'Hub 数据集和 Hub 式文件夹：要读取的切分。'),
+    "data.revision": (
+        'Hub datasets: a branch, tag or commit.',
+        'Hub 数据集：分支、标签或提交。'),
+    "data.data_files": (
+        "Hub datasets: the files to read (datasets' data_files).",
+        'Hub 数据集：要读取的文件（datasets 的 data_files）。'),
+    "data.streaming": (
+        "Hub datasets: stream rather than download; reads max_samples rows, or the rows max_steps needs "
+        "(max_steps x batch_size x grad_accum x processes).",
+        'Hub 数据集：流式读取而不下载；读取 max_samples 行，或 max_steps 所需的行数（max_steps × batch_size × grad_accum × 进程数）。'),
     "stage.name": (
         "Training stage.",
         "训练阶段。"),
@@ -502,6 +531,14 @@ HELP = {
         "wandb, swanlab, or a list (the 'track' extra installs them).",
         "事件流之外的实验记录工具：none、tensorboard、trackio、mlflow、wandb、swanlab，或由它们组成的列表（'track' "
         "扩展会安装这些工具）。"),
+    "train.distributed": (
+        'Several processes (forge train --nproc N): ddp (a model '
+        'copy each), fsdp (sharded, FSDP2) or deepspeed (ZeRO; GPU).',
+        '多个进程（forge train --nproc N）：ddp（每个进程一份模型）、fsdp（分片，FSDP2）或 deepspeed（ZeRO；需要 GPU）。'),
+    "train.distributed_config": (
+        'deepspeed: a preset (zero2, zero3, zero3_offload) or a '
+        'DeepSpeed JSON file; fsdp: an FSDP/accelerate config file.',
+        'deepspeed：预设（zero2、zero3、zero3_offload）或 DeepSpeed JSON 文件；fsdp：FSDP/accelerate 配置文件。'),
     "train.resume": (
         "If output_dir has a checkpoint, continue from the last complete one.",
         "如果 output_dir 里已有检查点，就从最后一个完整的检查点继续。"),

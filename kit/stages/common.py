@@ -9,6 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ..config import TOKENIZING, RunConfig
+from ..launch import distributed_args
 from ..models import load_model
 from ..rundir import RunDir
 from ..runtime import world_size
@@ -84,6 +85,7 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
     )
     if t.neftune_noise_alpha is not None:  # transformers hooks the embeddings during train() only
         kw["neftune_noise_alpha"] = t.neftune_noise_alpha
+    kw.update(distributed_args(cfg))          # fsdp / deepspeed (kit.launch); ddp needs nothing
     if device == "cpu" and world_size() > 1:
         kw["ddp_backend"] = "gloo"  # several CPU processes: gloo is the back end that works without GPUs
     if device == "cuda" and importlib.util.find_spec("liger_kernel") is not None:
@@ -96,7 +98,21 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
         # (fullmatch) rather than substrings, so transformers does not warn about every non-linear
         # container (self_attn, mlp, act_fn) it matches on the way.
         kw["optim_target_modules"] = GALORE_TARGETS
+    if t.optim == "apollo_adamw":  # transformers builds APOLLO on the same targets as GaLore
+        require_apollo()
+        kw["optim_target_modules"] = GALORE_TARGETS
     return kw
+
+
+def require_apollo() -> None:
+    """As :func:`require_galore` for APOLLO (apollo-torch): its projectors live in the optimizer state."""
+    try:
+        from apollo_torch.random_projector import GradientProjector
+        from apollo_torch.svd_projector import GaLoreProjector
+    except ImportError as e:
+        raise ImportError(f"train.optim=apollo_adamw needs the apollo-torch package ({e}): "
+                          "pip install --no-deps apollo-torch") from e
+    torch.serialization.add_safe_globals([GradientProjector, GaLoreProjector])
 
 
 GALORE_TARGETS = r".*(attn|attention|mlp|ffn|feed_forward).*"

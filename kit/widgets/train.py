@@ -70,7 +70,7 @@ class TrainPanel(Panel):
     keys = ("train.max_steps", "train.num_epochs", "train.batch_size", "train.grad_accum", "train.learning_rate",
             "train.lr_scheduler", "train.warmup_ratio", "train.weight_decay", "train.max_grad_norm", "train.optim",
             "train.seed", "train.logging_steps", "train.save_steps", "train.save_total_limit", "train.eval_steps",
-            "train.gradient_checkpointing", "train.num_threads", "train.output_dir", "train.resume")
+            "train.gradient_checkpointing", "train.num_threads", "train.report_to", "train.output_dir", "train.resume")
 
     def __init__(self, config: Any = None, *, context: Optional[Callable[[], RunConfig]] = None,
                  backend: Optional[str] = None, interval: float = 0.25, lang: Any = None):

@@ -196,16 +196,7 @@ class Run:
 
     def _setup(self):
         """Run directory, events, model, adapter and the stage's trainer."""
-        # peft, transformers' Trainer and TRL take seconds to import: `import kit` does not pay for
-        # them, and the run imports them inside deferred_bitsandbytes (kit.runtime says why)
-        from .adapters import apply_adapter
-        from .hooks import RunHooks
-        from .memory import checkpoint_bytes, estimate, param_counts
-        from .models import load_model
-        from .models.loading import needs_bitsandbytes
-        from .numerics import NumericsGuard
-        from .stages import get_recipe
-        from .stages.common import StageContext
+        from .models.loading import needs_bitsandbytes  # kit.models: light (transformers loads lazily)
 
         cfg = self.config
         if is_main_process():
@@ -218,7 +209,19 @@ class Run:
         # importing the stage's trainer (TRL, transformers, peft) and attaching the adapter would
         # both import bitsandbytes; runs that do not use it skip that
         with deferred_bitsandbytes(needs_bitsandbytes(cfg)):
+            # peft, transformers' Trainer and TRL take seconds to import: `import kit` does not pay
+            # for them, and a run imports them here, inside the deferral (peft imports bitsandbytes)
+            from .adapters import apply_adapter
+            from .hooks import RunHooks
+            from .memory import checkpoint_bytes, estimate, param_counts
+            from .models import load_model
+            from .numerics import NumericsGuard
+            from .stages import get_recipe
+            from .stages.common import StageContext
+
             recipe = get_recipe(cfg.stage.name)
+            from .data import validate_dataset
+            validate_dataset(cfg, recipe.data_kind)  # a bad row fails here, in seconds, before the model loads
             self._emit("status", status="loading model")
             loaded = load_model(cfg, with_adapter=False, model_cls=recipe.model_class)
             self.device = loaded.device

@@ -1,17 +1,22 @@
-"""Export a trained run: merge the LoRA into the base, write an Ollama Modelfile, push to the hub.
+"""Export a trained run: merged weights or a Hub-ready adapter, GGUF, an Ollama Modelfile, a model card, the Hub.
 
-    kit.export(run)                         # -> <run>/export (+ Modelfile)
-    kit.export("runs/x", "out/", dry_run=True, push_to_hub="me/model")
-    forge export runs/x --out out/ [--no-merge] [--no-modelfile] [--push REPO --token T] [--dry-run]
+    kit.export(run)                                  # -> <run>/export: merged safetensors, README.md, Modelfile
+    kit.export(run, gguf=["f16", "q4_k_m"])          # + GGUF files llama.cpp runs as the model itself
+    kit.export(run, merge=False)                     # the adapter in <out>/adapter/, as PEFT / vLLM / the Hub expect
+    kit.export("runs/x", "out/", push_to_hub="me/model", dry_run=True)
+    forge export runs/x --out out/ [--no-merge] [--gguf f16,q8_0] [--dtype bfloat16] [--max-shard-size 2GB]
+                        [--push REPO [--private] [--dry-run]]
 
 Merging is done on an unquantized fp32 copy of the base (a 4-bit base cannot take the LoRA
-delta exactly), so a QLoRA run exports full-precision weights.
+delta exactly), so a QLoRA run exports full-precision weights (``dtype`` casts the saved copy).
+GGUF writing is kit.gguf's job, the model card and upload kit.hub's; this module holds the flow
+and the Ollama Modelfile (:func:`chat_layout` reads any chat template that is fixed text around
+each turn into a Go TEMPLATE, with the template's own default system prompt and stop tokens).
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -19,6 +24,7 @@ from typing import Any, Optional
 from .config import RunConfig
 from .errors import ForgeError
 from .rundir import RunDir, RunDirError
+
 
 class ExportError(ForgeError, ValueError):
     """The source cannot be exported as asked; the message says why and what to change."""
@@ -429,4 +435,5 @@ def export(source: Any, out_dir: Optional[str | os.PathLike] = None, *, merge: b
 
 
 # the GGUF writer lives in kit.gguf; these names stay importable from here
-from .gguf import ALL_TYPES as GGUF_TYPES, write_gguf  # noqa: E402,F401
+from .gguf import ALL_TYPES as GGUF_TYPES  # noqa: E402,F401
+from .gguf import write_gguf  # noqa: E402,F401

@@ -102,12 +102,14 @@ def test_corrupt_parquet_names_the_file(tmp_path):
 
 
 def test_folder_where_a_file_belongs(tmp_path):
-    d = tmp_path / "shards"
+    """A folder of data shards is read as a Hub-style folder (kit.data.hub); one without data files
+    is our error, and so is any folder given to read_file."""
+    d = tmp_path / "notes"
     d.mkdir()
+    (d / "README.txt").write_text("no data here")
+    raises_at(d, None, None, match="folder, not a data file")
     jsonl(d / "part0.jsonl", [{"text": "a"}])
-    e = raises_at(d, None, None, match="folder, not a data file")
-    assert "part0.jsonl" in str(e)
-    with pytest.raises(DataError, match="folder"):
+    with pytest.raises(DataError, match="folder, not a data file.*part0.jsonl"):
         read_file(d)
 
 
@@ -350,3 +352,14 @@ def test_validate_dataset_needs_no_model(tmp_path):
     assert validate_dataset(ok) == {"kind": "sft", "train_rows": 4, "eval_rows": 0}
     with pytest.raises(DataError, match="needs preference data"):
         validate_dataset(ok, "preference")
+
+
+def test_a_run_fails_on_a_bad_row_before_loading_the_model(tmp_path):
+    """The engine checks the data first: with a model that does not exist, the error is still the row's."""
+    import kit
+    p = jsonl(tmp_path / "bad.jsonl", [{"messages": CHAT}, {"messages": [{"role": "user", "content": "q"}]}])
+    cfg = kit.RunConfig.from_kwargs(model=str(tmp_path / "no-such-model"), dataset=str(p),
+                                    output_dir=str(tmp_path / "run"), max_steps=1)
+    with pytest.raises(DataError) as ei:
+        kit.train(cfg)
+    assert (ei.value.source, ei.value.row) == (str(p), 1)

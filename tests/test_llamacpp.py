@@ -109,12 +109,14 @@ def chat_ids(tok, msgs) -> list[int]:
 
 def hf_greedy(model, ids: list[int], n: int) -> tuple[list[int], torch.Tensor]:
     """n argmax steps (no stopping at EOS) and the logits at every position of prompt + continuation."""
-    out = list(ids)
+    new: list[int] = []
     with torch.no_grad():
+        step = model(torch.tensor([ids]), use_cache=True)
         for _ in range(n):
-            out.append(int(model(torch.tensor([out])).logits[0, -1].argmax()))
-        logits = model(torch.tensor([out])).logits[0]
-    return out[len(ids):], logits
+            new.append(int(step.logits[0, -1].argmax()))
+            step = model(torch.tensor([new[-1:]]), past_key_values=step.past_key_values, use_cache=True)
+        logits = model(torch.tensor([list(ids) + new])).logits[0]
+    return new, logits
 
 
 def llama_greedy(llm, ids: list[int], n: int) -> list[int]:

@@ -121,9 +121,7 @@ def mix(parts: list[list[dict]], data: DataConfig, seed: int) -> list[dict]:
     """Concatenate, or interleave with probabilities until the shortest (under) or longest (over) runs out."""
     if len(parts) == 1 or data.mix_strategy == "concat":
         return [r for p in parts for r in p]
-    probs = data.interleave_probs or [1.0 / len(parts)] * len(parts)
-    if len(probs) != len(parts):
-        raise DataError(f"interleave_probs has {len(probs)} values for {len(parts)} datasets")
+    probs = data.interleave_probs or [1.0 / len(parts)] * len(parts)  # length checked by kit.config_rules
     rng = random.Random(seed)
     idx = [0] * len(parts)
     out: list[dict] = []

@@ -185,6 +185,14 @@ LABELS = {
     "data.revision": "版本",
     "data.data_files": "数据文件",
     "data.streaming": "流式读取",
+    "model.new_special_tokens": "新增特殊词元",
+    "model.shift_attn": "S²-attn 移位注意力",
+    "model.shift_attn_group": "S²-attn 分组大小",
+    "model.rope_scaling": "RoPE 缩放",
+    "adapter.oft_block_size": "OFT 块大小",
+    "adapter.llama_pro_blocks": "LLaMA Pro 新增块数",
+    "stage.ref_model_quantization_bit": "参考模型量化位数",
+    "train.neftune_noise_alpha": "NEFTune 噪声强度",
     "stage.name": "训练阶段",
     "stage.loss_type": "损失类型",
     "stage.beta": "beta 系数",
@@ -286,7 +294,7 @@ HELP = {
         "dtype of the matmuls on dequantized weights. auto: the model dtype.",
         "反量化后做矩阵乘法时的数据类型。auto：与模型的数据类型相同。"),
     "adapter.type": (
-        "Fine-tuning type.",
+        "Fine-tuning type (oft: orthogonal fine-tuning, peft OFT).",
         "微调方法。"),
     "adapter.lora_rank": (
         "LoRA rank r.",
@@ -396,6 +404,30 @@ HELP = {
         "Hub datasets: stream rather than download; reads max_samples rows, or the rows max_steps needs "
         "(max_steps x batch_size x grad_accum x processes).",
         'Hub 数据集：流式读取而不下载；读取 max_samples 行，或 max_steps 所需的行数（max_steps × batch_size × grad_accum × 进程数）。'),
+    "model.new_special_tokens": (
+        'Tokens to add to the vocabulary (embeddings resized; a LoRA/OFT run then also trains and saves embed_tokens and lm_head).',
+        '加入词表的新词元（会调整嵌入层大小；LoRA/OFT 训练时还会训练并保存 embed_tokens 和 lm_head）。'),
+    "model.shift_attn": (
+        'LongLoRA S²-attn while training: attention within groups of shift_attn_group tokens, half the heads shifted by half a group (padding-free batches; chat keeps full attention).',
+        '训练时使用 LongLoRA 的 S²-attn：在 shift_attn_group 个词元的组内计算注意力，一半注意力头移位半个组（用于无填充批次；对话时仍用完整注意力）。'),
+    "model.shift_attn_group": (
+        'S²-attn group size in tokens (0: cutoff_len / 4); must divide data.cutoff_len.',
+        'S²-attn 的分组大小（词元数；0 表示 cutoff_len / 4），必须整除 data.cutoff_len。'),
+    "model.rope_scaling": (
+        "Stretch RoPE to train past the model's context: the factor is data.cutoff_len / the model's max_position_embeddings (nothing changes when cutoff_len fits). None: off.",
+        '拉伸 RoPE，以超出模型原有上下文长度进行训练：缩放系数为 data.cutoff_len 除以模型的 max_position_embeddings（cutoff_len 不超过上下文时不做改变）。None：关闭。'),
+    "adapter.oft_block_size": (
+        "oft: size of the orthogonal blocks (must divide the targeted layers' input size).",
+        'oft：正交块的大小（必须整除目标层的输入维度）。'),
+    "adapter.llama_pro_blocks": (
+        'LLaMA Pro: add this many decoder blocks (copies with zeroed output projections, spread evenly) and train only them (needs adapter.type=freeze). 0: off.',
+        'LLaMA Pro：新增这么多个解码器块（输出投影置零的副本，均匀插入），只训练这些新块（需要 adapter.type=freeze）。0：关闭。'),
+    "stage.ref_model_quantization_bit": (
+        'Load stage.ref_model quantized to 4 or 8 bits (bitsandbytes) to save memory.',
+        '以 4 或 8 位（bitsandbytes）量化加载 stage.ref_model，以节省内存。'),
+    "train.neftune_noise_alpha": (
+        'NEFTune: uniform noise of this scale on the input embeddings while training (never at inference). None: off.',
+        'NEFTune：训练时在输入嵌入上加入此强度的均匀噪声（推理时从不加入）。None：关闭。'),
     "stage.name": (
         "Training stage.",
         "训练阶段。"),
@@ -503,7 +535,7 @@ HELP = {
         "Gradient clipping norm (0: off).",
         "梯度裁剪的范数（0：不裁剪）。"),
     "train.optim": (
-        "Optimizer. adamw_8bit needs bitsandbytes; galore_adamw needs galore-torch.",
+        "Optimizer. adamw_8bit needs bitsandbytes; galore_adamw needs galore-torch; apollo_adamw (full/freeze) needs apollo-torch; muon: torch.optim.Muon on the 2-D weights of the decoder blocks, AdamW on the rest.",
         "优化器。adamw_8bit 需要 bitsandbytes；galore_adamw 需要 galore-torch。"),
     "train.seed": (
         "Seed for data order, initialisation and sampling.",

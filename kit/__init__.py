@@ -15,11 +15,12 @@ from .runtime import paused_gc as _paused_gc  # noqa: E402  (standard library on
 with _paused_gc():
     from .config import ConfigError, RunConfig  # noqa: E402
     from .engine import Run, open_run, train  # noqa: E402
-    from .infer.hf import ChatModel, chat  # noqa: E402
+
     # bound eagerly (the module is light): a lazy ``from . import evaluate`` in __getattr__ recurses, and
     # the first ``import kit.evaluate`` would leave the module, not the function, at ``kit.evaluate``
     from .evaluate import evaluate  # noqa: E402
     from .export import export  # noqa: E402  (same reason; the module imports only the standard library and config)
+    from .infer.hf import ChatModel, chat  # noqa: E402
 
 __all__ = ["RunConfig", "ConfigError", "Run", "train", "open_run", "chat", "ChatModel", "evaluate", "export", "__version__"]
 

@@ -38,7 +38,6 @@ from .events import TERMINAL, Event, EventBus
 from .paths import new_run_dir
 from .rundir import RunDir
 from .runtime import deferred_bitsandbytes, is_main_process, paused_gc, set_threads, training_allocator, world_size
-from .tracking import attach_trackers
 
 __all__ = ["Run", "train", "open_run", "RunDirUnwritable", "is_main_process", "world_size"]
 
@@ -218,6 +217,7 @@ class Run:
             from .numerics import NumericsGuard
             from .stages import get_recipe
             from .stages.common import StageContext
+            from .tracking import attach_trackers  # transformers' callback module: the training stack
 
             recipe = get_recipe(cfg.stage.name)
             from .data import validate_dataset

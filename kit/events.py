@@ -50,7 +50,7 @@ class Event:
         return json.dumps(body, default=str, allow_nan=False)
 
     @classmethod
-    def from_json(cls, line: str) -> "Event":
+    def from_json(cls, line: str) -> Event:
         d = json.loads(line)
         for path, text in (d.pop(NONFINITE_KEY, None) or {}).items():
             _restore(d, path.split("."), float(text))

@@ -216,6 +216,7 @@ def test_activation_estimate_matches_saved_tensors(tiny_cfg, checkpointing):
     """The activation part of the memory estimate vs the bytes autograd really keeps for one
     forward pass of a full packed row (LoRA on all linear layers)."""
     import torch
+
     from kit.adapters import apply_adapter
     from kit.memory import activation_bytes
     from kit.models import load_model
@@ -259,6 +260,7 @@ def test_optimizer_state_estimate_equals_the_real_state(tiny_cfg, optim):
     """The optimizer part of the memory estimate (engine and adapter panel share it) against the
     bytes the optimizer really holds after one step."""
     import torch
+
     import kit
     from kit.memory import optimizer_state_bytes
     if optim == "adamw_8bit":

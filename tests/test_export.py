@@ -6,8 +6,8 @@ import torch
 
 import kit
 from kit.cli import main
-from kit.export import ExportError, chat_template_to_go, export
 from kit.config import ModelConfig
+from kit.export import ExportError, chat_template_to_go, export
 from kit.models import load_model
 from kit.models.loading import load_tokenizer
 

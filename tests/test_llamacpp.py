@@ -215,17 +215,20 @@ def default_export(tmp_path_factory):
     res = export(run, root / "out", gguf=["f16", "q8_0", "q4_0"])
     merged = load_model(run.config.replace(model__name=res["out_dir"], model__adapter_path=None, model__dtype="float32",
                                            model__device="cpu"), with_adapter=False)
-    return res, merged.model.eval(), merged.tokenizer
+    model, tok = merged.model.eval(), merged.tokenizer
+    # the merged model's greedy continuation and logits on the first prompts, computed once for every type
+    refs = [(ids, *hf_greedy(model, ids, N_GREEDY)) for ids in (chat_ids(tok, m) for m in PROMPTS[:2])]
+    return res, refs, tok
 
 
 def test_default_export_prompt_tokens_and_template_equal_ours(default_export):
-    res, model, tok = default_export
+    res, _, tok = default_export
     llm, warns = load(res["gguf_files"]["f16"])  # the whole model: a vocab-only context warns about its 0 context
     assert warns == [], warns
     meta = llm.metadata
     assert meta["tokenizer.ggml.pre"] == "smollm" and meta["general.quantization_version"] == "2"
     assert meta["tokenizer.ggml.add_bos_token"] == "false" and meta["tokenizer.ggml.add_space_prefix"] == "false"
-    assert [llm.token_get_attr(i) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL for i in range(18)] == \
+    assert [llm._model.token_get_attr(i) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL for i in range(18)] == \
         [llama_cpp.LLAMA_TOKEN_ATTR_CONTROL] * 17 + [0]
     for msgs in PROMPTS:
         text, ids = llama_prompt_tokens(llm, tok, msgs)
@@ -237,13 +240,11 @@ def test_default_export_prompt_tokens_and_template_equal_ours(default_export):
 @pytest.mark.parametrize("kind,min_top1", [("f16", 1.0), ("q8_0", 0.95), ("q4_0", 0.6)])
 def test_default_export_runs_like_the_merged_model(default_export, kind, min_top1):
     """f16: the same greedy tokens; quantized: top-1 agreement of next-token logits at least ``min_top1``."""
-    res, model, tok = default_export
+    res, refs, tok = default_export
     llm, warns = load(res["gguf_files"][kind], logits_all=True)
     assert warns == [], warns
     agree, total = 0, 0
-    for msgs in PROMPTS[:2]:
-        ids = chat_ids(tok, msgs)
-        want, logits = hf_greedy(model, ids, N_GREEDY)
+    for ids, want, logits in refs:
         if kind == "f16":
             assert llama_greedy(llm, ids, N_GREEDY) == want, tok.decode(want)
         got = llama_logits(llm, ids + want)

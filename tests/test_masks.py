@@ -149,6 +149,7 @@ def test_padding_free_batch_matches_examples_alone_forward_and_backward(tiny_mod
     example through ``forge_varlen``. Logits and the gradients of a loss equal those of each example
     run alone (the sum of their losses)."""
     from transformers import AutoModelForCausalLM
+
     from kit.models.attention import use_varlen
 
     tok = default_tokenizer

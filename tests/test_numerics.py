@@ -12,7 +12,6 @@ import sys
 import pytest
 import torch
 
-import kit
 from kit.engine import Run
 from kit.events import Event, read_events
 from kit.numerics import NumericsError

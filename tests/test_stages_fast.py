@@ -152,8 +152,9 @@ def test_rm_accuracy_and_score(rm_run):
     one = kit.score(str(rm_run.run_dir), rows[0]["prompt"], rows[0]["chosen"])
     assert isinstance(one, float) and abs(one - good[0]) < 1e-4
     with pytest.raises(ValueError, match="not a reward model"):
-        from kit.stages.rm import load_reward_model
         import shutil
+
+        from kit.stages.rm import load_reward_model
         other = rm_run.run_dir.parent / "not-rm"
         shutil.copytree(rm_run.run_dir, other)
         (other / "config.yaml").write_text((other / "config.yaml").read_text().replace("name: rm", "name: sft"))

@@ -19,8 +19,14 @@ from ..data.collator import split_flat
 from ..models.attention import use_varlen
 from ..models.s2attn import group_size, use_s2attn
 from . import Recipe, register_recipe
-from .common import (StageContext, TokenCounting, base_training_args, forward_token_budget, micro_batching,
-                     padding_free_requested)
+from .common import (
+    StageContext,
+    TokenCounting,
+    base_training_args,
+    forward_token_budget,
+    micro_batching,
+    padding_free_requested,
+)
 
 
 class ForgeSFTTrainer(TokenCounting, SFTTrainer):

@@ -18,7 +18,6 @@ directory (:class:`~kit.rundir.RunDir` owns its layout).
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shutil
@@ -115,7 +114,7 @@ class Run:
     def subscribe(self, fn: Callable[[Event], None], replay: bool = True) -> Callable[[], None]:
         return self.bus.subscribe(fn, replay=replay)
 
-    def start(self, blocking: bool = True) -> "Run":
+    def start(self, blocking: bool = True) -> Run:
         if self.status in ("running", "stopping"):
             raise RuntimeError("this run is already running")
         self._stop.clear()
@@ -136,11 +135,11 @@ class Run:
         if wait:
             self.wait(timeout)
 
-    def wait(self, timeout: Optional[float] = None) -> "Run":
+    def wait(self, timeout: Optional[float] = None) -> Run:
         self._done.wait(timeout)
         return self
 
-    def resume(self, blocking: bool = True, **overrides: Any) -> "Run":
+    def resume(self, blocking: bool = True, **overrides: Any) -> Run:
         """Continue from the last complete checkpoint (after a stop or crash), optionally changing
         settings that do not alter the optimisation state (e.g. ``max_steps``)."""
         if self.status in ("running", "stopping"):

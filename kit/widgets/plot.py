@@ -173,7 +173,7 @@ class LossPlot:
                         rangemode="tozero"),
             legend=dict(orientation="h", y=1.12, x=0), uirevision="keep")  # keep the user's zoom across updates
         if self.backend == "plotly":
-            return go.FigureWidget(data=traces, layout=layout)
+            return _figure_widget_class()(data=traces, layout=layout)
         return go.Figure(data=traces, layout=layout)
 
     @property
@@ -342,6 +342,39 @@ class LossPlot:
 
 
 COLORS = ("rgba(31,119,180,0.35)", "#1f77b4", "#d62728", "#7f7f7f")
+_FIGURE_WIDGET = None
+
+
+def _figure_widget_class():
+    """plotly's FigureWidget, with its traces and layout in the message that opens its comm.
+
+    plotly opens the widget's comm first and sends the traces and the layout right after, as two
+    updates; a front end still loading the widget's JavaScript (plotly.js, 4 MB) can miss them and
+    then draws an empty default figure that no later update fills (seen in JupyterLab 4 on a busy
+    machine: the trace updates arrived, the figure had no traces). Opening the comm after plotly's
+    constructor puts the whole figure in the comm_open state, which the front end always reads.
+    """
+    global _FIGURE_WIDGET
+    if _FIGURE_WIDGET is None:
+        import plotly.graph_objects as go
+
+        class LossFigureWidget(go.FigureWidget):
+            _hold_open = False
+
+            def __init__(self, *args: Any, **kwargs: Any):
+                self._hold_open = True
+                try:
+                    super().__init__(*args, **kwargs)
+                finally:
+                    self._hold_open = False
+                self.open()
+
+            def open(self) -> None:
+                if not self._hold_open:
+                    super().open()
+
+        _FIGURE_WIDGET = LossFigureWidget
+    return _FIGURE_WIDGET
 
 
 def _points(xs: list, ys: list, x, y) -> str:

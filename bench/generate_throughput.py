@@ -13,7 +13,8 @@ Contenders (all greedy, the same prompt token ids, the same number of threads):
 * ``llama.cpp``: llama-cpp-python's own ``Llama.generate`` loop on the same GGUF file (the target).
 
 Per prompt: TTFT (from the call to the first generated token: prompt processing + one step) and
-decode tokens/s (tokens after the first / time after the first). llama.cpp would reuse the KV cache
+decode tokens/s (tokens after the first / time after the first); medians over prompts and repeats.
+The contenders take turns prompt by prompt, so a change in the machine's load affects all of them. llama.cpp would reuse the KV cache
 of an identical prompt; it is reset before every call so each contender processes the whole prompt.
 Greedy answers are compared token by token with ``hf-generate`` (fp32): the f16 weights may change
 an arg-max where two logits are close, and the table says where.
@@ -23,9 +24,11 @@ Results: printed, and written to bench/results/generate-<timestamp>.json with th
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -54,6 +57,7 @@ def parse(argv=None):
     p.add_argument("--model", default=MODEL, help="model name/path or run directory")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--prompts", type=int, default=4, help=f"how many of the {len(PROMPTS)} built-in prompts")
+    p.add_argument("--repeats", type=int, default=2, help="measurements per prompt and contender (medians reported)")
     p.add_argument("--threads", type=int, default=None, help="threads for torch and llama.cpp (default: physical cores)")
     p.add_argument("--skip", nargs="*", default=[], choices=CONTENDERS)
     p.add_argument("--gguf", default=None, help="an f16 GGUF of the model to use (default: exported now)")
@@ -163,6 +167,7 @@ def main(argv=None) -> int:
         import kit
 
         out = Path(tempfile.mkdtemp(prefix="forge-bench-gguf-"))
+        atexit.register(shutil.rmtree, out, True)  # the export (weights + GGUF) is only for this run
         t = time.time()
         res = kit.export(args.model, out, gguf="f16", modelfile=False)
         found = sorted(out.glob("*f16.gguf"))
@@ -179,21 +184,26 @@ def main(argv=None) -> int:
         raw_stop = set(stop_ids) | {llm.token_eos()}
         runners["llama.cpp"] = lambda i: run_llama_cpp(llm, ids_of[i], n, raw_stop)
 
-    results, answers = {}, {}
-    for name, run in runners.items():
+    # interleaved: every prompt goes through every contender before the next prompt (and again per
+    # repeat), so a change in the machine's load hits all contenders alike instead of one of them
+    for run in runners.values():
         run(0)  # warm-up (first-call allocations, page faults of the weights)
-        ttfts, rates, counts, ids_each = [], [], [], []
+    raw = {name: {"ttft": [], "rate": [], "ids": [None] * len(prompts)} for name in runners}
+    for _ in range(args.repeats):
         for i in range(len(prompts)):
-            ids, ttft, decode_s = run(i)
-            ttfts.append(ttft)
-            rates.append((len(ids) - 1) / decode_s if len(ids) > 1 and decode_s > 0 else float("nan"))
-            counts.append(len(ids))
-            ids_each.append(ids)
-        answers[name] = ids_each
-        results[name] = {"decode_tokens_per_s_mean": statistics.mean(rates), "decode_tokens_per_s_each": rates,
-                         "ttft_s_median": statistics.median(ttfts), "ttft_s_each": ttfts, "new_tokens_each": counts}
-        print(f"{name:<15} decode {statistics.mean(rates):7.1f} tok/s   TTFT median {statistics.median(ttfts) * 1000:6.0f} ms"
-              f"   (new tokens {counts})", flush=True)
+            for name, run in runners.items():
+                ids, ttft, decode_s = run(i)
+                raw[name]["ttft"].append(ttft)
+                raw[name]["rate"].append((len(ids) - 1) / decode_s if len(ids) > 1 and decode_s > 0 else float("nan"))
+                raw[name]["ids"][i] = ids
+    results, answers = {}, {}
+    for name, r in raw.items():
+        answers[name] = r["ids"]
+        counts = [len(x) for x in r["ids"]]
+        results[name] = {"decode_tokens_per_s_median": statistics.median(r["rate"]), "decode_tokens_per_s_each": r["rate"],
+                         "ttft_s_median": statistics.median(r["ttft"]), "ttft_s_each": r["ttft"], "new_tokens_each": counts}
+        print(f"{name:<15} decode {statistics.median(r['rate']):7.1f} tok/s   TTFT median "
+              f"{statistics.median(r['ttft']) * 1000:6.0f} ms   (new tokens {counts})", flush=True)
 
     ref = answers.get("hf-generate") or answers.get("forge-hf")
     if ref is not None:
@@ -208,7 +218,7 @@ def main(argv=None) -> int:
         for name in ("forge-llamacpp", "forge-hf", "hf-generate"):
             if name in results:
                 r = results[name]
-                print(f"{name:<15} vs llama.cpp: decode x{r['decode_tokens_per_s_mean'] / target['decode_tokens_per_s_mean']:.2f} "
+                print(f"{name:<15} vs llama.cpp: decode x{r['decode_tokens_per_s_median'] / target['decode_tokens_per_s_median']:.2f} "
                       f"(target >= 1), TTFT x{r['ttft_s_median'] / target['ttft_s_median']:.2f} (target <= 1)")
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min); threads {threads}")

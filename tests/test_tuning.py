@@ -161,9 +161,8 @@ def test_muon_state_round_trip():
     assert other._inner[0].state is other.state and other._inner[0].param_groups[0] is other.param_groups[0]
 
 
-def test_muon_resume_is_exact(tiny_cfg, tmp_path):
-    common = dict(finetuning_type="full", optim="muon", learning_rate=3e-3, max_samples=16, lr_scheduler="constant")
-    ref = kit.train(tiny_cfg(max_steps=4, save_steps=0, output_dir=str(tmp_path / "ref"), **common))
+def _assert_resume_matches(tiny_cfg, tmp_path, common: dict, ref) -> None:
+    """Stop after 2 steps, resume to 4: steps 3 and 4 must match the uninterrupted ``ref`` run."""
     first = kit.train(tiny_cfg(max_steps=2, save_steps=2, output_dir=str(tmp_path / "cut"), **common))
     assert first.last_checkpoint is not None
     again = open_run(first.run_dir)
@@ -172,6 +171,12 @@ def test_muon_resume_is_exact(tiny_cfg, tmp_path):
     resumed, expected = dict(again.losses()), dict(ref.losses())
     for s in (3, 4):
         assert resumed[s] == pytest.approx(expected[s], rel=1e-4, abs=1e-5), s
+
+
+def test_muon_resume_is_exact(tiny_cfg, tmp_path):
+    common = dict(finetuning_type="full", optim="muon", learning_rate=3e-3, max_samples=16, lr_scheduler="constant")
+    ref = kit.train(tiny_cfg(max_steps=4, save_steps=0, output_dir=str(tmp_path / "ref"), **common))
+    _assert_resume_matches(tiny_cfg, tmp_path, common, ref)
 
 
 # ------------------------------------------------------------------ RoPE scaling
@@ -334,10 +339,4 @@ def test_apollo_trains_and_resumes(tiny_cfg, tmp_path):
     opt = ref.trainer.optimizer.optimizer
     assert type(opt).__module__.startswith("apollo_torch") and any("rank" in g for g in opt.param_groups)
     assert _falls(ref) or [v for _, v in ref.losses()][-1] < [v for _, v in ref.losses()][0]
-    first = kit.train(tiny_cfg(max_steps=2, save_steps=2, output_dir=str(tmp_path / "cut"), **common))
-    again = open_run(first.run_dir)
-    again.resume(max_steps=4)
-    assert again.status == "finished"
-    resumed, expected = dict(again.losses()), dict(ref.losses())
-    for s in (3, 4):
-        assert resumed[s] == pytest.approx(expected[s], rel=1e-4, abs=1e-5), s
+    _assert_resume_matches(tiny_cfg, tmp_path, common, ref)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 NAME = "forge_varlen"
-_registered = False
+_registered: set[str] = set()  # names already registered with transformers
 
 
 def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -48,18 +48,24 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
     return torch.cat(outs, dim=1), None
 
 
-def register() -> str:
-    """Make ``forge_varlen`` a valid ``attn_implementation`` (idempotent); returns the name."""
-    global _registered
-    if not _registered:
+def register_attention(name: str, forward) -> str:
+    """Make ``name`` a valid ``attn_implementation`` running ``forward`` (idempotent); returns the name.
+
+    The mask builder only matters on the fallback path (padded batches): SDPA's own.
+    """
+    if name not in _registered:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-        AttentionInterface.register(NAME, varlen_sdpa_forward)
-        # the mask builder only matters on the fallback path (padded batches): SDPA's own
-        AttentionMaskInterface.register(NAME, sdpa_mask)
-        _registered = True
-    return NAME
+        AttentionInterface.register(name, forward)
+        AttentionMaskInterface.register(name, sdpa_mask)
+        _registered.add(name)
+    return name
+
+
+def register() -> str:
+    """Make ``forge_varlen`` a valid ``attn_implementation`` (idempotent); returns the name."""
+    return register_attention(NAME, varlen_sdpa_forward)
 
 
 def use_varlen(model) -> bool:

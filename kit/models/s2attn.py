@@ -14,10 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .attention import register_attention
+
 NAME = "forge_s2attn"
 GROUP_ATTR = "forge_s2_group"   # on the model config: the group size G
 SHIFT_ATTR = "forge_s2_shift"   # on the model config: shift half the heads (False only to compare)
-_registered = False
 
 __all__ = ["NAME", "s2_attention", "s2_sdpa_forward", "register", "use_s2attn", "group_size"]
 
@@ -74,15 +75,7 @@ def s2_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scal
 
 
 def register() -> str:
-    global _registered
-    if not _registered:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-        AttentionInterface.register(NAME, s2_sdpa_forward)
-        AttentionMaskInterface.register(NAME, sdpa_mask)
-        _registered = True
-    return NAME
+    return register_attention(NAME, s2_sdpa_forward)
 
 
 def use_s2attn(model, group: int, shift: bool = True) -> None:

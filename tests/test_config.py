@@ -78,5 +78,5 @@ def test_yaml_errors_point_to_line_and_key():
 
 def test_help_and_choices_feed_the_ui():
     assert "learning rate" in field_help("train.learning_rate").lower()
-    assert field_choices("adapter.type") == ["lora", "full", "freeze"]
+    assert field_choices("adapter.type") == ["lora", "full", "freeze", "oft"]
     assert field_choices("quant.bits") == [4, 8]

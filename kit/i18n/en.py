@@ -138,6 +138,8 @@ MESSAGES = {
     "evaluate.max_rows": "max rows",
     "evaluate.max_rows_tooltip": "evaluate the first n rows only (0: all)",
     "evaluate.evaluate": "Evaluate",
+    "evaluate.compare_base": "compare with base",
+    "evaluate.compare_base_tooltip": "Also score the model the run started from, side by side.",
     "evaluate.busy": "evaluating&hellip;",
     "evaluate.needs_extra": "BLEU / ROUGE need the eval extra: pip install \"forge-kit[eval]\" "
                             "(multiple-choice accuracy works without it).",

@@ -132,6 +132,8 @@ MESSAGES = {
     "evaluate.max_rows": "最多行数",
     "evaluate.max_rows_tooltip": "只评估前 n 行（0：全部）",
     "evaluate.evaluate": "评估",
+    "evaluate.compare_base": "与基座模型对比",
+    "evaluate.compare_base_tooltip": "同时评估这次训练起点的模型，并排显示。",
     "evaluate.busy": "正在评估&hellip;",
     "evaluate.needs_extra": "BLEU / ROUGE 需要 eval 扩展：pip install \"forge-kit[eval]\"（多项选择准确率不需要它）。",
 }

@@ -197,7 +197,7 @@ class EvaluatePanel(ShowsWidget):
         self.metrics = W.Text(value=metrics, layout=W.Layout(width="420px"))
         self.max_samples = W.BoundedIntText(value=0, min=0, max=10**9)
         # kit.evaluate(compare_base=True): the run and the model it started from, side by side
-        self.compare_base = W.Checkbox(value=False, description="compare with base", indent=False)
+        self.compare_base = W.Checkbox(value=False, indent=False)
         self.run_button = W.Button(icon="check", button_style="primary")
         self.output = W.HTML()
         for widget, attr, key in ((self.dataset, "description", "evaluate.dataset"),
@@ -207,6 +207,8 @@ class EvaluatePanel(ShowsWidget):
                                   (self.metrics, "placeholder", "evaluate.metrics_placeholder"),
                                   (self.max_samples, "description", "evaluate.max_rows"),
                                   (self.max_samples, "tooltip", "evaluate.max_rows_tooltip"),
+                                  (self.compare_base, "description", "evaluate.compare_base"),
+                                  (self.compare_base, "tooltip", "evaluate.compare_base_tooltip"),
                                   (self.run_button, "description", "evaluate.evaluate")):
             t.bind(widget, attr, key)
         t.bind(self.mode, "options", lambda t: [(t("evaluate.mode_auto"), "auto"),

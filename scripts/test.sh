@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FORGE_NOTEBOOK_STEPS=${FORGE_NOTEBOOK_STEPS:-3}
-python3 -m pytest tests notebooks --nbmake --nbmake-timeout=600 -q "$@"
+python3 -m pytest tests notebooks --nbmake --nbmake-timeout=600 -q --durations=40 "$@"

@@ -204,7 +204,7 @@ def test_each_family_runs_in_llamacpp_like_transformers(default_tokenizer, tmp_p
 
 @pytest.fixture(scope="module")
 def default_export(tmp_path_factory):
-    """A one-step LoRA run on the default model, merged and exported as f16, q8_0 and q4_0 GGUF."""
+    """A one-step LoRA run on the default model, merged and exported as every type (gguf-py's and one k-quant)."""
     from kit.models import load_model
 
     root = tmp_path_factory.mktemp("llamacpp")
@@ -212,7 +212,7 @@ def default_export(tmp_path_factory):
                     batch_size=2, cutoff_len=64, max_samples=4, save_steps=0, learning_rate=1e-3, lora_rank=8,
                     num_threads=2)
     assert run.status == "finished", run.traceback
-    res = export(run, root / "out", gguf=["f16", "q8_0", "q4_0"])
+    res = export(run, root / "out", gguf=list(EXPORT_KINDS))
     merged = load_model(run.config.replace(model__name=res["out_dir"], model__adapter_path=None, model__dtype="float32",
                                            model__device="cpu"), with_adapter=False)
     model, tok = merged.model.eval(), merged.tokenizer
@@ -237,20 +237,37 @@ def test_default_export_prompt_tokens_and_template_equal_ours(default_export):
     assert len(llama_prompt_tokens(llm, tok, PROMPTS[0])[1]) == 54  # the issue saw 59 with the old metadata
 
 
-# measured (5-step run, 3 prompts; the note): f16 1.0, q8_0 0.94, q4_0 0.75; the bounds leave room for other CPUs
-@pytest.mark.parametrize("kind,min_top1", [("f16", 1.0), ("q8_0", 0.9), ("q4_0", 0.6)])
+# the lowest top-1 agreement each type may show. Measured here (1-step run, 2 prompts, 16 greedy tokens; the
+# figures of every CI run are in test-artifacts/export-fidelity.json): see the closing note; the bounds leave room
+# for other CPUs' float paths. f16 and bf16 must also reproduce the merged model's greedy tokens exactly.
+EXPORT_KINDS = {"f16": 1.0, "bf16": 0.95, "q8_0": 0.9, "q5_1": 0.8, "q5_0": 0.8, "q4_1": 0.6, "q4_0": 0.6, "q4_k_m": 0.6}
+FIDELITY: dict[str, dict] = {}
+
+
+@pytest.mark.parametrize("kind,min_top1", list(EXPORT_KINDS.items()))
 def test_default_export_runs_like_the_merged_model(default_export, kind, min_top1):
-    """f16: the same greedy tokens; quantized: top-1 agreement of next-token logits at least ``min_top1``."""
+    """f16: the same greedy tokens; others: top-1 agreement of next-token logits at least ``min_top1``."""
+    import json
+    from pathlib import Path
+
     res, refs, tok = default_export
-    llm, warns = load(res["gguf_files"][kind], logits_all=True)
+    path = Path(res["gguf_files"][kind])
+    llm, warns = load(path, logits_all=True)
     assert warns == [], warns
-    agree, total = 0, 0
+    agree, total, same_greedy = 0, 0, 0
     for ids, want, logits in refs:
+        greedy = llama_greedy(llm, ids, N_GREEDY)
+        same_greedy += int(greedy == want)
         if kind == "f16":
-            assert llama_greedy(llm, ids, N_GREEDY) == want, tok.decode(want)
+            assert greedy == want, tok.decode(want)
         got = llama_logits(llm, ids + want)
         agree += int((got.argmax(-1) == logits.numpy().argmax(-1)).sum())
         total += len(ids + want)
+    FIDELITY[kind] = {"bytes": path.stat().st_size, "top1_agreement": round(agree / total, 4),
+                      "greedy_equal_prompts": f"{same_greedy}/{len(refs)}", "positions": total}
+    out = Path(__file__).resolve().parent.parent / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    (out / "export-fidelity.json").write_text(json.dumps(FIDELITY, indent=1))
     assert agree / total >= min_top1, (kind, agree / total)
 
 

@@ -31,9 +31,10 @@ from typing import Any, Callable, Optional
 import psutil
 import torch
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .errors import ForgeError
 from .events import TERMINAL, Event, EventBus
+from .launch import cpu_fsdp, full_state_dict, is_sharded, shard_fsdp2
 from .paths import new_run_dir
 from .rundir import RunDir
 from .runtime import deferred_bitsandbytes, is_main_process, paused_gc, set_threads, training_allocator, world_size
@@ -226,10 +227,17 @@ class Run:
             self.device = loaded.device
             torch.manual_seed(cfg.train.seed)  # LoRA init is part of the seeded state
             model = apply_adapter(loaded.model, cfg, task_type=recipe.peft_task_type)
+            if cpu_fsdp(cfg, loaded.device):  # accelerate shards only on GPUs: FSDP2 here (kit.launch)
+                if cfg.train.save_steps:
+                    raise ConfigError("FSDP on CPU processes keeps no optimizer state in checkpoints (transformers "
+                                      "cannot save it for a model it did not shard): set train.save_steps=0, or "
+                                      "use train.distributed=ddp on CPU.", "train.save_steps")
+                shard_fsdp2(model)
         trainable, total = param_counts(model)
         self._emit("model", trainable_params=trainable, total_params=total,
                    trainable_pct=100.0 * trainable / max(total, 1), device=loaded.device, dtype=str(loaded.dtype),
                    family=loaded.family, memory_estimate=estimate(model, cfg).as_dict(),
+                   sharded="fsdp2" if is_sharded(model) else None,
                    load_s=time.time() - self.t_start)
         self.model, self.tokenizer = model, loaded.tokenizer
         if is_main_process():
@@ -326,12 +334,14 @@ class Run:
         """Save the final adapter (LoRA) or full weights with the tokenizer, atomically: written to a
         temporary folder, then swapped in with two renames (a kill leaves the old weights or a temp
         folder that the next start removes; resume then saves them again)."""
+        model = self.trainer.model
+        # FSDP2 on CPU (kit.launch): every rank sends its shards; rank 0 writes the whole weights
+        state = full_state_dict(model) if is_sharded(model) else None
         if not is_main_process():  # other ranks hold the same weights: one writer
             return
-        model = self.trainer.model
         target = self.dir.final_dir(RunDir.ADAPTER if hasattr(model, "peft_config") else RunDir.MODEL)
         tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=str(self.run_dir)))
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(tmp))
         if target.exists():

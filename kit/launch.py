@@ -15,6 +15,15 @@ Validated when the config is built (:func:`distributed_problem`, a rule of kit.c
 QLoRA with ZeRO-3 or FSDP needs the 4-bit weights stored in a float dtype (``quant.quant_storage``
 where the config has it), GaLore is not distributed, DeepSpeed must be installed.
 
+FSDP on CPU: accelerate builds its FSDP plugin only for GPU-like devices (on CPU, TrainingArguments'
+``fsdp`` silently trains DDP), so on CPU processes the engine shards the model itself with FSDP2's
+``fully_shard`` over the gloo group (:func:`shard_fsdp2`: each decoder layer, then the root, as
+accelerate's TRANSFORMER_BASED_WRAP does) and tells the Trainer the model owns its gradient
+reduction (transformers' flag for models sharded at load time: no DDP wrap, no second sharding).
+The final weights are gathered from every rank (:func:`full_state_dict`) and written by rank 0.
+That path keeps no optimizer state in checkpoints (transformers cannot save it for such models):
+checkpoints are off there (a config rule). tests/test_distributed.py runs it in 2 gloo processes.
+
 DeepSpeed runs need a GPU (tests marked ``gpu``); here the presets are validated only. Multi-node:
 :func:`torchrun_argv` with ``nnodes`` and a rendezvous endpoint; examples/slurm_multinode.sh.
 """
@@ -125,9 +134,12 @@ def distributed_problem(c: Any) -> Optional[tuple[str, str]]:
     return None
 
 
-def distributed_args(cfg: Any) -> dict:
-    """TrainingArguments keywords for ``train.distributed`` (empty for ddp)."""
+def distributed_args(cfg: Any, device: str = "cuda") -> dict:
+    """TrainingArguments keywords for ``train.distributed`` (empty for ddp, and for fsdp on CPU,
+    where the engine shards the model itself: :func:`shard_fsdp2`)."""
     t = cfg.train
+    if t.distributed == "fsdp" and device == "cpu":
+        return {}
     if t.distributed == "fsdp":
         conf = dict(FSDP_DEFAULT)
         if t.distributed_config:
@@ -160,3 +172,51 @@ def torchrun_argv(config_path: str, nproc: int, *, nnodes: int = 1, node_rank: O
         if node_rank is not None:
             argv.append(f"--node_rank={node_rank}")
     return argv + ["-m", "kit.cli", "train", str(config_path)]
+
+
+def cpu_fsdp(cfg: Any, device: str) -> bool:
+    """Whether this process shards the model itself (FSDP on CPU processes, see the module doc)."""
+    from .runtime import world_size
+    return cfg.train.distributed == "fsdp" and device == "cpu" and world_size() > 1
+
+
+def shard_fsdp2(model: Any) -> Any:
+    """FSDP2 ``fully_shard`` on each decoder layer (the classes of ``_no_split_modules``), then on the root.
+
+    Parameters become DTensors sharded over the default (gloo) process group; gradients are
+    reduce-scattered (averaged over ranks) in backward, so the Trainer must not wrap DDP around it.
+    """
+    from torch.distributed.fsdp import fully_shard  # torch.distributed: only a sharded run loads it
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layer_classes = set(getattr(base, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise ValueError(f"train.distributed=fsdp: {type(base).__name__} names no decoder layer class "
+                         "(_no_split_modules) to shard")
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+    # transformers' flag for a model sharded before the Trainer sees it: no DDP, no second sharding
+    for m in {model, base}:
+        m._is_distributed_loading_by_transformers = True
+    return model
+
+
+def is_sharded(model: Any) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+def full_state_dict(model: Any) -> dict:
+    """The whole (unsharded) state dict on CPU, gathered from every rank (a collective: all ranks call it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    config = getattr(model, "config", None)
+    if getattr(config, "tie_word_embeddings", False):
+        # the gathered dict lists the tied head beside the embeddings; save_pretrained keeps one of them
+        # only when it sees the tie on the model's own tensors, so drop the head's copy here
+        for key in [k for k in state if k.endswith("lm_head.weight")]:
+            del state[key]
+    return state

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from kit.events import read_events
+from kit.rundir import RunDir
 
 
 @pytest.mark.distributed
@@ -20,7 +20,7 @@ def test_two_process_training_with_gloo(tiny_cfg, tmp_path):
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = cfg.train.output_dir
-    events = read_events(run_dir)
+    events = RunDir(run_dir).events()
     start = next(e for e in events if e.kind == "start")
     assert start.get("world_size") == 2
     assert events[-1].kind == "finished" and events[-1].get("step") == 3
@@ -34,3 +34,57 @@ def test_two_process_training_with_gloo(tiny_cfg, tmp_path):
     data = next(e for e in events if e.kind == "data")
     assert data.get("padding_free") and data.get("tokens_per_forward") == 24
     assert all(e.get("loss") is not None and e.get("loss") == e.get("loss") for e in steps)  # finite, not NaN
+
+
+@pytest.mark.distributed
+def test_fsdp_two_processes_match_one(tiny_cfg, tiny_model_dir, tmp_path):
+    """train.distributed=fsdp in 2 gloo processes (FSDP2 fully_shard, kit.launch.shard_fsdp2), 2 rows each,
+    against one process with the same global batch of 4 rows.
+
+    Tolerance: the two runs differ only in float32 summation order (each rank's half-batch gradient is
+    reduce-scattered over gloo instead of summed in one pass), a relative difference of ~1e-7 in the
+    gradients; one AdamW step moves a weight by at most about lr = 1e-3. Measured here: losses equal to
+    1e-6 relative, weights within 6e-7 of each other while training moved them by up to 3e-3. So losses
+    must agree to rel 1e-5 and weights to 1e-5 (1% of one step): a wrong split of the batch (ranks seeing
+    the same rows, or a gradient averaged over the wrong count) moves them by a whole step.
+    """
+    from safetensors.torch import load_file
+
+    import kit
+
+    common = dict(finetuning_type="full", max_steps=3, save_steps=0, lr_scheduler="constant", max_samples=16,
+                  num_threads=1, learning_rate=1e-3)
+    one = kit.train(tiny_cfg(batch_size=4, output_dir=str(tmp_path / "one"), **common))
+    cfg = tiny_cfg(batch_size=2, distributed="fsdp", output_dir=str(tmp_path / "two"), **common)
+    path = cfg.save(tmp_path / "fsdp.yaml")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "kit.cli", "train", str(path), "--nproc", "2"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rd = RunDir(tmp_path / "two")
+    events = rd.events()
+    assert next(e for e in events if e.kind == "start").get("world_size") == 2
+    assert next(e for e in events if e.kind == "model").get("sharded") == "fsdp2"  # not DDP
+    assert "find_unused_parameters" not in proc.stderr  # transformers' DDP wrapper would say so
+    two_losses = {e.step: e.get("loss") for e in events if e.kind == "step"}
+    for step, loss in one.losses():
+        assert two_losses[step] == pytest.approx(loss, rel=1e-5), step
+    w1 = load_file(str(one.dir.model_dir / "model.safetensors"))
+    w2 = load_file(str(rd.model_dir / "model.safetensors"))
+    assert w1.keys() == w2.keys()
+    start = load_file(str(tiny_model_dir / "model.safetensors"))
+    moved = max((w1[k] - start[k]).abs().max().item() for k in w1)
+    assert moved > 1e-4  # the runs trained
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
+
+
+def test_fsdp_on_cpu_refuses_checkpoints(tiny_cfg, monkeypatch):
+    """FSDP2 on CPU processes cannot checkpoint the optimizer state: the run says so before training."""
+    from kit import Run
+    from kit.config import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    run = Run(tiny_cfg(finetuning_type="full", distributed="fsdp", save_steps=2))
+    with pytest.raises(ConfigError) as e:
+        run._setup()
+    assert e.value.key == "train.save_steps"

@@ -85,7 +85,7 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
     )
     if t.neftune_noise_alpha is not None:  # transformers hooks the embeddings during train() only
         kw["neftune_noise_alpha"] = t.neftune_noise_alpha
-    kw.update(distributed_args(cfg))          # fsdp / deepspeed (kit.launch); ddp needs nothing
+    kw.update(distributed_args(cfg, device))  # fsdp / deepspeed (kit.launch); ddp needs nothing
     if device == "cpu" and world_size() > 1:
         kw["ddp_backend"] = "gloo"  # several CPU processes: gloo is the back end that works without GPUs
     if device == "cuda" and importlib.util.find_spec("liger_kernel") is not None:

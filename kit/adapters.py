@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,8 +11,8 @@ from peft import LoftQConfig, LoraConfig, OFTConfig, PeftModel, get_peft_model, 
 from peft.optimizers import create_loraplus_optimizer
 from torch import nn
 
-from .config import AdapterConfig, RunConfig
-from .rundir import RunDir
+from .config import AdapterConfig, ConfigError, RunConfig
+from .rundir import find_adapter_dir
 
 # peft (0.21) reads transformers' deprecated ``is_gradient_checkpointing`` whenever it wraps a model: a
 # FutureWarning about peft's code, not ours, that a learner cannot act on (tests/test_notebooks_output.py)
@@ -49,9 +48,9 @@ def lora_targets(model: nn.Module, target: Any) -> str | list[str]:
     if t == ["all"]:
         return "all-linear"
     missing = [n for n in t if not any(full.endswith(n) for full, _ in model.named_modules())]
-    if missing:
-        raise ValueError(f"adapter.lora_target: no module named {missing} in this model; "
-                         f"linear layers are {linear_module_names(model)}")
+    if missing:  # needs the loaded model, so it is checked here and not by the config's validator
+        raise ConfigError(f"no module named {missing} in this model; its linear layers are "
+                          f"{linear_module_names(model)} (or 'all').", "adapter.lora_target")
     return t
 
 
@@ -83,13 +82,17 @@ def oft_config(model: nn.Module, a: AdapterConfig, task_type: str = "CAUSAL_LM")
 
 
 def _freeze(model: nn.Module, a: AdapterConfig) -> nn.Module:
-    """Train only the last (or first, if negative) n decoder layers, optionally only some modules in them."""
+    """Train only the last (or first, if negative) n decoder layers, optionally only some modules in them.
+
+    The config's validator has refused 0; what needs the model (its number of layers) is checked here."""
     n_layers = getattr(model.config, "num_hidden_layers", None)
     if not n_layers:
-        raise ValueError("adapter.type=freeze needs a model with config.num_hidden_layers")
+        raise ConfigError("freeze needs a model with config.num_hidden_layers (decoder layers to choose from); "
+                          "use adapter.type=lora or full for this model.", "adapter.type")
     k = a.freeze_trainable_layers
-    if k == 0 or abs(k) > n_layers:
-        raise ValueError(f"adapter.freeze_trainable_layers must be in [-{n_layers}, {n_layers}] and not 0, got {k}")
+    if abs(k) > n_layers:
+        raise ConfigError(f"must be in [-{n_layers}, {n_layers}] (this model has {n_layers} layers) and not 0, "
+                          f"got {k}.", "adapter.freeze_trainable_layers")
     layer_ids = list(range(n_layers - k, n_layers)) if k > 0 else list(range(0, -k))
     modules = _as_list(a.freeze_trainable_modules)
     extra = _as_list(a.freeze_extra_modules)
@@ -128,21 +131,10 @@ def apply_adapter(model: nn.Module, cfg: RunConfig, task_type: str = "CAUSAL_LM"
     if cfg.train.gradient_checkpointing:
         model.enable_input_require_grads()
     if a.resume_adapter:
-        # stacking: merge the trained adapter into the base, then train a fresh one on top
-        if quantized:
-            raise ValueError("adapter.resume_adapter (stacking) needs an unquantized base to merge into; set quant.bits=null")
+        # stacking: merge the trained adapter into the base (unquantized: a rule of the config), then
+        # train a fresh one on top
         model = PeftModel.from_pretrained(model, str(find_adapter_dir(a.resume_adapter))).merge_and_unload()
     return get_peft_model(model, lora_config(model, a, task_type))
-
-
-def find_adapter_dir(path: str | Path) -> Path:
-    """A LoRA adapter directory from a run dir (its final adapter, else its newest complete checkpoint), a
-    checkpoint dir or the adapter dir itself."""
-    rd = RunDir(path)
-    for cand in (rd.path, rd.adapter_dir, *reversed(rd.complete_checkpoints())):
-        if (cand / "adapter_config.json").exists():
-            return cand
-    raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {rd.path}, {rd.adapter_dir} or its checkpoints")
 
 
 def build_optimizer(model: nn.Module, cfg: RunConfig):
@@ -155,10 +147,10 @@ def build_optimizer(model: nn.Module, cfg: RunConfig):
         from .optimizers import build_muon
         return build_muon(model, cfg)
     ratio = cfg.adapter.loraplus_lr_ratio
-    if not ratio or cfg.adapter.type != "lora":
+    if not ratio:  # the validator allows it only with adapter.type=lora and adamw_torch
         return None
-    if not any(p.requires_grad and "lora_B" in n for n, p in model.named_parameters()):
-        raise ValueError("adapter.loraplus_lr_ratio is set but the model has no trainable lora_B weights")
+    if not any(p.requires_grad and "lora_B" in n for n, p in model.named_parameters()):  # needs the model
+        raise ConfigError("is set but the model has no trainable lora_B weights.", "adapter.loraplus_lr_ratio")
     opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=cfg.train.learning_rate, loraplus_lr_ratio=ratio,
                                     loraplus_weight_decay=cfg.train.weight_decay)
     # peft always makes four groups (A, embeddings, B, B without decay); the empty ones would only

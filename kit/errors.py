@@ -17,11 +17,17 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["ForgeError", "locate", "with_place"]
+__all__ = ["ForgeError", "UsageError", "locate", "with_place"]
 
 
 class ForgeError(Exception):
     """Base of the errors whose message tells the user what to fix (file/row/field, or key and allowed values)."""
+
+
+class UsageError(ForgeError, ValueError):
+    """A command-line argument or a Python function's argument that cannot be used (``forge train
+    --nnodes 2`` without an output dir, ``kit.evaluate(mode="x")``, ``score(run, prompt)`` without the
+    answer); the message names the argument and what it accepts."""
 
 
 def locate(source: Optional[str] = None, row: Optional[int] = None, field: Optional[str] = None,

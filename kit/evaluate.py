@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .data.formats import DataError
+from .errors import UsageError
 from .rundir import RunDir
 
 MODES = ("auto", "predict", "mc", "benchmark", "ppl")
@@ -95,7 +96,7 @@ def score_predictions(predictions: list[str], references: list[str], metrics: Op
     """Mean scores over all pairs, and the per-pair scores."""
     metrics = _check_metrics(metrics, PREDICT_METRICS, "predict")
     if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+        raise UsageError(f"{len(predictions)} predictions for {len(references)} references")
     per = []
     for p, r in zip(predictions, references):
         row: dict = {}
@@ -118,7 +119,7 @@ def _check_metrics(metrics: Optional[list[str]], allowed: tuple, mode: str) -> l
         key = m.lower().replace("_", "-")
         key = {"bleu-4": "bleu", "rouge-1": "rouge", "rouge-2": "rouge", "rouge-l": "rouge", "acc": "accuracy"}.get(key, key)
         if key not in allowed:
-            raise ValueError(f"metric {m!r} is not available in {mode} mode (choose from {', '.join(allowed)})")
+            raise UsageError(f"metric {m!r} is not available in {mode} mode (choose from {', '.join(allowed)})")
         if key not in out:
             out.append(key)
     return out
@@ -234,7 +235,7 @@ def _mc_logprobs(cm, question: str, choices: list[str]) -> list[tuple[float, int
     conts = [tok(c, add_special_tokens=False)["input_ids"] for c in choices]
     for c, text in zip(conts, choices):
         if not c:
-            raise ValueError(f"choice {text!r} encodes to no tokens")
+            raise DataError(f"choice {text!r} encodes to no tokens: give it some text", field="choices")
     _, sums = continuation_logprobs(cm.model, tok, prompt, conts)
     return [(lp, len(c)) for lp, c in zip(sums, conts)]
 
@@ -268,7 +269,7 @@ def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "
     from .paths import forge_home
 
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        raise UsageError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if compare_base:
         return _compare_base(source, dataset, mode=mode, metrics=metrics, max_samples=max_samples,
                              max_new_tokens=max_new_tokens, output_dir=output_dir, data_format=data_format,
@@ -278,9 +279,9 @@ def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "
         ev = cfg.data.eval_dataset
         dataset = ev if isinstance(ev, str) else ",".join(ev)
     if not dataset:
-        raise ValueError("name a dataset to evaluate on (a registered name such as demo_mc, or a file path)")
+        raise UsageError("name a dataset to evaluate on (a registered name such as demo_mc, or a file path)")
     if "," in dataset:
-        raise ValueError(f"evaluate one dataset at a time; got {dataset!r}")
+        raise UsageError(f"evaluate one dataset at a time; got {dataset!r}")
 
     bench_root = find_benchmark(dataset) if mode in ("auto", "benchmark") else None
     if mode == "benchmark" and bench_root is None:
@@ -322,7 +323,7 @@ def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "
     t0 = time.time()
     cm = ChatModel.load(load_src, **overrides)
     if mode != "predict" and cm.model is None:
-        raise ValueError(f"{mode} scoring reads the model's log-probabilities, which the {cm.backend} back end does "
+        raise UsageError(f"{mode} scoring reads the model's log-probabilities, which the {cm.backend} back end does "
                          "not expose: evaluate with generate.backend=hf")
     was_training = cm.model is not None and cm.model.training
     if cm.model is not None:
@@ -407,7 +408,7 @@ def base_of(source: Any) -> Any:
         return RunDir(source).config()
     if isinstance(source, RunConfig) and source.model.adapter_path:
         return source.replace(model__adapter_path=None)
-    raise ValueError("compare_base needs a training run, a run directory or a config with model.adapter_path")
+    raise UsageError("compare_base needs a training run, a run directory or a config with model.adapter_path")
 
 
 _NOT_SCORES = ("n", "seconds", "n_shot", "chance")

@@ -200,12 +200,10 @@ class EventBus:
 
 
 def read_events(path: Path) -> list[Event]:
-    """Events of a run directory's ``events.jsonl`` (a crash may leave a partial last line: skipped)."""
+    """The events of one JSONL file (a crash may leave a partial last line: skipped). A run
+    directory's events are ``RunDir(path).events()``: only RunDir knows where they are kept."""
     out = []
-    p = Path(path)
-    if p.is_dir():
-        p = p / "events.jsonl"
-    for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             out.append(Event.from_json(line))
         except (json.JSONDecodeError, KeyError):

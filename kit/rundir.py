@@ -12,6 +12,7 @@ evaluation, the reward-model scorer, the widgets) reads and writes it through :c
     export/                        the default export folder (merged weights or adapter, Modelfile, GGUF)
     eval/<dataset>/                evaluation results (predictions.jsonl, scores.json)
     traceback.txt                  written when a front end meets an unexpected error (a bug report)
+    tensorboard/                   TensorBoard's event files (train.report_to: tensorboard)
 
 Why ``export/`` and not ``merged/``: the folder holds whatever the export wrote (merged weights,
 or the adapter plus a Modelfile with ``--no-merge``, plus GGUF files), so it is named for the act,
@@ -78,6 +79,7 @@ class RunDir:
     EVAL = "eval"
     EVAL_SCORES = "scores.json"
     TRACEBACK = "traceback.txt"
+    TENSORBOARD = "tensorboard"
 
     def __init__(self, path: PathLike):
         self.path = Path(path).expanduser()
@@ -158,6 +160,11 @@ class RunDir:
     @property
     def traceback_path(self) -> Path:
         return self.path / self.TRACEBACK
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """Where TensorBoard's callback writes (``train.report_to: tensorboard``)."""
+        return self.path / self.TENSORBOARD
 
     def final_dir(self, kind: str) -> Path:
         """Where the final weights of ``kind`` (``"adapter"`` or ``"model"``) are saved."""

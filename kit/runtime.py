@@ -151,7 +151,7 @@ def deferred_bitsandbytes(needed: bool) -> Iterator[None]:
 
 def world_size() -> int:
     """Processes in this job (torchrun / accelerate set ``WORLD_SIZE``); 1 when run alone."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("WORLD_SIZE") or 1)  # unset or empty: alone
 
 
 def is_main_process() -> bool:

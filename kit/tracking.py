@@ -27,6 +27,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .config import RunConfig
+from .rundir import RunDir
 
 PROJECT = "forge-kit"
 TRACKERS = ("tensorboard", "trackio", "mlflow", "wandb", "swanlab")
@@ -65,7 +66,7 @@ def attach_trackers(trainer: Any, cfg: RunConfig, run_dir: Path) -> None:
     tb = None
     for cb in trainer.callback_handler.callbacks:
         if type(cb).__name__ == "TensorBoardCallback":
-            cb.logging_dir = str(Path(run_dir) / "tensorboard")
+            cb.logging_dir = str(RunDir(run_dir).tensorboard_dir)
             tb = cb
     trainer.add_callback(ConfigToTrackers(cfg, names, tb))
 

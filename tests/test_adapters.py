@@ -275,3 +275,21 @@ def test_optimizer_state_estimate_equals_the_real_state(tiny_cfg, optim):
                 held += v.numel() * v.element_size()
     est = next(e for e in run.events if e.kind == "model").get("memory_estimate")
     assert est["optimizer"] == optimizer_state_bytes(run.trainer.model, optim) == held, (est["optimizer"], held)
+
+
+def test_checks_that_need_the_model_raise_config_errors_naming_the_key(tiny_cfg):
+    """What the validator cannot know without the model (module names, its number of layers, whether it
+    has LoRA B weights) is checked when the adapter is applied, as a ConfigError naming the key."""
+    from kit import ConfigError
+
+    cases = [(tiny_cfg(lora_target="q_proj,no_such_proj"), "adapter.lora_target", "q_proj"),   # lists real ones
+             (tiny_cfg(finetuning_type="freeze", freeze_trainable_layers=-3), "adapter.freeze_trainable_layers",
+              "this model has 2 layers")]
+    for cfg, key, says in cases:
+        with pytest.raises(ConfigError) as e:
+            _adapted(cfg)
+        assert e.value.key == key and says in str(e.value), str(e.value)
+    plain = load_model(tiny_cfg(), with_adapter=False).model  # no LoRA applied: nothing for LoRA+ to speed up
+    with pytest.raises(ConfigError) as e:
+        build_optimizer(plain, tiny_cfg(lora_rank=4, loraplus_lr_ratio=16))
+    assert e.value.key == "adapter.loraplus_lr_ratio" and "lora_B" in str(e.value)

@@ -293,3 +293,21 @@ def test_round_trip_with_the_new_keys():
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_examples_validate(path):
     RunConfig.from_yaml(path)
+
+
+def test_below_the_validator_only_our_errors_are_raised():
+    """The recipes and the adapter code trust a validated config: the rules live in kit.config_rules, and what
+    needs the loaded model raises a ForgeError (ConfigError, DataError, RunDirError), never a bare
+    ValueError/RuntimeError/KeyError/TypeError a front end would report as a bug."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "kit"
+    files = [root / "adapters.py", *sorted((root / "stages").glob("*.py"))]
+    bare = []
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name) \
+                    and node.exc.func.id in ("ValueError", "RuntimeError", "KeyError", "TypeError"):
+                bare.append(f"{f.relative_to(root.parent)}:{node.lineno} {node.exc.func.id}")
+    assert not bare, bare

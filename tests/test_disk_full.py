@@ -12,7 +12,6 @@ import subprocess
 import pytest
 
 from kit.engine import Run, RunDirUnwritable, open_run
-from kit.events import read_events
 from kit.rundir import RunDir
 
 
@@ -70,7 +69,7 @@ def test_no_room_for_a_checkpoint_fails_before_training(tiny_cfg, tmpfs):
     with pytest.raises(RunDirUnwritable, match="free; this run writes about"):
         run.start()
     assert not run.history
-    on_disk = read_events(where / "run")
+    on_disk = RunDir(where / "run").events()
     assert on_disk[-1].kind == "failed" and "writes about" in on_disk[-1].get("error")
 
 
@@ -87,7 +86,7 @@ def test_disk_full_mid_run_keeps_the_failure_and_the_last_checkpoint(tiny_cfg, t
         run.start()
     assert run.status == "failed"
     rd = RunDir(where / "run")
-    failed = read_events(rd.path)[-1]  # written although the disk had been full
+    failed = rd.events()[-1]  # written although the disk had been full
     assert failed.kind == "failed" and "no space left" in failed.get("error").lower(), failed.get("error")
     assert str(rd.path) in failed.get("error")
     assert rd.state()["status"] == "failed"

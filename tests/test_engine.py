@@ -7,7 +7,6 @@ import pytest
 import kit
 from kit.cli import main as cli_main
 from kit.engine import Run, open_run
-from kit.events import read_events
 from kit.rundir import RunDir
 
 COMPLETE_MARKER = RunDir.COMPLETE_MARKER
@@ -28,8 +27,9 @@ def test_train_emits_events_and_saves(tiny_cfg):
             assert e.get(key) is not None, key
         assert e.get("tokens_per_s") > 0
     # the JSONL file holds the same stream
-    on_disk = read_events(run.run_dir)
+    on_disk = RunDir(run.run_dir).events()
     assert [e.kind for e in on_disk] == kinds
+    assert not run.bus.attached  # the event file's handle is closed once the run has ended
     assert (run.run_dir / "adapter" / "adapter_config.json").exists()
     assert (run.run_dir / "adapter" / "adapter_model.safetensors").exists()
     weights = [p.name for p in run.run_dir.rglob("*") if p.suffix in (".bin", ".pt", ".safetensors") and "model" in p.name]

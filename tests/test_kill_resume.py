@@ -140,7 +140,7 @@ def _kill_and_resume(cfg, reference, point: str, nth: int = 0, delay: float = 0.
     assert not [p for p in rd.path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
     for line in rd.events_path.read_text().splitlines():
         json.loads(line)
-    assert [e.kind for e in read_events(rd.path)].count("start") == 2
+    assert [e.kind for e in rd.events()].count("start") == 2
 
 
 @pytest.mark.parametrize("point,nth", DEFAULT_CASES)

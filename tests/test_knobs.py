@@ -202,3 +202,15 @@ def test_every_stage_knob_a_recipe_reads_is_declared_for_it():
         read = set().union(*(_recipe_reads(folder / f"{m}.py") for m in files)) & stage_fields
         for name in read:
             assert stage in knob_stages(f"stage.{name}"), f"kit/stages/{files[0]}.py reads stage.{name}"
+
+
+def test_label_smoothing_is_refused_with_the_losses_that_ignore_it():
+    """TRL reads label_smoothing only in SimPO (CPO) here; with sigmoid/ipo/hinge/orpo it would be a silent
+    no-op, so validation names the loss types that use it."""
+    for loss in ("sigmoid", "ipo", "hinge", "orpo"):
+        with pytest.raises(ConfigError) as e:
+            RunConfig.from_dict({"stage": {"name": "dpo", "loss_type": loss, "label_smoothing": 0.1}})
+        assert e.value.key == "stage.label_smoothing" and "dpo (loss_type simpo)" in str(e.value), str(e.value)
+        assert f"loss_type '{loss}'" in str(e.value)
+    cfg = RunConfig.from_dict({"stage": {"name": "dpo", "loss_type": "simpo", "label_smoothing": 0.1}})
+    assert cfg.stage.label_smoothing == 0.1

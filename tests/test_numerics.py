@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kit.engine import Run
-from kit.events import Event, read_events
+from kit.events import Event
 from kit.numerics import NumericsError
 from kit.rundir import RunDir
 
@@ -51,7 +51,7 @@ def test_nan_loss_fails_at_its_step_and_keeps_the_last_good_checkpoint(tiny_cfg)
     # the stream on disk is valid JSON and still says which number was NaN
     lines = rd.events_path.read_text().splitlines()
     assert all(json.loads(line) for line in lines)
-    on_disk = read_events(rd.path)[-1]
+    on_disk = rd.events()[-1]
     assert on_disk.kind == "failed" and on_disk.get("step") == 3 and math.isnan(on_disk.get("value"))
     assert rd.state()["status"] == "failed" and "step 3" in rd.state()["error"]
 
@@ -85,7 +85,7 @@ def test_huge_learning_rate_collapse_fails_the_cli(tiny_cfg, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kit.cli", "train", str(path)], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode != 0, proc.stdout[-2000:]
-    events = read_events(cfg.train.output_dir)
+    events = RunDir(cfg.train.output_dir).events()
     failed = events[-1]
     assert failed.kind == "failed" and "collapsed" in failed.get("error"), failed.data
     assert failed.get("quantity") in ("grad_norm", "loss") and 2 < failed.get("step") < 10

@@ -214,3 +214,31 @@ def test_kit_chat_notices_a_retrained_run(tmp_path, tiny_model_dir):
     emb = again.model.get_input_embeddings().weight
     torch.testing.assert_close(emb, -cm.model.get_input_embeddings().weight)
     MODELS.forget("chat")
+
+
+def test_chat_panel_shares_the_one_model_cache(tmp_path, tiny_model_dir):
+    """The Board's chat tab loads through kit.rundir.MODELS: the model kit.chat loaded is the one it uses,
+    and a run retrained into the same folder is loaded again."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kit.infer.hf import chat
+    from kit.widgets.chat import ChatPanel
+
+    rd = _run_dir(tmp_path, "full", model=tiny_model_dir)
+    shutil.copytree(tiny_model_dir, rd.model_dir)
+    MODELS.forget("chat")
+    chat(str(rd.path), "Hi", max_new_tokens=2)
+    key = ("chat", str(rd.path.resolve()))
+    cached = MODELS._entries[key][1]
+    panel = ChatPanel(source=str(rd.path), max_new_tokens=2)
+    assert panel.model() is cached and len(MODELS) == 1       # nothing loaded twice
+    model = AutoModelForCausalLM.from_pretrained(str(rd.model_dir))
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(-1.0)
+    model.save_pretrained(str(rd.model_dir), safe_serialization=True)  # retrained in place
+    fresh = panel.model()
+    assert fresh is not cached and fresh is MODELS._entries[key][1]
+    assert panel.model() is fresh
+    MODELS.forget("chat")
+

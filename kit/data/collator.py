@@ -2,8 +2,9 @@
 
 Why a 4D float mask: restarting ``position_ids`` alone does not isolate packed examples on
 the CPU attention kernels (sdpa and eager both attend across the boundary; see
-tests/test_packing.py), and a 4D bool mask only works with sdpa. A float mask with 0 where
-attention is allowed and the dtype's minimum elsewhere works with both.
+test_packing_without_the_block_mask_would_leak in tests/test_masks.py), and a 4D bool mask only
+works with sdpa. A float mask with 0 where attention is allowed and the dtype's minimum
+elsewhere works with both.
 """
 from __future__ import annotations
 
@@ -58,16 +59,12 @@ class ForgeCollator:
 
     pad_token_id: int
     mask_dtype: torch.dtype = torch.float32
-    pad_to_multiple_of: int | None = None
     padding_free: bool = False
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if self.padding_free:
             return self._flat(rows)
         length = max(len(r["input_ids"]) for r in rows)
-        if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            length = (length + m - 1) // m * m
         ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
         # a packed dataset always gets the 4D path, even for a batch of single examples, so every

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ..runtime import world_size
 from .formats import DataError
 
 # owner/name as the Hub spells repo ids: letters, digits, '-', '_', '.'
@@ -66,8 +67,7 @@ def hub_options(cfg: Any) -> HubOptions:
     d, t = cfg.data, cfg.train
     take = None
     if d.streaming:
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        take = d.max_samples or (t.max_steps * t.batch_size * t.grad_accum * world if t.max_steps and
+        take = d.max_samples or (t.max_steps * t.batch_size * t.grad_accum * world_size() if t.max_steps and
                                  t.max_steps > 0 else None)
         if not take:
             raise DataError("data.streaming=true reads a stream with no length: set train.max_steps (or "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..config import DataConfig, RunConfig
+from ..config_rules import dataset_refs
 from ..paths import data_cache_dir
 from .encode import IGNORE, TemplateError, encode_chat, encode_text_stream, pack
 from .formats import FORMAT_KIND, DataError, Row, detect_format, normalise_rows, origin_of
@@ -38,14 +39,6 @@ KIND_FORMATS = {
 
 # stages that can take an SFT-style chat and use it as another kind
 CONVERTIBLE = {("sft", "text"), ("sft", "prompt")}
-
-
-def _refs(x: Any) -> list[str]:
-    if x is None:
-        return []
-    if isinstance(x, str):
-        return [r.strip() for r in x.split(",") if r.strip()]
-    return [str(r) for r in x]
 
 
 # Normalised rows of files read lately, keyed by the file's identity (path, size, mtime) and the
@@ -143,9 +136,8 @@ def load_splits(cfg: RunConfig, kind: str) -> tuple[list[dict], list[dict]]:
     packing needs it, and split."""
     d, seed = cfg.data, cfg.train.seed
     hub = hub_options(cfg)
-    parts = [load_rows(r, d.format, kind, d.max_samples, hub)[0] for r in _refs(d.dataset)]
-    if not parts:
-        raise DataError("no dataset given (data.dataset)")
+    # at least one dataset: a rule of the validator (kit.config_rules)
+    parts = [load_rows(r, d.format, kind, d.max_samples, hub)[0] for r in dataset_refs(d.dataset)]
     train = mix(parts, d, seed)
     # The trainer's sampler orders the training rows (seeded, reshuffled every epoch), as in TRL and
     # LLaMA-Factory, so the same seed gives the same batches there and here. Shuffling here as well
@@ -153,7 +145,7 @@ def load_splits(cfg: RunConfig, kind: str) -> tuple[list[dict], list[dict]]:
     if d.shuffle and ((d.val_size and not d.eval_dataset) or d.packing):
         random.Random(seed).shuffle(train)
     evals: list[dict] = []
-    for r in _refs(d.eval_dataset):
+    for r in dataset_refs(d.eval_dataset):
         evals += load_rows(r, d.format, kind, d.max_samples, hub)[0]
     if d.val_size and not evals:
         n = int(d.val_size) if d.val_size >= 1 else max(1, int(round(len(train) * d.val_size)))
@@ -178,13 +170,11 @@ def validate_dataset(cfg: RunConfig, kind: Optional[str] = None) -> dict:
         return {"kind": kind, "train_rows": len(train), "eval_rows": len(evals)}
     d = cfg.data
     kinds, n_train, n_eval = set(), 0, 0
-    for refs, is_eval in ((_refs(d.dataset), False), (_refs(d.eval_dataset), True)):
+    for refs, is_eval in ((dataset_refs(d.dataset), False), (dataset_refs(d.eval_dataset), True)):
         for r in refs:
             rows, have = load_rows(r, d.format, None, d.max_samples, hub_options(cfg))
             kinds.add(have)
             n_eval, n_train = (n_eval + len(rows), n_train) if is_eval else (n_eval, n_train + len(rows))
-    if not n_train:
-        raise DataError("no dataset given (data.dataset)")
     return {"kind": kinds.pop() if len(kinds) == 1 else None, "train_rows": n_train, "eval_rows": n_eval}
 
 

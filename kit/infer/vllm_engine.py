@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from ..config import ConfigError
+from ..rundir import find_adapter_dir
 from .decoding import stop_token_ids
 from .engine import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, ChatRequest, Completion, Delta, check_fits, prompt_ids
 
@@ -90,7 +91,6 @@ class VLLMEngine:
     @classmethod
     def from_config(cls, cfg: Any) -> VLLMEngine:
         check_available()
-        from ..adapters import find_adapter_dir
         from ..models.loading import load_tokenizer, resolve_model_path
 
         path, gguf_file, _ = resolve_model_path(cfg.model.name, cfg.model.gguf_file)

@@ -1,12 +1,12 @@
 """A small registry of model families and named models.
 
 A family says what a user would otherwise look up: which linear layers LoRA should
-target, which token ends an assistant turn, and recommended settings. The tokenizer's
+target and which token ends an assistant turn. The tokenizer's
 own chat template stays the source of truth for encoding.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 
@@ -16,7 +16,6 @@ class ModelFamily:
     model_types: tuple[str, ...]                   # transformers config.model_type values
     lora_targets: tuple[str, ...]                  # 'all' expands to these for this family
     end_of_turn: tuple[str, ...] = ()              # tokens that end an assistant turn besides eos
-    recommended: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -49,9 +48,8 @@ def register_model(info: ModelInfo) -> ModelInfo:
 
 
 register_family(ModelFamily("llama", ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "granite", "olmo2"),
-                            _LLAMA_LIKE, ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"),
-                            {"lora_rank": 16, "learning_rate": 2e-4}))
-register_family(ModelFamily("gpt2", ("gpt2",), ("c_attn", "c_proj", "c_fc"), (), {"lora_rank": 8}))
+                            _LLAMA_LIKE, ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")))
+register_family(ModelFamily("gpt2", ("gpt2",), ("c_attn", "c_proj", "c_fc"), ()))
 register_family(ModelFamily("generic", (), (), ()))
 
 register_model(ModelInfo(

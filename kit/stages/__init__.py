@@ -10,6 +10,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..config import ConfigError
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -49,5 +51,5 @@ def get_recipe(name: str) -> Recipe:
     if name not in _RECIPES and name in STAGE_MODULES:
         importlib.import_module(f"kit.stages.{STAGE_MODULES[name]}")
     if name not in _RECIPES:
-        raise KeyError(f"unknown stage '{name}'; known: {', '.join(STAGE_MODULES)}")
+        raise ConfigError(f"unknown stage '{name}'; known: {', '.join(STAGE_MODULES)}.", "stage.name")
     return _RECIPES[name]

@@ -40,7 +40,6 @@ def _checkpointing_arg() -> str:
 def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.dtype) -> dict:
     """Keyword arguments shared by every TRL config class (they all extend TrainingArguments)."""
     t = cfg.train
-    has_eval = bool(cfg.data.eval_dataset) or cfg.data.val_size > 0
     kw: dict[str, Any] = dict(
         output_dir=str(RunDir(run_dir).checkpoints_dir),
         max_steps=t.max_steps,
@@ -61,7 +60,7 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
         logging_first_step=True,
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
-        eval_strategy=("steps" if t.eval_steps else "no") if has_eval else "no",
+        eval_strategy="steps" if t.eval_steps else "no",  # the validator refuses eval_steps without a validation set
         eval_steps=t.eval_steps,
         **{_checkpointing_arg(): t.gradient_checkpointing},
         report_to=list(t.report_to) or "none",

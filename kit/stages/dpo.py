@@ -31,8 +31,9 @@ def build_dpo_trainer(ctx: StageContext):
         losses, weights = [st.loss_type], [1.0]
         if st.ftx > 0:
             losses, weights = losses + ["sft"], weights + [st.ftx]
-        args = DPOConfig(**base, beta=st.beta, loss_type=losses, loss_weights=weights,
-                         label_smoothing=st.label_smoothing, max_length=cfg.data.cutoff_len)
+        # no label_smoothing: TRL reads it only in its "robust" loss, so the config declares the knob for
+        # simpo alone and refuses it with these losses
+        args = DPOConfig(**base, beta=st.beta, loss_type=losses, loss_weights=weights, max_length=cfg.data.cutoff_len)
         return DPOTrainer(ref_model=reference_model(ctx), args=args, **common)
     # TRL's experimental trainers are imported only by the runs that use them: each module warns on
     # import (silenced here) and may change between TRL releases
@@ -41,13 +42,12 @@ def build_dpo_trainer(ctx: StageContext):
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
         args = ORPOConfig(**base, beta=st.beta, max_length=cfg.data.cutoff_len)
         return ORPOTrainer(args=args, **common)
-    if st.loss_type == "simpo":
-        from trl.experimental.cpo import CPOConfig, CPOTrainer
-        # SimPO = CPO's length-normalised loss with a margin and no NLL term, unless ftx asks for one
-        args = CPOConfig(**base, loss_type="simpo", beta=st.beta, simpo_gamma=st.simpo_gamma, cpo_alpha=st.ftx,
-                         label_smoothing=st.label_smoothing, max_length=cfg.data.cutoff_len)
-        return CPOTrainer(args=args, **common)
-    raise ValueError(f"stage.loss_type '{st.loss_type}' is not a preference loss (sigmoid, ipo, hinge, orpo, simpo)")
+    # simpo, the one loss left (stage.loss_type is a Literal the validator checks)
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+    # SimPO = CPO's length-normalised loss with a margin and no NLL term, unless ftx asks for one
+    args = CPOConfig(**base, loss_type="simpo", beta=st.beta, simpo_gamma=st.simpo_gamma, cpo_alpha=st.ftx,
+                     label_smoothing=st.label_smoothing, max_length=cfg.data.cutoff_len)
+    return CPOTrainer(args=args, **common)
 
 
 register_recipe(Recipe("dpo", "preference", build_dpo_trainer,

@@ -203,12 +203,8 @@ class PPOTrainer(Trainer):
 
 def build_ppo_trainer(ctx: StageContext):
     cfg, st, tok = ctx.cfg, ctx.cfg.stage, ctx.tokenizer
+    # a reward (model and/or functions) and grad_accum=1 are rules of the validator (kit.config_rules)
     funcs = resolve_rewards(st.reward_funcs)
-    if not st.reward_model and not funcs:
-        raise ValueError("ppo needs stage.reward_model (the run directory of an rm stage run) "
-                         "and/or stage.reward_funcs")
-    if cfg.train.grad_accum != 1:
-        raise ValueError("ppo: train.grad_accum must be 1 (each rollout batch is optimised stage.ppo_epochs times)")
     rm = None
     if st.reward_model:
         rm = load_reward_model(st.reward_model, device=ctx.device)

@@ -12,6 +12,8 @@ import importlib
 import re
 from typing import Any, Callable, Optional
 
+from ..config import ConfigError
+
 RewardFn = Callable[..., list]
 
 
@@ -30,14 +32,16 @@ def _norm(s: str) -> str:
 def exact_match(prompts, completions, answer=None, **_) -> list[float]:
     """1.0 when the completion (stripped, case- and space-insensitive) equals the row's ``answer``."""
     if answer is None:
-        raise ValueError("exact_match needs an 'answer' column in the prompt dataset")
+        raise ConfigError("exact_match needs an 'answer' column in the prompt dataset, which has none; add answers "
+                          "to the rows or choose another reward.", "stage.reward_funcs")
     return [float(_norm(completion_text(c)) == _norm(a)) if a is not None else 0.0 for c, a in zip(completions, answer)]
 
 
 def contains(prompts, completions, answer=None, **_) -> list[float]:
     """1.0 when the row's ``answer`` appears in the completion (looser than exact_match)."""
     if answer is None:
-        raise ValueError("contains needs an 'answer' column in the prompt dataset")
+        raise ConfigError("contains needs an 'answer' column in the prompt dataset, which has none; add answers "
+                          "to the rows or choose another reward.", "stage.reward_funcs")
     return [float(a is not None and _norm(a) in _norm(completion_text(c))) for c, a in zip(completions, answer)]
 
 
@@ -78,7 +82,7 @@ def resolve_reward(spec: Any) -> RewardFn:
     if callable(spec):
         return spec
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"stage.reward_funcs: expected a name or a callable, got {spec!r}")
+        raise ConfigError(f"expected a name or a callable, got {spec!r}.", "stage.reward_funcs")
     name, _, arg = spec.partition(":")
     if name in BUILTINS:
         return BUILTINS[name](arg or None)
@@ -86,12 +90,12 @@ def resolve_reward(spec: Any) -> RewardFn:
         try:
             fn = getattr(importlib.import_module(name), arg)
         except (ImportError, AttributeError) as e:
-            raise ValueError(f"stage.reward_funcs: cannot import '{spec}': {e}") from None
+            raise ConfigError(f"cannot import '{spec}': {e}", "stage.reward_funcs") from None
         if not callable(fn):
-            raise ValueError(f"stage.reward_funcs: '{spec}' is not callable")
+            raise ConfigError(f"'{spec}' is not callable.", "stage.reward_funcs")
         return fn
-    raise ValueError(f"stage.reward_funcs: unknown reward '{spec}'; built-ins: {', '.join(BUILTINS)} "
-                     "(format:<regex>, length:<chars>), or 'module:function'")
+    raise ConfigError(f"unknown reward '{spec}'; built-ins: {', '.join(BUILTINS)} (format:<regex>, length:<chars>), "
+                      "or 'module:function'.", "stage.reward_funcs")
 
 
 def resolve_rewards(specs: Any) -> list[RewardFn]:

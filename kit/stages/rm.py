@@ -14,10 +14,11 @@ from typing import Any, Union
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from ..adapters import find_adapter_dir
+from ..config import ConfigError
 from ..data import build_rows
+from ..errors import UsageError
 from ..models import load_model
-from ..rundir import MODELS, RunDir
+from ..rundir import MODELS, RunDir, RunDirError
 from . import Recipe, register_recipe
 from .common import StageContext, base_training_args
 
@@ -81,7 +82,7 @@ def load_reward_model(path: Union[str, os.PathLike], device: str | None = None) 
         rd = RunDir(p)
         cfg = rd.config()
         if cfg.stage.name != "rm":
-            raise ValueError(f"{p} is a '{cfg.stage.name}' run, not a reward model (rm) run")
+            raise ConfigError(f"{p} is a '{cfg.stage.name}' run, not a reward model (rm) run.", "stage.reward_model")
         weights = rd.weights()
         if weights.adapter is None:
             p = Path(weights.model)
@@ -91,10 +92,10 @@ def load_reward_model(path: Union[str, os.PathLike], device: str | None = None) 
             if device:
                 over["model__device"] = device
             loaded = load_model(cfg.replace(**over), with_adapter=False, model_cls=ScalarHead)
-            model = PeftModel.from_pretrained(loaded.model, str(find_adapter_dir(weights.adapter)))
+            model = PeftModel.from_pretrained(loaded.model, str(weights.adapter))
             return RewardModel(model, loaded.tokenizer, loaded.device)
     if not (p / "config.json").exists():
-        raise FileNotFoundError(f"no reward model in {p}: expected an rm run directory or a saved model folder")
+        raise RunDirError(f"no reward model in {p}: expected an rm run directory or a saved model folder")
     tok = AutoTokenizer.from_pretrained(str(p))
     model = ScalarHead.from_pretrained(str(p))
     if model.config.pad_token_id is None:
@@ -118,8 +119,8 @@ def score(run_dir_or_model: Any, prompt: Union[str, list], answer: Union[str, li
     single = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], dict))
     if single:
         if answer is None:
-            raise ValueError("score(run, prompt, answer): answer is required")
+            raise UsageError("score(run, prompt, answer): answer is required")
         return float(rm([prompt], [answer])[0])
     if answer is None or len(prompt) != len(answer):
-        raise ValueError("score: give as many answers as prompts")
+        raise UsageError("score: give as many answers as prompts")
     return [float(x) for x in rm(list(prompt), list(answer))]

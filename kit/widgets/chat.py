@@ -1,6 +1,7 @@
 """The chat cell: answers stream in token by token, history is kept, base vs tuned side by side."""
 from __future__ import annotations
 
+import hashlib
 import html
 import threading
 from typing import Any, Optional
@@ -8,7 +9,7 @@ from typing import Any, Optional
 import ipywidgets as W
 
 from ..config import RunConfig
-from ..rundir import RunDir
+from ..rundir import MODELS, RunDir
 from ._fields import PanelError, ShowsWidget, error_html
 from .texts import Texts
 from .train import Throttle
@@ -29,6 +30,31 @@ def base_source(source: Any) -> Optional[RunConfig]:
     return None
 
 
+def _chat_model(src: Any, loading: Any):
+    """A ChatModel for ``src`` through :data:`kit.rundir.MODELS`, calling ``loading()`` before a load.
+
+    A Run that still holds its model is wrapped as it is (nothing to load); a finished one is
+    its run directory. A RunConfig (the base side) is keyed by a digest of its YAML, so the same
+    model is not loaded twice."""
+    from ..engine import Run
+    from ..infer.hf import ChatModel
+
+    if isinstance(src, ChatModel):
+        return src
+    if isinstance(src, Run):
+        if src.model is not None and src.tokenizer is not None:
+            return ChatModel.load(src)
+        src = src.run_dir
+
+    def load():
+        loading()
+        return ChatModel.load(src)
+
+    if isinstance(src, RunConfig):
+        return MODELS.get("chat", "config:" + hashlib.sha256(src.to_yaml().encode()).hexdigest()[:16], load)
+    return MODELS.get("chat", src, load)
+
+
 class ChatPanel(ShowsWidget):
     """Chat with a Run, a run directory, a model name/path, a RunConfig or a ChatModel.
 
@@ -44,8 +70,7 @@ class ChatPanel(ShowsWidget):
         self.t = t = Texts.of(lang)
         self._source = source
         self.url, self._api_key = url, api_key  # url: chat with a running server (forge serve) instead
-        self._models: dict[str, Any] = {}
-        self._loaded_for: dict[str, int] = {}
+        self._remote: Any = None  # the ChatModel talking to ``url``; loaded models live in kit.rundir.MODELS
         self.history: dict[str, list[dict]] = {s: [] for s in SIDES}
         self._busy = threading.Lock()
         self._thread: Optional[threading.Thread] = None
@@ -93,23 +118,21 @@ class ChatPanel(ShowsWidget):
         return self._source() if callable(self._source) else self._source
 
     def model(self, side: str = "tuned"):
-        """The ChatModel for a side, loaded on first use (and again when the board's run changes)."""
+        """The ChatModel for a side, from the one cache of loaded models (:data:`kit.rundir.MODELS`):
+        loaded on first use, again when the board's run changes or its weights are retrained."""
         from ..infer.hf import ChatModel
 
         if self.url and side == "tuned":
-            if "tuned" not in self._models:
-                self._models["tuned"] = ChatModel.connect(self.url, api_key=self._api_key)
-            return self._models["tuned"]
+            if self._remote is None:
+                self._remote = ChatModel.connect(self.url, api_key=self._api_key)
+            return self._remote
         src = self.source()
         if side == "base":
             src = base_source(src)
             if src is None:
                 raise PanelError(self.t("chat.base_needs_run"))
-        if self._loaded_for.get(side) != id(src) or side not in self._models:
-            self.t.bind(self.status, "value", lambda t: t("chat.loading", side=t(f"chat.side_{side}")))
-            self._models[side] = ChatModel.load(src)
-            self._loaded_for[side] = id(src)
-        return self._models[side]
+        return _chat_model(src, lambda: self.t.bind(self.status, "value", lambda t: t(
+            "chat.loading", side=t(f"chat.side_{side}"))))
 
     # ---------------------------------------------------------------- chatting
 

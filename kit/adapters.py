@@ -143,9 +143,10 @@ def build_optimizer(model: nn.Module, cfg: RunConfig):
 
     Returns None when LoRA+ is off (the trainer then builds its own optimizer from train.optim).
     """
-    if cfg.train.optim == "muon":
-        from .optimizers import build_muon
-        return build_muon(model, cfg)
+    from .optimizers import build_own_optimizer
+    own = build_own_optimizer(model, cfg)  # muon, adam_mini, badam (kit.optimizers)
+    if own is not None:
+        return own
     ratio = cfg.adapter.loraplus_lr_ratio
     if not ratio:  # the validator allows it only with adapter.type=lora and adamw_torch
         return None

@@ -27,7 +27,6 @@ import importlib.util
 import json
 import logging
 import platform
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +43,7 @@ from .errors import ForgeError
 from .evaluate import MODES, evaluate
 from .export import export
 from .infer.hf import ChatModel
+from .launch import worker_argv
 from .paths import forge_home, new_run_dir
 from .preview import preview
 from .rundir import RunDir
@@ -123,30 +123,30 @@ def _run_dir_of(source) -> Optional[Path]:
 # returns the exit code.
 
 
-def launch_distributed(cfg: RunConfig, nproc: int) -> int:
-    """Run this same `forge train` in ``nproc`` processes with torchrun (gloo on CPU, nccl on GPU).
+def launch_distributed(cfg: RunConfig, nproc: int, nnodes: int = 1, node_rank: Optional[int] = None,
+                       rdzv_endpoint: Optional[str] = None) -> int:
+    """Run this same `forge train` in ``nproc`` processes per node with torchrun (gloo on CPU, nccl on GPU).
 
     All ranks share one run directory, fixed here before launch; rank 0 writes the event stream.
-    The command is an argv list: no shell, no string built from user input.
+    Several nodes (``nnodes`` > 1) each run this with the same ``rdzv_endpoint`` and a shared
+    ``train.output_dir``. The command is an argv list (kit.launch.worker_argv): no shell.
     """
+    if nnodes > 1 and not cfg.train.output_dir:
+        raise UsageError("several nodes need train.output_dir on a shared file system (every node must write "
+                         "into the same run directory)")
     if not cfg.train.output_dir:
         cfg = cfg.replace(train__output_dir=str(new_run_dir(cfg.stage.name)))
-    run_dir = RunDir(cfg.train.output_dir)
-    run_dir.path.mkdir(parents=True, exist_ok=True)
-    frozen = cfg.save(run_dir.launch_config_path)
-    with socket.socket() as sock:  # a free local port for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-            f"--master_port={port}", "-m", "kit.cli", "train", str(frozen)]
-    print(f"launching {nproc} processes; run dir {run_dir.path}", file=sys.stderr)
+    argv = worker_argv(cfg, nproc, RunDir(cfg.train.output_dir).launch_config_path, nnodes=nnodes,
+                       node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+    print(f"launching {nproc} processes{f' on each of {nnodes} nodes' if nnodes > 1 else ''}; "
+          f"run dir {cfg.train.output_dir}", file=sys.stderr)
     return subprocess.run(argv, check=False).returncode
 
 
 def cmd_train(a, boundary: ErrorBoundary) -> int:
     cfg = _config_from(a.config, a.overrides)
-    if a.nproc > 1 and world_size() == 1:  # not yet inside a launched job: launch one
-        return launch_distributed(cfg, a.nproc)
+    if (a.nproc > 1 or a.nnodes > 1) and world_size() == 1:  # not yet inside a launched job: launch one
+        return launch_distributed(cfg, a.nproc, a.nnodes, a.node_rank, a.rdzv_endpoint)
     run = Run(cfg)
     boundary.run_dir = run.run_dir
     if is_main_process():
@@ -236,6 +236,7 @@ def cmd_env(a, boundary: ErrorBoundary) -> int:
     extras = {"notebook": ["ipywidgets", "plotly", "anywidget", "bitsandbytes", "rouge_score", "nltk"],
               "lab": ["jupyterlab"], "quant": ["bitsandbytes"],
               "vllm": ["vllm"], "gptq": ["gptqmodel"], "awq": ["awq"], "eval": ["rouge_score", "nltk"], "galore": ["galore_torch"],
+              "optimizers": ["apollo_torch", "adam_mini", "badam"], "deepspeed": ["deepspeed"],
               "serve": ["fastapi", "uvicorn", "openai"], "llamacpp": ["llama_cpp"]}
     for name, mods in extras.items():
         ok = all(importlib.util.find_spec(m) is not None for m in mods)
@@ -311,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="YAML config file (optional)")
     t.add_argument("overrides", nargs="*", help="key=value, e.g. train.max_steps=10 lora_rank=8")
     t.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torchrun; gloo on CPU)")
+    t.add_argument("--nnodes", type=int, default=1,
+                   help="machines in the job; each runs the same command (see examples/slurm_multinode.sh)")
+    t.add_argument("--node-rank", type=int, default=None, help="this machine's rank (default: torchrun assigns one)")
+    t.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                   help="with --nnodes > 1: host:port of the first machine, where all of them meet")
     t.set_defaults(fn=cmd_train)
 
     r = sub.add_parser("resume", help="continue a stopped or crashed run from its last checkpoint")

@@ -288,10 +288,18 @@ class TrainConfig:
     warmup_ratio: float = _f(0.0, "Fraction of steps spent warming up.", min=0.0, max=1.0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: off).", min=0.0)
-    optim: Literal["adamw_torch", "adamw_8bit", "sgd", "adafactor", "galore_adamw", "apollo_adamw", "muon"] = _f(
+    optim: Literal["adamw_torch", "adamw_8bit", "sgd", "adafactor", "galore_adamw", "apollo_adamw", "muon",
+                   "adam_mini", "badam"] = _f(
         "adamw_torch", "Optimizer. adamw_8bit needs bitsandbytes; galore_adamw needs galore-torch; apollo_adamw "
                        "(full/freeze) needs apollo-torch; muon: "
-                       "torch.optim.Muon on the 2-D weights of the decoder blocks, AdamW on the rest.")
+                       "torch.optim.Muon on the 2-D weights of the decoder blocks, AdamW on the rest; adam_mini "
+                       "(full/freeze, adam-mini): one second moment per block; badam (full, badam): Adam on one "
+                       "decoder layer at a time.")
+    badam_switch_every: int = _f(50, "BAdam: optimizer steps before the next decoder layer trains.", min=1)
+    badam_switch_mode: Literal["ascending", "descending", "random", "fixed"] = _f(
+        "ascending", "BAdam: the order the layers train in (fixed: the first one only).")
+    pure_bf16: bool = _f(False, "Pure bf16 training: the weights, gradients and optimizer state in bf16, no fp32 "
+                                "master copy and no autocast (pure_bf16 in LLaMA-Factory; half the memory of fp32).")
     neftune_noise_alpha: Optional[float] = _f(None, "NEFTune: uniform noise of this scale on the input embeddings "
                                                     "while training (never at inference). None: off.", gt=0.0,
                                               stages=("sft",))

@@ -299,11 +299,26 @@ RULES: list[Callable[[Any], Optional[Problem]]] = [
     Rule("train.optim", lambda c: c.train.optim == "apollo_adamw" and c.adapter.type in ("lora", "oft"),
          "APOLLO, like GaLore, compresses the optimizer state of full weight matrices; use it with "
          "adapter.type=full (or freeze), and another optimizer with LoRA."),
-    Rule("train.optim", lambda c: c.train.optim in ("galore_adamw", "apollo_adamw", "muon") and c.quant.bits is not None,
+    Rule("train.optim", lambda c: c.train.optim == "adam_mini" and c.adapter.type in ("lora", "oft"),
+         "Adam-mini shares second moments over the heads and neurons of full weight matrices; use it with "
+         "adapter.type=full (or freeze), and another optimizer with LoRA."),
+    # BAdam's blocks are whole decoder layers: LoRA / freeze already choose what trains, and GaLore / APOLLO
+    # are other train.optim values, so the two never meet
+    Rule("train.optim", lambda c: c.train.optim == "badam" and c.adapter.type != "full",
+         "BAdam trains one whole decoder layer at a time: use it with adapter.type=full (LoRA, OFT and freeze "
+         "already choose the weights that train)."),
+    Rule("train.badam_switch_every",
+         lambda c: c.train.optim != "badam" and (c.train.badam_switch_every != 50 or c.train.badam_switch_mode != "ascending"),
+         "is read only with train.optim=badam (as is train.badam_switch_mode)."),
+    Rule("train.pure_bf16", lambda c: c.train.pure_bf16 and (c.quant.bits is not None or c.model.dtype not in ("auto", "bfloat16")),
+         lambda c: "pure bf16 keeps the weights in bf16: leave model.dtype auto (or bfloat16) and quant.bits=null"
+                   f" (got dtype {c.model.dtype}, bits {c.quant.bits})."),
+    Rule("train.optim", lambda c: c.train.optim in ("galore_adamw", "apollo_adamw", "muon", "adam_mini", "badam")
+         and c.quant.bits is not None,
          lambda c: f"train.optim={c.train.optim} optimizes full weight matrices; a quantized base trains only "
                    "LoRA weights: use adamw_torch or adamw_8bit with quant.bits."),
-    Rule("train.optim", lambda c: c.train.optim == "muon" and c.stage.name not in ("sft", "pt"),
-         lambda c: f"train.optim=muon is built by the sft and pt recipes; stage '{c.stage.name}' would train with "
+    Rule("train.optim", lambda c: c.train.optim in ("muon", "adam_mini", "badam") and c.stage.name not in ("sft", "pt"),
+         lambda c: f"train.optim={c.train.optim} is built by the sft and pt recipes; stage '{c.stage.name}' would train with "
                    "AdamW instead. Use another optimizer for this stage."),
     Rule("model.shift_attn_group",
          lambda c: c.model.shift_attn and c.data.cutoff_len % (c.model.shift_attn_group or max(c.data.cutoff_len // 4, 1)),

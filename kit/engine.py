@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -34,7 +35,7 @@ import torch
 from .config import ConfigError, RunConfig
 from .errors import ForgeError
 from .events import TERMINAL, Event, EventBus
-from .launch import cpu_fsdp, full_state_dict, is_sharded, shard_fsdp2
+from .launch import cpu_fsdp, follow_events, full_state_dict, is_sharded, shard_fsdp2, worker_argv
 from .paths import new_run_dir
 from .rundir import RunDir
 from .runtime import deferred_bitsandbytes, is_main_process, paused_gc, set_threads, training_allocator, world_size
@@ -66,8 +67,11 @@ class Run:
     ``model``/``tokenizer`` (after training, for chat).
     """
 
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig, nproc: int = 1):
         self.config = config
+        # nproc > 1: this process launches nproc torchrun workers and follows the events rank 0 writes
+        self.nproc = nproc
+        self._workers: Optional[subprocess.Popen] = None
         out = config.train.output_dir
         self.dir = RunDir(out if out else new_run_dir(config.stage.name))
         if not out:
@@ -129,10 +133,15 @@ class Run:
         return self
 
     def stop(self, wait: bool = False, timeout: Optional[float] = None) -> None:
-        """Ask the run to stop after the current optimizer step; it saves a checkpoint first."""
+        """Ask the run to stop after the current optimizer step; it saves a checkpoint first.
+
+        A run of launched workers (``nproc`` > 1) ends them instead (SIGTERM to torchrun, which passes
+        it on): resume continues from their last complete checkpoint."""
         if self.status == "running":
             self.status = "stopping"
         self._stop.set()
+        if self._workers is not None and self._workers.poll() is None:
+            self._workers.terminate()
         if wait:
             self.wait(timeout)
 
@@ -172,6 +181,8 @@ class Run:
 
     def _execute(self) -> None:
         self.t_start = time.time()
+        if self.nproc > 1 and world_size() == 1:
+            return self._execute_workers()
         try:
             try:
                 # the garbage collector is paused while the run sets up (kit.runtime.paused_gc says why)
@@ -188,6 +199,37 @@ class Run:
             if self._thread is None:  # foreground: let the caller see the exception
                 if _is_disk_full(e) and not isinstance(e, ForgeError):  # a library's own "no space" error
                     raise RunDirUnwritable(self.events[-1].get("error")) from e
+                raise
+        finally:
+            self.bus.close()
+            self._done.set()
+
+    def _execute_workers(self) -> None:
+        """Launch ``nproc`` torchrun workers on this machine and follow the event stream rank 0
+        writes into the run directory: subscribers (the Board, a progress bar) see their events."""
+        try:
+            argv = worker_argv(self.config, self.nproc, self.dir.launch_config_path)
+            offset = self.dir.events_path.stat().st_size if self.dir.events_path.exists() else 0
+            self._workers = subprocess.Popen(argv)
+            follow_events(self.dir.events_path, offset, lambda: self._workers.poll() is None,
+                          lambda e: self.bus.emit(e.kind, **e.data))
+            code = self._workers.wait()
+            last = next((e for e in reversed(self.events) if e.kind in TERMINAL), None)
+            if self._stop.is_set() and (last is None or last.kind != "failed"):
+                self.status = "stopped"
+                if last is None:
+                    self._write_state({})
+                    self._emit("stopped", step=self.global_step, last_checkpoint=str(self.last_checkpoint))
+            elif last is not None and code == 0:
+                self.status = last.kind
+            else:
+                self.status = "failed"
+                if last is None or last.kind != "failed":
+                    self._emit("failed", error=f"the {self.nproc} workers exited with code {code} (their output "
+                                               "is above)", last_checkpoint=str(self.last_checkpoint))
+        except BaseException as e:  # noqa: BLE001 - the failed event must go out whatever failed
+            self._fail(e)
+            if self._thread is None:
                 raise
         finally:
             self.bus.close()
@@ -445,14 +487,17 @@ def _process_start_time() -> float:
         return time.time()
 
 
-def train(config: Any = None, *, blocking: bool = True, **overrides: Any) -> Run:
+def train(config: Any = None, *, blocking: bool = True, nproc: int = 1, **overrides: Any) -> Run:
     """Start a training run and return its :class:`Run`.
 
     ``kit.train(model="smollm2-135m-instruct", dataset="demo_sft", max_steps=20)`` or
-    ``kit.train("run.yaml")`` or ``kit.train(RunConfig(...), blocking=False)``.
+    ``kit.train("run.yaml")`` or ``kit.train(RunConfig(...), blocking=False)``. ``nproc=N``: N
+    data-parallel workers on this machine (torchrun; gloo on CPU); the returned run follows them.
     """
     cfg = RunConfig.coerce(config, **overrides)
-    return Run(cfg).start(blocking=blocking)
+    if nproc < 1:
+        raise ConfigError(f"nproc must be >= 1, got {nproc}", "nproc")
+    return Run(cfg, nproc=nproc).start(blocking=blocking)
 
 
 def open_run(run_dir: str | os.PathLike) -> Run:

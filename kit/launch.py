@@ -31,11 +31,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
 import sys
+import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
+
+from .events import Event
 
 DISTRIBUTED = ("ddp", "fsdp", "deepspeed")
 
@@ -220,3 +224,53 @@ def full_state_dict(model: Any) -> dict:
         for key in [k for k in state if k.endswith("lm_head.weight")]:
             del state[key]
     return state
+
+
+# ------------------------------------------------------------------ launching workers from one process
+
+
+def free_port() -> int:
+    """A free local TCP port for a one-node rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def worker_argv(cfg: Any, nproc: int, launch_path: Path, *, nnodes: int = 1, node_rank: Optional[int] = None,
+                rdzv_endpoint: Optional[str] = None) -> list[str]:
+    """Freeze ``cfg`` into ``launch_path`` (the run directory's ``launch.yaml``, RunDir.launch_config_path:
+    every rank reads the same file, so all share the run directory ``cfg`` names) and return the
+    torchrun argv that trains it in ``nproc`` processes per node. An argv list: no shell."""
+    if not cfg.train.output_dir:
+        raise ValueError("worker_argv needs cfg.train.output_dir set: all ranks must share one run directory")
+    frozen = cfg.save(launch_path)
+    port = free_port() if nnodes == 1 and rdzv_endpoint is None else None
+    return torchrun_argv(str(frozen), nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                         master_port=port)
+
+
+def follow_events(path: Path, offset: int, running: Callable[[], bool], emit: Callable[[Event], None],
+                  poll_s: float = 0.2) -> int:
+    """Hand ``emit`` each whole line rank 0 appends to ``path`` after byte ``offset``, while
+    ``running()`` is true, then what is left; returns the new offset. A partial last line (being
+    written) waits for its newline."""
+    path = Path(path)
+    buf = b""
+    while True:
+        alive = running()  # read after the check: a worker that just exited has written its last line
+        if path.exists():
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+            offset += len(chunk)
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    try:
+                        emit(Event.from_json(line.decode("utf-8", errors="replace")))
+                    except (ValueError, KeyError):
+                        continue
+        if not alive:
+            return offset - len(buf)
+        time.sleep(poll_s)

@@ -101,6 +101,9 @@ def optimizer_state_bytes(model: nn.Module, optim: str) -> int:
     if optim == "muon":
         from .optimizers import muon_state_bytes
         return muon_state_bytes(model)
+    if optim in ("adam_mini", "badam"):  # one moment per weight; one block of layers at a time (kit.optimizers)
+        from .optimizers import adam_mini_state_bytes, badam_state_bytes
+        return (adam_mini_state_bytes if optim == "adam_mini" else badam_state_bytes)(model)
     total = 0
     for p in model.parameters():
         if not p.requires_grad:
@@ -110,14 +113,15 @@ def optimizer_state_bytes(model: nn.Module, optim: str) -> int:
             total += 4 * (sum(p.shape[-2:]) if p.dim() >= 2 else n)
         elif optim == "adamw_8bit":
             total += 2 * (n + 4 * -(-n // 256)) if n >= 4096 else 8 * n
-        elif optim != "sgd":
-            total += 8 * n
+        elif optim != "sgd":  # torch's AdamW keeps its moments in the weights' dtype (bf16 ones: pure bf16)
+            total += 2 * max(p.element_size(), 2) * n if p.is_floating_point() else 8 * n
     return total
 
 
 def grad_bytes(model: nn.Module) -> int:
-    """fp32 gradients of the trainable parameters."""
-    return 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Gradients of the trainable parameters, in their dtype (fp32; bf16 under train.pure_bf16)."""
+    return sum(p.numel() * (p.element_size() if p.is_floating_point() else 4)
+               for p in model.parameters() if p.requires_grad)
 
 
 def activation_bytes(model_config: Any, cfg: RunConfig, device: str = "cpu", dtype_bytes: int = 4) -> int:

@@ -37,14 +37,22 @@ def test_fsdp_args_are_accepted_by_transformers(tiny_model_dir, tmp_path):
     assert ta.fsdp_config["version"] == 2 and ta.fsdp
 
 
-@pytest.mark.parametrize("preset,stage", [("zero2", 2), ("zero3", 3), ("zero3_offload", 3)])
-def test_deepspeed_presets(preset, stage, tiny_model_dir, monkeypatch):
-    import importlib.util
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "deepspeed" else real(n, *a))
-    cfg = _cfg(tiny_model_dir, distributed="deepspeed", distributed_config=preset)
+@pytest.mark.parametrize("preset,stage,offload", [("zero2", 2, False), ("zero3", 3, False), ("zero3_offload", 3, True)])
+def test_deepspeed_presets(preset, stage, offload, tiny_model_dir, tmp_path):
+    """With the deepspeed extra installed (it installs on CPU: scripts/setup.sh), each preset goes
+    through transformers' HfTrainerDeepSpeedConfig and accelerate's DeepSpeedPlugin, which fill the
+    "auto" values from TrainingArguments. A ZeRO run itself needs a GPU (test_deepspeed_zero3_offload_run)."""
+    pytest.importorskip("deepspeed")
+    from transformers import TrainingArguments
+    cfg = _cfg(tiny_model_dir, distributed="deepspeed", distributed_config=preset, batch_size=2, grad_accum=3)
     ds = distributed_args(cfg)["deepspeed"]
     assert ds["zero_optimization"]["stage"] == stage and ds == DEEPSPEED_PRESETS[preset]
+    ta = TrainingArguments(output_dir=str(tmp_path), report_to="none", per_device_train_batch_size=2,
+                           gradient_accumulation_steps=3, **distributed_args(cfg))
+    filled = ta.hf_deepspeed_config
+    assert filled.config["train_micro_batch_size_per_gpu"] == 2 and filled.config["gradient_accumulation_steps"] == 3
+    assert filled.is_zero3() == (stage == 3) and filled.is_offload() == offload
+    assert ta.deepspeed_plugin.zero_stage == stage
 
 
 def test_config_time_checks(tiny_model_dir, tmp_path, monkeypatch):
@@ -91,3 +99,25 @@ def test_deepspeed_zero3_offload_run(tiny_cfg):
     run = Run(tiny_cfg(distributed="deepspeed", distributed_config="zero3_offload", max_steps=2, save_steps=0))
     run.start(blocking=True)
     assert run.status == "finished"
+
+
+def test_forge_train_multi_node_flags(tiny_cfg, monkeypatch, tmp_path):
+    """`forge train --nproc 8 --nnodes 2 --rdzv-endpoint head:29500`: one torchrun line per node, as
+    examples/slurm_multinode.sh runs it; the run directory is shared and must be given."""
+    import subprocess
+
+    from kit import cli
+
+    seen = []
+    monkeypatch.setattr(subprocess, "run", lambda argv, check=False: seen.append(argv) or
+                        subprocess.CompletedProcess(argv, 0))
+    path = tiny_cfg().save(tmp_path / "c.yaml")
+    assert cli.main(["train", str(path), "--nproc", "8", "--nnodes", "2", "--rdzv-endpoint", "head:29500",
+                     "--node-rank", "1"]) == 0
+    argv = seen[0]
+    assert argv[:4] == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=8"]
+    assert {"--nnodes=2", "--rdzv_backend=c10d", "--rdzv_endpoint=head:29500", "--node_rank=1"} <= set(argv)
+    launch_yaml = tmp_path / "run" / "launch.yaml"
+    assert argv[-4:] == ["-m", "kit.cli", "train", str(launch_yaml)] and launch_yaml.exists()
+    no_dir = RunConfig.from_kwargs(model=str(tiny_cfg().model.name)).save(tmp_path / "d.yaml")
+    assert cli.main(["train", str(no_dir), "--nproc", "8", "--nnodes", "2", "--rdzv-endpoint", "head:1"]) == 2

@@ -9,8 +9,20 @@ import pytest
 from kit.config import ConfigError, RunConfig
 from kit.tracking import flat_config, installed_trackers
 
-pytest.importorskip("tensorboard")
-pytest.importorskip("trackio")
+
+def test_forge_env_lists_trackers_and_the_board_has_a_tracker_field(capsys):
+    from kit.cli import main
+    from kit.widgets.train import TrainPanel
+    assert main(["env"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("trackers"))
+    have = [n for n, ok in installed_trackers().items() if ok]
+    assert all(n in line for n in have) and ("none" in line) == (not have)
+    panel = TrainPanel(RunConfig())
+    assert "train.report_to" in panel.keys and panel.form["train.report_to"] is not None  # the tracker field
+
+
+needs_trackers = pytest.mark.skipif(not all(installed_trackers()[n] for n in ("tensorboard", "trackio")),
+                                    reason="needs tensorboard and trackio (scripts/setup.sh installs them)")
 
 
 def test_unknown_tracker_is_refused_with_a_suggestion(tiny_model_dir):
@@ -18,6 +30,7 @@ def test_unknown_tracker_is_refused_with_a_suggestion(tiny_model_dir):
         RunConfig.from_kwargs(model=str(tiny_model_dir), report_to=["tensorbaord"])
 
 
+@needs_trackers
 def test_flat_config_is_scalar():
     flat = flat_config(RunConfig())
     assert flat["train.learning_rate"] == RunConfig().train.learning_rate
@@ -25,6 +38,7 @@ def test_flat_config_is_scalar():
     assert installed_trackers()["tensorboard"] is True
 
 
+@needs_trackers
 def test_tensorboard_and_trackio_get_metrics_config_and_run_name(tiny_cfg, tmp_path, monkeypatch):
     if "trackio" not in sys.modules:  # trackio reads TRACKIO_DIR when first imported
         monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))

@@ -340,3 +340,75 @@ def test_apollo_trains_and_resumes(tiny_cfg, tmp_path):
     assert type(opt).__module__.startswith("apollo_torch") and any("rank" in g for g in opt.param_groups)
     assert _falls(ref) or [v for _, v in ref.losses()][-1] < [v for _, v in ref.losses()][0]
     _assert_resume_matches(tiny_cfg, tmp_path, common, ref)
+
+
+# ------------------------------------------------------------------ Adam-mini and BAdam (the optimizers extra)
+
+
+@pytest.mark.parametrize("kw, key", [
+    (dict(optim="adam_mini"), "train.optim"),                          # the default adapter is LoRA
+    (dict(optim="badam", finetuning_type="freeze"), "train.optim"),
+    (dict(optim="badam", finetuning_type="full", quant__bits=4), "adapter.type"),
+    (dict(optim="badam", finetuning_type="full", stage="dpo"), "train.optim"),
+    (dict(badam_switch_every=5), "train.badam_switch_every"),          # read only with optim=badam
+    (dict(pure_bf16=True, dtype="float32", finetuning_type="full"), "train.pure_bf16"),
+])
+def test_new_optimizers_are_checked(kw, key):
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_kwargs(**kw)
+    assert e.value.key == key
+
+
+def test_adam_mini_trains_and_resumes(tiny_cfg, tmp_path):
+    adam_mini = pytest.importorskip("adam_mini")
+    common = dict(finetuning_type="full", optim="adam_mini", learning_rate=3e-3, max_samples=16,
+                  lr_scheduler="constant")
+    ref = kit.train(tiny_cfg(max_steps=4, save_steps=0, output_dir=str(tmp_path / "ref"), **common))
+    opt = ref.trainer.optimizer.optimizer
+    assert isinstance(opt, adam_mini.Adam_mini)
+    # one second moment per head / neuron: far fewer values than weights (AdamW keeps one per weight)
+    v = sum(s["vmean"].numel() for s in opt.state.values() if "vmean" in s)
+    m = sum(s["m"].numel() for s in opt.state.values() if "m" in s)
+    assert 0 < v < m / 10
+    assert optimizer_state_bytes(ref.model, "adam_mini") * 2 == optimizer_state_bytes(ref.model, "adamw_torch")
+    assert _falls(ref)
+    _assert_resume_matches(tiny_cfg, tmp_path, common, ref)
+
+
+def test_badam_trains_one_layer_at_a_time_and_resumes(tiny_cfg, tmp_path):
+    pytest.importorskip("badam")
+    cfg = tiny_cfg(finetuning_type="full", optim="badam", learning_rate=3e-3, max_steps=3, **FAST)
+    run = Run(cfg)
+    trainer = run._setup()
+    before = _weights(run.model)
+    run._train(trainer)
+    changed = _changed(before, run.model)
+    # ascending, switching every 50 steps: only decoder layer 0 trained in these 3 steps
+    assert changed and all(n.startswith("model.layers.0.") for n in changed), changed
+    assert _falls(run) or [v for _, v in run.losses()][-1] < [v for _, v in run.losses()][0]
+    whole = apply_adapter(load_model(cfg, with_adapter=False).model, cfg)  # every weight trainable, as at set-up
+    layer = sum(p.numel() for n, p in whole.named_parameters() if n.startswith("model.layers.0."))
+    assert optimizer_state_bytes(whole, "badam") == 12 * layer < optimizer_state_bytes(whole, "adamw_torch") / 2
+    # switching every step: the checkpoint must restore the block schedule and the active block's moments
+    common = dict(finetuning_type="full", optim="badam", badam_switch_every=1, learning_rate=3e-3, max_samples=16,
+                  lr_scheduler="constant")
+    ref = kit.train(tiny_cfg(max_steps=4, save_steps=0, output_dir=str(tmp_path / "ref"), **common))
+    _assert_resume_matches(tiny_cfg, tmp_path, common, ref)
+
+
+# ------------------------------------------------------------------ pure bf16
+
+
+def test_pure_bf16_full_tuning(tiny_cfg):
+    cfg = tiny_cfg(finetuning_type="full", pure_bf16=True, max_steps=6, learning_rate=3e-3, **FAST)
+    run = Run(cfg)
+    trainer = run._setup()
+    assert not trainer.args.bf16 and not trainer.args.fp16  # no autocast: the math runs on the bf16 weights
+    run._train(trainer)
+    assert {p.dtype for p in run.model.parameters()} == {torch.bfloat16}  # no fp32 copy was ever made
+    state = trainer.optimizer.state
+    assert state and all(s["exp_avg"].dtype == torch.bfloat16 for s in state.values())
+    assert _falls(run)
+    est = next(e for e in run.events if e.kind == "model").get("memory_estimate")
+    fp32 = kit.memory.estimate(load_model(cfg.replace(train__pure_bf16=False), with_adapter=False).model, cfg)
+    assert est["weights"] * 2 == fp32.weights and est["optimizer"] * 2 == fp32.optimizer

@@ -228,6 +228,9 @@ LABELS = {
     "train.weight_decay": "权重衰减",
     "train.max_grad_norm": "最大梯度范数",
     "train.optim": "优化器",
+    "train.badam_switch_every": "BAdam 切换间隔",
+    "train.badam_switch_mode": "BAdam 切换顺序",
+    "train.pure_bf16": "纯 bf16 训练",
     "train.seed": "随机种子",
     "train.logging_steps": "日志间隔",
     "train.save_steps": "保存间隔",
@@ -537,8 +540,17 @@ HELP = {
         "Gradient clipping norm (0: off).",
         "梯度裁剪的范数（0：不裁剪）。"),
     "train.optim": (
-        "Optimizer. adamw_8bit needs bitsandbytes; galore_adamw needs galore-torch; apollo_adamw (full/freeze) needs apollo-torch; muon: torch.optim.Muon on the 2-D weights of the decoder blocks, AdamW on the rest.",
-        "优化器。adamw_8bit 需要 bitsandbytes；galore_adamw 需要 galore-torch。"),
+        "Optimizer. adamw_8bit needs bitsandbytes; galore_adamw needs galore-torch; apollo_adamw (full/freeze) needs apollo-torch; muon: torch.optim.Muon on the 2-D weights of the decoder blocks, AdamW on the rest; adam_mini (full/freeze, adam-mini): one second moment per block; badam (full, badam): Adam on one decoder layer at a time.",
+        "优化器。adamw_8bit 需要 bitsandbytes；galore_adamw 需要 galore-torch；apollo_adamw（full/freeze）需要 apollo-torch；muon：解码层的二维权重用 torch.optim.Muon，其余用 AdamW；adam_mini（full/freeze，adam-mini）：每块一个二阶矩；badam（full，badam）：每次只用 Adam 训练一个解码层。"),
+    "train.badam_switch_every": (
+        "BAdam: optimizer steps before the next decoder layer trains.",
+        "BAdam：训练下一个解码层之前的优化步数。"),
+    "train.badam_switch_mode": (
+        "BAdam: the order the layers train in (fixed: the first one only).",
+        "BAdam：各层训练的顺序（fixed：只训练第一层）。"),
+    "train.pure_bf16": (
+        "Pure bf16 training: the weights, gradients and optimizer state in bf16, no fp32 master copy and no autocast (pure_bf16 in LLaMA-Factory; half the memory of fp32).",
+        "纯 bf16 训练：权重、梯度和优化器状态都用 bf16，没有 fp32 主副本，也不用自动混合精度（LLaMA-Factory 的 pure_bf16；内存为 fp32 的一半）。"),
     "train.seed": (
         "Seed for data order, initialisation and sampling.",
         "数据顺序、初始化和采样所用的随机种子。"),

@@ -435,7 +435,8 @@ def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = No
     path, gguf_file, info = resolve_model_path(mc.name, mc.gguf_file)
     check_prequantized(path)
     device = pick_device(mc.device)
-    dtype = pick_dtype(mc.dtype, device)
+    # train.pure_bf16: the weights themselves in bf16, trained without an fp32 copy (the validator keeps dtype auto)
+    dtype = pick_dtype("bfloat16" if cfg.train.pure_bf16 else mc.dtype, device)
     tok = load_tokenizer(mc, path, gguf_file)
     kw: dict[str, Any] = dict(dtype=dtype, trust_remote_code=mc.trust_remote_code, revision=mc.revision,
                               attn_implementation=pick_attn(mc.attn_implementation, device))

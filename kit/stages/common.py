@@ -52,8 +52,9 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
         warmup_steps=t.warmup_ratio,           # a float below 1 is a ratio in transformers 5
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        # muon: kit.optimizers builds it and the recipe hands it to the trainer (the name is a placeholder)
-        optim={"adamw_8bit": "adamw_bnb_8bit", "galore_adamw": "galore_adamw", "muon": "adamw_torch"}.get(t.optim, t.optim),
+        # muon, adam_mini, badam: kit.optimizers builds them and the recipe hands them to the trainer (placeholder name)
+        optim={"adamw_8bit": "adamw_bnb_8bit", "galore_adamw": "galore_adamw", "muon": "adamw_torch", "adam_mini": "adamw_torch",
+               "badam": "adamw_torch"}.get(t.optim, t.optim),
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
@@ -66,7 +67,7 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
         report_to=list(t.report_to) or "none",
         **tracker_args(cfg, run_dir),          # run name + project for the trackers (kit.tracking)
         disable_tqdm=True,                     # the engine's events drive progress bars
-        bf16=dtype == torch.bfloat16 and device == "cuda",
+        bf16=dtype == torch.bfloat16 and device == "cuda" and not t.pure_bf16,  # pure bf16: no autocast
         fp16=dtype == torch.float16 and device == "cuda",
         use_cpu=device == "cpu",
         dataloader_num_workers=0,

@@ -12,6 +12,10 @@ from peft.optimizers import create_loraplus_optimizer
 from torch import nn
 
 from .config import AdapterConfig, ConfigError, RunConfig
+from .models.llama_pro import expand_blocks, train_new_blocks_only
+from .models.loading import check_weight_format
+from .models.new_tokens import NEW_TOKEN_MODULES
+from .optimizers import build_own_optimizer
 from .rundir import find_adapter_dir
 
 # peft (0.21) reads transformers' deprecated ``is_gradient_checkpointing`` whenever it wraps a model: a
@@ -117,12 +121,10 @@ def apply_adapter(model: nn.Module, cfg: RunConfig, task_type: str = "CAUSAL_LM"
             p.requires_grad_(True)
         return model
     if a.type == "freeze" and a.llama_pro_blocks:
-        from .models.llama_pro import expand_blocks, train_new_blocks_only
         return train_new_blocks_only(model, expand_blocks(model, a.llama_pro_blocks), _as_list(a.freeze_extra_modules))
     if a.type == "freeze":
         return _freeze(model, a)
     if cfg.model.new_special_tokens and a.type in ("lora", "oft"):  # the new rows must train and be saved
-        from .models.new_tokens import NEW_TOKEN_MODULES
         a = dataclasses.replace(a, modules_to_save=sorted(set(_as_list(a.modules_to_save)) | set(NEW_TOKEN_MODULES)))
     if a.type == "oft":
         return get_peft_model(model, oft_config(model, a, task_type))
@@ -133,7 +135,9 @@ def apply_adapter(model: nn.Module, cfg: RunConfig, task_type: str = "CAUSAL_LM"
     if a.resume_adapter:
         # stacking: merge the trained adapter into the base (unquantized: a rule of the config), then
         # train a fresh one on top
-        model = PeftModel.from_pretrained(model, str(find_adapter_dir(a.resume_adapter))).merge_and_unload()
+        stacked = find_adapter_dir(a.resume_adapter)
+        check_weight_format(stacked, cfg.model.allow_pickle)
+        model = PeftModel.from_pretrained(model, str(stacked)).merge_and_unload()
     return get_peft_model(model, lora_config(model, a, task_type))
 
 
@@ -143,7 +147,6 @@ def build_optimizer(model: nn.Module, cfg: RunConfig):
 
     Returns None when LoRA+ is off (the trainer then builds its own optimizer from train.optim).
     """
-    from .optimizers import build_own_optimizer
     own = build_own_optimizer(model, cfg)  # muon, adam_mini, badam (kit.optimizers)
     if own is not None:
         return own

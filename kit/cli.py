@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from .boundary import ErrorBoundary
 from .config import GenerateConfig, RunConfig
 from .engine import Run, open_run
-from .errors import ForgeError
+from .errors import UsageError
 from .evaluate import MODES, evaluate
 from .export import export
 from .infer.hf import ChatModel
@@ -48,10 +48,6 @@ from .paths import forge_home, new_run_dir
 from .preview import preview
 from .rundir import RunDir
 from .runtime import is_main_process, world_size
-
-
-class UsageError(ForgeError, ValueError):
-    """A command-line argument the command cannot use; the message says what to give instead."""
 
 
 def _config_from(args_cfg: Optional[str], overrides: list[str]) -> RunConfig:
@@ -277,28 +273,12 @@ def cmd_eval(a, boundary: ErrorBoundary) -> int:
     def progress(i: int, n: int) -> None:
         print(f"\r{i}/{n}", end="" if i < n else "\n", file=sys.stderr, flush=True)
 
-    try:
-        res = evaluate(a.source, a.dataset, mode=a.mode, metrics=a.metrics, max_samples=a.max_samples,
-                       max_new_tokens=a.max_new_tokens, output_dir=a.output_dir, progress=progress,
-                       n_shot=a.n_shot, compare_base=a.compare_base)
-    except ValueError as e:
-        # kit.evaluate says "bad mode / metric / dataset choice" with a plain ValueError raised in
-        # its own code; one raised anywhere else is not a usage problem and goes on as it is
-        if isinstance(e, ForgeError) or not _raised_in(e, "kit.evaluate"):
-            raise
-        raise UsageError(str(e)) from e
+    # a bad mode, metric or dataset choice is kit.evaluate's own UsageError / DataError
+    res = evaluate(a.source, a.dataset, mode=a.mode, metrics=a.metrics, max_samples=a.max_samples,
+                   max_new_tokens=a.max_new_tokens, output_dir=a.output_dir, progress=progress,
+                   n_shot=a.n_shot, compare_base=a.compare_base)
     print(json.dumps(res, indent=1, ensure_ascii=False))
     return 0
-
-
-def _raised_in(e: BaseException, module: str) -> bool:
-    """Whether the innermost frame of ``e``'s traceback is in ``module``."""
-    tb = e.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb.tb_frame.f_globals.get("__name__") == module
 
 
 # ------------------------------------------------------------------ the parser

@@ -132,6 +132,8 @@ class ModelConfig:
     revision: Optional[str] = _f(None, "Hub revision (branch, tag or commit).")
     trust_remote_code: bool = _f(False, "Run model code shipped with the checkpoint (a warning is logged). Off "
                                         "unless you trust it.")
+    allow_pickle: bool = _f(False, "Also load pickled .bin weights (model or adapter) where a folder has no "
+                                   "safetensors. Unpickling can run code: only for files you trust.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
         "auto", "Weights dtype. auto: bf16 on GPUs that support it, else fp32 (CPU).")
     device: Literal["auto", "cpu", "cuda", "mps"] = _f("auto", "Where to put the model. auto: CUDA if present, else CPU.")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 __all__ = ["Problem", "Rule", "RULES", "check", "reads", "users", "REPORT_TO", "REWARD_BUILTINS", "dataset_refs",
-           "code_references"]
+           "code_references", "tracker_installed"]
 
 LOSS_TYPE_STAGE = "dpo"  # the stage whose stage.loss_type picks among variants (a knob's ``loss_types``)
 
@@ -167,6 +167,12 @@ def _installed(module: str) -> bool:
         return False
 
 
+def tracker_installed(name: str) -> bool:
+    """Whether the tracker ``name`` of :data:`REPORT_TO` can be used here (``none`` always can)."""
+    modules = REPORT_TO[name]
+    return not modules or any(_installed(m) for m in modules)
+
+
 def report_to_problem(c: Any) -> Optional[Problem]:
     names = c.train.report_to
     for name in names:
@@ -179,7 +185,7 @@ def report_to_problem(c: Any) -> Optional[Problem]:
         return Problem("train.report_to", f"'none' cannot be combined with other trackers, got {names}.")
     for name in names:
         modules = REPORT_TO[name]
-        if modules and not any(_installed(m) for m in modules):
+        if not tracker_installed(name):
             return Problem("train.report_to", f"'{name}' is not installed; install the trackers with "
                                               f"{TRACK_EXTRA} (or: pip install {modules[0]}).")
     return None

@@ -36,8 +36,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .benchmarks import continuation_logprobs, find_benchmark, load_benchmark, perplexity, run_benchmark
+from .config import RunConfig
+from .data.encode import encode_prompt
 from .data.formats import DataError
+from .data.pipeline import load_rows
+from .data.registry import get_spec, read_spec
+from .engine import Run
 from .errors import UsageError
+from .infer.hf import ChatModel
+from .paths import forge_home
 from .rundir import RunDir
 
 MODES = ("auto", "predict", "mc", "benchmark", "ppl")
@@ -177,8 +185,6 @@ def _answer_index(a: Any, choices: list[str], source: str, i: int) -> int:
 
 def _predict_rows(ref: str, fmt: str, max_samples: Optional[int]) -> tuple[list[dict], str]:
     """(prompt messages, reference) pairs through the training data pipeline, so every format it reads works."""
-    from .data.pipeline import load_rows
-    from .data.registry import get_spec
 
     spec = get_spec(ref)
     source = spec.source if isinstance(spec.source, str) else f"<{spec.name}>"
@@ -203,9 +209,6 @@ def _predict_rows(ref: str, fmt: str, max_samples: Optional[int]) -> tuple[list[
 
 def _source_info(source: Any) -> tuple[Any, Optional[Path], Any]:
     """(what ChatModel.load takes, the run dir if any, the RunConfig if known)."""
-    from .config import RunConfig
-    from .engine import Run
-    from .infer.hf import ChatModel
 
     if isinstance(source, Run):
         if not source.done and source.status != "pending":
@@ -227,8 +230,6 @@ def _mc_logprobs(cm, question: str, choices: list[str]) -> list[tuple[float, int
     The prompt (chat template, system prompt, question) is the same for every choice and much longer
     than the choices, so it is run once and its key/value cache shared by the batch of choices.
     """
-    from .benchmarks import continuation_logprobs
-    from .data.encode import encode_prompt
 
     tok = cm.tokenizer
     prompt = encode_prompt(tok, [{"role": "user", "content": question}])
@@ -263,10 +264,6 @@ def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "
     ``overrides``: RunConfig keys applied when the model is loaded (e.g. ``model__dtype="float32"``).
     Returns the scores (also written to ``scores.json`` next to ``predictions.jsonl``).
     """
-    from .benchmarks import find_benchmark, load_benchmark, perplexity, run_benchmark
-    from .data.registry import get_spec, read_spec
-    from .infer.hf import ChatModel
-    from .paths import forge_home
 
     if mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
@@ -399,8 +396,6 @@ def text_rows(rows: list, source: str) -> list[str]:
 
 def base_of(source: Any) -> Any:
     """The model a run (or a config with ``model.adapter_path``) started from, as a RunConfig."""
-    from .config import RunConfig
-    from .engine import Run
 
     if isinstance(source, Run):
         return source.config

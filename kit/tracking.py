@@ -19,7 +19,6 @@ installed pyarrow), so they are not run.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -27,17 +26,16 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .config import RunConfig
+from .config_rules import REPORT_TO, tracker_installed
 from .rundir import RunDir
 
 PROJECT = "forge-kit"
-TRACKERS = ("tensorboard", "trackio", "mlflow", "wandb", "swanlab")
-_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",), "mlflow": ("mlflow",),
-            "wandb": ("wandb",), "swanlab": ("swanlab",)}
+TRACKERS = tuple(n for n in REPORT_TO if n != "none")  # the names and their modules: kit.config_rules
 
 
 def installed_trackers() -> dict[str, bool]:
     """Which trackers can be used here (for ``forge env``)."""
-    return {name: any(importlib.util.find_spec(m) is not None for m in mods) for name, mods in _MODULES.items()}
+    return {name: tracker_installed(name) for name in TRACKERS}
 
 
 def tracker_args(cfg: RunConfig, run_dir: Path) -> dict:

@@ -143,6 +143,7 @@ LABELS = {
     "model.gguf_file": "GGUF 文件",
     "model.revision": "模型版本",
     "model.trust_remote_code": "信任远程代码",
+    "model.allow_pickle": "允许 pickle 权重",
     "model.dtype": "权重精度",
     "model.device": "设备",
     "model.attn_implementation": "注意力实现",
@@ -268,6 +269,11 @@ HELP = {
     "model.trust_remote_code": (
         "Run model code shipped with the checkpoint (a warning is logged). Off unless you trust it.",
         "运行检查点自带的模型代码（会记录一条警告）。除非你信任它，否则请保持关闭。"),
+    "model.allow_pickle": (
+        "Also load pickled .bin weights (model or adapter) where a folder has no safetensors. Unpickling can run "
+        "code: only for files you trust.",
+        "在文件夹中没有 safetensors 时，也加载 pickle 格式的 .bin 权重（模型或适配器）。反序列化 pickle 可能执行代码："
+        "只用于你信任的文件。"),
     "model.dtype": (
         "Weights dtype. auto: bf16 on GPUs that support it, else fp32 (CPU).",
         "权重的数据类型。auto：在支持 bf16 的 GPU 上用 bf16，否则用 fp32（CPU）。"),

@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..config import ModelConfig, QuantConfig, RunConfig
+from ..config import ConfigError, ModelConfig, QuantConfig, RunConfig
 from ..errors import ForgeError
 from ..paths import models_dir
 from ..rundir import RunDir, find_adapter_dir
@@ -71,7 +71,7 @@ class LoadedModel:
 def pick_device(requested: str = "auto") -> str:
     if requested != "auto":
         if requested == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("model.device=cuda but no CUDA GPU is visible; use device=auto or cpu")
+            raise ConfigError("cuda, but no CUDA GPU is visible here; use auto or cpu.", "model.device")
         return requested
     if torch.cuda.is_available():
         return "cuda"
@@ -306,6 +306,35 @@ def _known() -> list[str]:
     return list(MODELS)
 
 
+# pickled weight files of a transformers model or a peft adapter (not training_args.bin, which is no weights)
+_PICKLED_WEIGHTS = ("pytorch_model", "adapter_model", "model")
+
+
+def check_weight_format(folder: Any, allow_pickle: bool) -> None:
+    """Safetensors only, unless ``model.allow_pickle``: a local folder whose weights are all pickled
+    (``.bin``/``.pt``/``.pth``) is refused before anything unpickles them (unpickling can run code;
+    torch's ``weights_only`` loader narrows that, but the promise is ours to keep)."""
+    p = Path(str(folder)).expanduser()
+    if allow_pickle or not p.is_dir():
+        return
+    names = [f.name for f in p.iterdir() if f.is_file()]
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    pickled = sorted(n for n in names if n.startswith(_PICKLED_WEIGHTS) and n.endswith((".bin", ".pt", ".pth")))
+    if pickled:
+        raise ConfigError(f"{p} holds only pickled weights ({', '.join(pickled)}), and unpickling a file can run "
+                          "code. Convert them to safetensors, or set model.allow_pickle=true if you trust them.",
+                          "model.allow_pickle")
+
+
+def _remote_code_error(name: str, e: ValueError) -> Optional[ConfigError]:
+    """Our error for transformers' refusal to run a checkpoint's own code with trust_remote_code off."""
+    if "trust_remote_code" not in str(e):
+        return None
+    return ConfigError(f"'{name}' ships its own Python code, which runs only with model.trust_remote_code=true "
+                       "(set it only if you trust that code).", "model.trust_remote_code")
+
+
 def _wrap_hub_error(name: str, e: Exception) -> Exception:
     return ModelNotFoundError(
         f"could not load '{name}': {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
@@ -360,6 +389,11 @@ def load_tokenizer(model_cfg: ModelConfig, path: str | None = None, gguf_file: s
             tok = AutoTokenizer.from_pretrained(path, **kw)
     except OSError as e:
         raise _wrap_hub_error(path, e) from e
+    except ValueError as e:
+        ours = _remote_code_error(path, e)
+        if ours is None:
+            raise
+        raise ours from None
     if model_cfg.template:
         from ..data.templates import resolve_template
         tok.chat_template = resolve_template(model_cfg.template)
@@ -442,6 +476,9 @@ def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = No
                               attn_implementation=pick_attn(mc.attn_implementation, device))
     if gguf_file:
         kw["gguf_file"] = gguf_file
+    else:  # safetensors only, unless the config opts in to pickles
+        check_weight_format(path, mc.allow_pickle)
+        kw["use_safetensors"] = None if mc.allow_pickle else True
     q = bnb_config(cfg.quant, dtype)
     if q is not None:
         kw["quantization_config"] = q
@@ -455,6 +492,11 @@ def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = No
             model = cls.from_pretrained(path, **kw)
     except OSError as e:
         raise _wrap_hub_error(path, e) from e
+    except ValueError as e:
+        ours = _remote_code_error(path, e)
+        if ours is None:
+            raise
+        raise ours from None
     if q is None and device != "cpu":
         model.to(device)
     if getattr(model.config, "pad_token_id", None) is None:
@@ -463,6 +505,8 @@ def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = No
     add_new_tokens(model, tok, mc.new_special_tokens)  # before an adapter trained with them (kit.models.new_tokens)
     if with_adapter and mc.adapter_path:
         from peft import PeftModel
-        model = PeftModel.from_pretrained(model, str(find_adapter_dir(mc.adapter_path)))
+        adapter = find_adapter_dir(mc.adapter_path)
+        check_weight_format(adapter, mc.allow_pickle)
+        model = PeftModel.from_pretrained(model, str(adapter))
     family = get_family(getattr(model.config, "model_type", "")).name
     return LoadedModel(model=model, tokenizer=tok, path=path, device=device, dtype=dtype, family=family, info=info)

@@ -18,6 +18,7 @@ from ..config import ConfigError
 from ..data import build_rows
 from ..errors import UsageError
 from ..models import load_model
+from ..models.loading import check_weight_format
 from ..rundir import MODELS, RunDir, RunDirError
 from . import Recipe, register_recipe
 from .common import StageContext, base_training_args
@@ -75,8 +76,9 @@ class RewardModel:
         return self.model(**enc).logits[:, 0].float().cpu()
 
 
-def load_reward_model(path: Union[str, os.PathLike], device: str | None = None) -> RewardModel:
-    """From an rm run directory (its config.yaml + adapter/ or model/) or a saved classifier folder."""
+def load_reward_model(path: Union[str, os.PathLike], device: str | None = None, allow_pickle: bool = False) -> RewardModel:
+    """From an rm run directory (its config.yaml + adapter/ or model/) or a saved classifier folder
+    (safetensors only, unless ``allow_pickle``: the training run's ``model.allow_pickle``)."""
     p = Path(path).expanduser()
     if RunDir.is_run_dir(p):
         rd = RunDir(p)
@@ -96,8 +98,9 @@ def load_reward_model(path: Union[str, os.PathLike], device: str | None = None) 
             return RewardModel(model, loaded.tokenizer, loaded.device)
     if not (p / "config.json").exists():
         raise RunDirError(f"no reward model in {p}: expected an rm run directory or a saved model folder")
+    check_weight_format(p, allow_pickle)
     tok = AutoTokenizer.from_pretrained(str(p))
-    model = ScalarHead.from_pretrained(str(p))
+    model = ScalarHead.from_pretrained(str(p), use_safetensors=None if allow_pickle else True)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     dev = device or "cpu"

@@ -9,6 +9,8 @@ from typing import Any, Optional
 import ipywidgets as W
 
 from ..config import RunConfig
+from ..engine import Run, open_run
+from ..infer.hf import ChatModel
 from ..rundir import MODELS, RunDir
 from ._fields import PanelError, ShowsWidget, error_html
 from .texts import Texts
@@ -19,8 +21,6 @@ SIDES = ("tuned", "base")
 
 def base_source(source: Any) -> Optional[RunConfig]:
     """The model a run started from (its config without the trained adapter), or None if not a run."""
-    from ..engine import Run, open_run
-
     if RunDir.is_run_dir(source):
         source = open_run(source)
     if isinstance(source, Run):
@@ -36,9 +36,6 @@ def _chat_model(src: Any, loading: Any):
     A Run that still holds its model is wrapped as it is (nothing to load); a finished one is
     its run directory. A RunConfig (the base side) is keyed by a digest of its YAML, so the same
     model is not loaded twice."""
-    from ..engine import Run
-    from ..infer.hf import ChatModel
-
     if isinstance(src, ChatModel):
         return src
     if isinstance(src, Run):
@@ -120,8 +117,6 @@ class ChatPanel(ShowsWidget):
     def model(self, side: str = "tuned"):
         """The ChatModel for a side, from the one cache of loaded models (:data:`kit.rundir.MODELS`):
         loaded on first use, again when the board's run changes or its weights are retrained."""
-        from ..infer.hf import ChatModel
-
         if self.url and side == "tuned":
             if self._remote is None:
                 self._remote = ChatModel.connect(self.url, api_key=self._api_key)

@@ -257,6 +257,8 @@ class StageConfig:
                                             "(needs train.allow_code).", stages=("grpo", "ppo"))
     reward_model: Optional[str] = _f(None, "A trained reward model (rm stage run dir); ppo needs it or reward_funcs.",
                                      stages=("grpo", "ppo"))
+    reward_model_quantization_bit: Optional[Literal[4, 8]] = _f(
+        None, "Load stage.reward_model quantized to 4 or 8 bits (bitsandbytes) to save memory.", stages=("grpo", "ppo"))
     num_generations: int = _f(4, "Completions sampled per prompt.", min=1, stages=("grpo", "ppo"))
     max_new_tokens: int = _f(32, "Tokens generated per completion during rollouts.", min=1, stages=("grpo", "ppo"))
     temperature: float = _f(1.0, "Sampling temperature during rollouts.", min=0.0, stages=("grpo", "ppo"))

@@ -337,6 +337,9 @@ RULES: list[Callable[[Any], Optional[Problem]]] = [
          "LLaMA Pro trains only the added blocks: set adapter.type=freeze with adapter.llama_pro_blocks."),
     Rule("adapter.oft_block_size", lambda c: c.adapter.type != "oft" and c.adapter.oft_block_size != 32,
          "is read only with adapter.type=oft."),
+    Rule("stage.reward_model_quantization_bit",
+         lambda c: c.stage.reward_model_quantization_bit is not None and not c.stage.reward_model,
+         "quantizes stage.reward_model, which is not set: set stage.reward_model (an rm run) or leave this out."),
     Rule("stage.ref_model_quantization_bit",
          lambda c: c.stage.ref_model_quantization_bit is not None and not c.stage.ref_model,
          "quantizes stage.ref_model, which is not set (the reference is then the policy with its adapter off); "

@@ -61,6 +61,7 @@ SETTINGS = {
     "stage.use_vllm": {"stage.use_vllm": True},
     "train.neftune_noise_alpha": {"train.neftune_noise_alpha": 5.0},
     "stage.ref_model_quantization_bit": {"stage.ref_model": "some/reference", "stage.ref_model_quantization_bit": 4},
+    "stage.reward_model_quantization_bit": {"stage.reward_model": "some/rm-run", "stage.reward_model_quantization_bit": 4},
     "model.shift_attn": {"model.shift_attn": True},
     "model.shift_attn_group": {"model.shift_attn": True, "model.shift_attn_group": 128},
 }

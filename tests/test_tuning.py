@@ -412,3 +412,36 @@ def test_pure_bf16_full_tuning(tiny_cfg):
     est = next(e for e in run.events if e.kind == "model").get("memory_estimate")
     fp32 = kit.memory.estimate(load_model(cfg.replace(train__pure_bf16=False), with_adapter=False).model, cfg)
     assert est["weights"] * 2 == fp32.weights and est["optimizer"] * 2 == fp32.optimizer
+
+
+# ------------------------------------------------------------------ quantized reward model (PPO)
+
+
+def test_reward_model_quantization_bit_for_ppo(tiny_cfg, tmp_path, monkeypatch):
+    pytest.importorskip("bitsandbytes")
+    from kit.stages import rm as rm_stage
+    rows = [{"prompt": f"Say yes {i}.", "chosen": "yes", "rejected": "no no no no"} for i in range(8)]
+    pref = tmp_path / "pref.jsonl"
+    pref.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
+    rm = kit.train(tiny_cfg(stage="rm", dataset=str(pref), max_steps=2, save_steps=0, output_dir=str(tmp_path / "rm")))
+    with pytest.raises(ConfigError) as e:
+        tiny_cfg(stage="ppo", dataset=str(prompts), reward_funcs=["length"], reward_model_quantization_bit=4)
+    assert e.value.key == "stage.reward_model_quantization_bit"
+    loaded = []
+    real = rm_stage.load_reward_model
+
+    def spy(*a, **kw):
+        loaded.append(real(*a, **kw))
+        return loaded[-1]
+    import kit.stages.ppo as ppo_stage
+    monkeypatch.setattr(ppo_stage, "load_reward_model", spy)
+    run = kit.train(tiny_cfg(stage="ppo", dataset=str(prompts), reward_model=str(rm.run_dir),
+                             reward_model_quantization_bit=4, stage__max_new_tokens=4, num_generations=2,
+                             max_steps=1, save_steps=0, output_dir=str(tmp_path / "ppo")))
+    assert run.status == "finished"
+    reward = [e.get("reward") for e in run.events if e.kind == "step"]
+    assert reward and all(r == r for r in reward)  # scored by the quantized model: finite
+    kinds = {type(m).__name__ for m in loaded[0].model.modules()}
+    assert "Linear4bit" in kinds  # the base weights are 4-bit

@@ -195,6 +195,7 @@ LABELS = {
     "adapter.oft_block_size": "OFT 块大小",
     "adapter.llama_pro_blocks": "LLaMA Pro 新增块数",
     "stage.ref_model_quantization_bit": "参考模型量化位数",
+    "stage.reward_model_quantization_bit": "奖励模型量化位数",
     "train.neftune_noise_alpha": "NEFTune 噪声强度",
     "stage.name": "训练阶段",
     "stage.loss_type": "损失类型",
@@ -433,6 +434,9 @@ HELP = {
     "adapter.llama_pro_blocks": (
         'LLaMA Pro: add this many decoder blocks (copies with zeroed output projections, spread evenly) and train only them (needs adapter.type=freeze). 0: off.',
         'LLaMA Pro：新增这么多个解码器块（输出投影置零的副本，均匀插入），只训练这些新块（需要 adapter.type=freeze）。0：关闭。'),
+    "stage.reward_model_quantization_bit": (
+        "Load stage.reward_model quantized to 4 or 8 bits (bitsandbytes) to save memory.",
+        "用 bitsandbytes 把 stage.reward_model 量化为 4 位或 8 位加载，以节省内存。"),
     "stage.ref_model_quantization_bit": (
         'Load stage.ref_model quantized to 4 or 8 bits (bitsandbytes) to save memory.',
         '以 4 或 8 位（bitsandbytes）量化加载 stage.ref_model，以节省内存。'),

@@ -17,9 +17,9 @@ from .rewards import completion_text, resolve_rewards
 from .rm import load_reward_model
 
 
-def reward_model_fn(path: str, allow_pickle: bool = False):
+def reward_model_fn(path: str, allow_pickle: bool = False, quant_bits=None):
     """A TRL reward function backed by an rm run (see :func:`kit.stages.rm.load_reward_model`)."""
-    rm = load_reward_model(path, allow_pickle=allow_pickle)
+    rm = load_reward_model(path, allow_pickle=allow_pickle, quant_bits=quant_bits)
 
     def reward_model(prompts, completions, **_):
         return rm(list(prompts), [completion_text(c) for c in completions]).tolist()
@@ -33,7 +33,7 @@ def build_grpo_trainer(ctx: StageContext):
     # the batch holds whole groups of stage.num_generations (kit.config_rules)
     funcs = resolve_rewards(st.reward_funcs)
     if st.reward_model:
-        funcs.append(reward_model_fn(st.reward_model, cfg.model.allow_pickle))
+        funcs.append(reward_model_fn(st.reward_model, cfg.model.allow_pickle, st.reward_model_quantization_bit))
     train_ds, eval_ds = build_rows(cfg, "prompt")
     if all(a is None for a in train_ds["answer"]):
         train_ds = train_ds.remove_columns("answer")

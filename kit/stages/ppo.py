@@ -207,7 +207,8 @@ def build_ppo_trainer(ctx: StageContext):
     funcs = resolve_rewards(st.reward_funcs)
     rm = None
     if st.reward_model:
-        rm = load_reward_model(st.reward_model, device=ctx.device, allow_pickle=cfg.model.allow_pickle)
+        rm = load_reward_model(st.reward_model, device=ctx.device, allow_pickle=cfg.model.allow_pickle,
+                               quant_bits=st.reward_model_quantization_bit)
     train_rows, _ = load_splits(cfg, "prompt")
     rows = [{"input_ids": encode_prompt(tok, r["prompt"])[-cfg.data.cutoff_len:], "prompt": r["prompt"],
              "answer": r.get("answer")} for r in train_rows]

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from ..config import ConfigError
+from ..config import ConfigError, QuantConfig
 from ..data import build_rows
 from ..errors import UsageError
 from ..models import load_model
-from ..models.loading import check_weight_format
+from ..models.loading import bnb_config, check_weight_format
 from ..rundir import MODELS, RunDir, RunDirError
 from . import Recipe, register_recipe
 from .common import StageContext, base_training_args
@@ -76,9 +76,14 @@ class RewardModel:
         return self.model(**enc).logits[:, 0].float().cpu()
 
 
-def load_reward_model(path: Union[str, os.PathLike], device: str | None = None, allow_pickle: bool = False) -> RewardModel:
+def load_reward_model(path: Union[str, os.PathLike], device: str | None = None, allow_pickle: bool = False,
+                      quant_bits: Optional[int] = None) -> RewardModel:
     """From an rm run directory (its config.yaml + adapter/ or model/) or a saved classifier folder
-    (safetensors only, unless ``allow_pickle``: the training run's ``model.allow_pickle``)."""
+    (safetensors only, unless ``allow_pickle``: the training run's ``model.allow_pickle``).
+
+    ``quant_bits`` (4 or 8, ``stage.reward_model_quantization_bit``): the frozen reward model's base
+    weights loaded through bitsandbytes, as the quantized reference model is; the score head stays
+    in full precision (transformers leaves the output head unquantized)."""
     p = Path(path).expanduser()
     if RunDir.is_run_dir(p):
         rd = RunDir(p)
@@ -90,7 +95,10 @@ def load_reward_model(path: Union[str, os.PathLike], device: str | None = None, 
             p = Path(weights.model)
         else:
             from peft import PeftModel  # only LoRA reward models need peft (a second of import time)
-            over = {"model__adapter_path": None, "quant__bits": None}
+            over = {"model__adapter_path": None, "quant__bits": quant_bits}
+            if quant_bits:  # the rm run's own training knobs are reset, as for the reference model
+                over.update(adapter__type="lora", adapter__init="default", adapter__llama_pro_blocks=0,
+                            adapter__resume_adapter=None, train__optim="adamw_torch", adapter__loraplus_lr_ratio=None)
             if device:
                 over["model__device"] = device
             loaded = load_model(cfg.replace(**over), with_adapter=False, model_cls=ScalarHead)
@@ -100,11 +108,12 @@ def load_reward_model(path: Union[str, os.PathLike], device: str | None = None, 
         raise RunDirError(f"no reward model in {p}: expected an rm run directory or a saved model folder")
     check_weight_format(p, allow_pickle)
     tok = AutoTokenizer.from_pretrained(str(p))
-    model = ScalarHead.from_pretrained(str(p), use_safetensors=None if allow_pickle else True)
+    quant = {"quantization_config": bnb_config(QuantConfig(bits=quant_bits), torch.float32)} if quant_bits else {}
+    model = ScalarHead.from_pretrained(str(p), use_safetensors=None if allow_pickle else True, **quant)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     dev = device or "cpu"
-    return RewardModel(model.to(dev), tok, dev)
+    return RewardModel(model if quant_bits else model.to(dev), tok, dev)  # bitsandbytes places its own weights
 
 
 def score(run_dir_or_model: Any, prompt: Union[str, list], answer: Union[str, list, None] = None) -> Any:

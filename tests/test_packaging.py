@@ -107,7 +107,7 @@ def test_wheel_outside_the_checkout_runs_the_quickstart(dist, tmp_path, forge_ho
 
     work = tmp_path / "learner"
     work.mkdir()
-    nb_path = work / "01_quickstart_sft.ipynb"
+    nb_path = work / "00_quickstart_board.ipynb"
     shutil.copy(ROOT / "notebooks" / nb_path.name, nb_path)
     import nbformat
     nb = nbformat.read(str(nb_path), as_version=4)
@@ -117,7 +117,7 @@ def test_wheel_outside_the_checkout_runs_the_quickstart(dist, tmp_path, forge_ho
     nbformat.write(nb, str(nb_path))
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_CURRENT_TEST", "VIRTUAL_ENV")}
-    env.update({"FORGE_HOME": str(forge_home), "FORGE_NOTEBOOK_STEPS": "3", "HF_HUB_OFFLINE": "1",
+    env.update({"FORGE_HOME": str(forge_home), "FORGE_NOTEBOOK_CI": "1", "HF_HUB_OFFLINE": "1",
                 "FORGE_KIT_SOURCE": str(dist["wheel"]), "PIP_NO_INDEX": "1",
                 "PATH": os.pathsep.join([str(venv / "bin"), os.environ.get("PATH", "")])})
     for k in ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "PYTHONWARNINGS"):
@@ -130,6 +130,6 @@ def test_wheel_outside_the_checkout_runs_the_quickstart(dist, tmp_path, forge_ho
     assert Path(facts["PREFIX"]) == venv
     assert Path(facts["KIT"]).is_relative_to(site) and not Path(facts["KIT"]).is_relative_to(ROOT), facts
     assert Path(facts["DATA"]) == Path(site) / "kit" / "demo_data", facts
-    assert any("finished at step 3" in cell_text(c) for c in ran.cells if c.cell_type == "code")
+    assert any("finished at step 6" in cell_text(c) for c in ran.cells if c.cell_type == "code")
     bad = unexpected_stderr(ran)
     assert not bad, "unexpected stderr in the quickstart run from the wheel:\n" + "\n".join(bad[:40])

@@ -30,6 +30,7 @@ class Panel(ShowsWidget):
     def __init__(self, config: Any = None, *, context: Optional[Callable[[], RunConfig]] = None,
                  lang: Any = None):
         self._context = context
+        self._base: Optional[RunConfig] = None  # the config a panel used on its own was given
         self.t = Texts.of(lang)
         self.form = FieldForm(self.keys, texts=self.t, **self._custom_fields())
         self.widget = self._build()
@@ -48,11 +49,18 @@ class Panel(ShowsWidget):
     config_fragment = fragment
 
     def load(self, cfg: RunConfig) -> None:
+        # a panel on its own (``TrainPanel(cfg)``) trains the whole cfg, not its own fields on the defaults
+        self._base = cfg
         self.form.load(cfg)
 
     def config(self) -> RunConfig:
-        """This panel's values on top of the defaults (or of the context's config)."""
-        base = self._context().to_dict() if self._context is not None else RunConfig().to_dict()
+        """This panel's values on top of the context's config (a board's), else of the config it was given."""
+        src = self._context() if self._context is not None else (self._base or RunConfig())
+        base = src.to_dict()
+        if src.stage.reward_funcs:
+            # to_dict writes a notebook's reward function as 'module:name' text, which a config may name only
+            # with train.allow_code; the Python objects themselves need no opt-in, so hand them on as they are
+            base["stage"]["reward_funcs"] = list(src.stage.reward_funcs)
         return RunConfig.from_dict(merge(base, self.fragment()))
 
 

@@ -6,11 +6,12 @@
 # torch & co. offline; --no-index makes pip check every declared requirement against them), and nbmake
 # runs every notebook in a kernel of that environment. FORGE_NOTEBOOK_CI=1 gives each notebook its tiny
 # settings (a few steps, few rows, short answers): the whole set has a 15-minute budget on 2 cores.
-# FORGE_TEST_NOTEBOOKS=0 skips the notebook part (e.g. while iterating on unit tests).
+# FORGE_TEST_NOTEBOOKS=0 skips the notebook part (e.g. while iterating on unit tests), =only runs just it;
+# FORGE_NOTEBOOKS="notebooks/00_quickstart_board.ipynb ..." picks notebooks (default: all of notebooks/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-python3 -m pytest tests -q "$@"
+[ "${FORGE_TEST_NOTEBOOKS:-1}" = "only" ] || python3 -m pytest tests -q "$@"
 
 [ "${FORGE_TEST_NOTEBOOKS:-1}" = "0" ] && { echo "notebooks skipped (FORGE_TEST_NOTEBOOKS=0)"; exit 0; }
 export FORGE_NOTEBOOK_CI=1
@@ -31,5 +32,6 @@ printf '{"argv": ["%s", "-m", "ipykernel_launcher", "-f", "{connection_file}"], 
 # that kernel's `import kit` is the wheel's copy, not this checkout's (the kernel starts in notebooks/)
 (cd notebooks && "$PY" -c "import kit, sys; assert kit.__file__.startswith(sys.prefix), kit.__file__; print('notebooks use', kit.__file__)")
 export FORGE_KIT_SOURCE="$WHEEL"   # what the install cell would install; it finds everything and prints "ready"
-JUPYTER_PATH="$NBENV/venv/share/jupyter" "$PY" -m pytest notebooks --nbmake --nbmake-kernel=forge-wheel \
+# shellcheck disable=SC2086  # FORGE_NOTEBOOKS is a list of paths
+JUPYTER_PATH="$NBENV/venv/share/jupyter" "$PY" -m pytest ${FORGE_NOTEBOOKS:-notebooks} --nbmake --nbmake-kernel=forge-wheel \
     --nbmake-timeout=600 -p no:cacheprovider -q "$@"

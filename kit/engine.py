@@ -302,9 +302,14 @@ class Run:
         return trainer
 
     def _train(self, trainer) -> None:
+        from .hooks import NothingLeftToTrain  # loaded by _setup already (the training stack, see there)
+
         resume = str(self._resume_from) if self._resume_from else None
         with training_allocator(self.device):
-            self._result = trainer.train(resume_from_checkpoint=resume)
+            try:
+                self._result = trainer.train(resume_from_checkpoint=resume)
+            except NothingLeftToTrain:  # resumed from the last step's checkpoint: save its weights
+                self._result = None
         self.model = trainer.model
 
     def _finish(self) -> None:

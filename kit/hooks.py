@@ -27,6 +27,13 @@ from .rundir import RunDir
 from .stages.common import ReportsTokens
 
 
+class NothingLeftToTrain(Exception):
+    """The resumed checkpoint already holds every step of the run (it was killed after its last
+    checkpoint, during the final save). Raised when training begins: transformers checks
+    ``max_steps`` only after a step, so it would train one step past the end. The engine catches it
+    and finishes from the checkpoint's weights."""
+
+
 def memory_mb(device: str) -> float:
     """Peak GPU memory on CUDA, else this process's resident memory."""
     if device == "cuda" and torch.cuda.is_available():
@@ -59,6 +66,9 @@ class RunHooks(TrainerCallback):
     def on_train_begin(self, args, state, control, **kw):
         self.t_last = time.time()
         self.step_last = state.global_step
+        if 0 < state.max_steps <= state.global_step:  # the weights are loaded by now; no step is left
+            self.run._emit("status", status="nothing left to train", max_steps=state.max_steps, step=state.global_step)
+            raise NothingLeftToTrain(state.global_step)
         self.run._emit("status", status="training", max_steps=state.max_steps, step=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kw):

@@ -3,6 +3,7 @@ import json
 import threading
 
 import pytest
+import torch
 
 import kit
 from kit.cli import main as cli_main
@@ -131,3 +132,29 @@ def test_cli_env(capsys):
     assert cli_main(["env"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "device:" in out and "extra quant" in out
+
+
+def test_resume_from_the_last_steps_checkpoint_trains_nothing_more(tiny_cfg):
+    """A run killed during its final save has a complete checkpoint at max_steps: resuming it saves that
+    checkpoint's weights and trains no further step (transformers would train one past max_steps; found by
+    the SIGKILL trials at the final save's os.replace). Asking for more steps still continues."""
+    from safetensors.torch import load_file
+
+    run = kit.train(tiny_cfg(max_steps=3, save_steps=1, save_total_limit=1))
+    rd = RunDir(run.run_dir)
+    final = load_file(str(rd.adapter_dir / "adapter_model.safetensors"))
+    for f in rd.adapter_dir.iterdir():  # as a kill between the checkpoint and the final save leaves it
+        f.unlink()
+    rd.adapter_dir.rmdir()
+    again = open_run(rd.path).resume()
+    assert again.status == "finished", again.traceback
+    start = [e for e in again.events if e.kind == "start"][-1]
+    assert start.get("resume_from") == str(rd.checkpoint_dir(3))
+    assert [e.step for e in again.history if e.time >= start.time] == []
+    assert again.events[-1].kind == "finished" and again.events[-1].get("step") == 3
+    got = load_file(str(rd.adapter_dir / "adapter_model.safetensors"))
+    assert got.keys() == final.keys() and all(torch.equal(got[k], final[k]) for k in final)
+
+    more = open_run(rd.path).resume(max_steps=4)
+    start = [e for e in more.events if e.kind == "start"][-1]
+    assert more.status == "finished" and [e.step for e in more.history if e.time >= start.time] == [4]

@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout: import this kit even when it is not installed
 MODEL = "smollm2-135m-instruct"
-CONTENDERS = ("forge", "forge-packed", "forge-blockmask", "trl", "trl-packed", "llamafactory", "llamafactory-packed")
+CONTENDERS = ("forge", "forge-packed", "forge-blockmask", "forge-qlora", "trl", "trl-packed", "llamafactory", "llamafactory-packed")
 DEFAULT_CONTENDERS = ("forge", "forge-packed", "trl", "trl-packed")
 LF_VERSION = "0.9.5"
 LF_VENV = Path.home() / ".cache" / "forge-kit" / "bench" / "llamafactory-venv"
@@ -55,10 +55,14 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def matmul_peak(device: str, sizes=(2048, 4096), repeats: int = 4) -> dict:
-    """Best achieved FLOP/s of a square matmul: the realistic ceiling MFU is measured against."""
+def matmul_peak(device: str, sizes=(2048, 4096), repeats: int = 6, threads: int | None = None) -> dict:
+    """Best achieved FLOP/s of a square matmul: the realistic ceiling MFU is measured against.
+
+    Best of ``repeats`` timings per size (of 2048^2 and 4096^2, so neither cache effects nor one
+    unlucky time slice on a shared machine decide it); the parent takes it right before every
+    contender, and each contender's MFU uses the peak taken just before it."""
     import torch
-    torch.set_num_threads(physical_cores())
+    torch.set_num_threads(threads or physical_cores())
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     best = {}
     for n in sizes:
@@ -66,7 +70,7 @@ def matmul_peak(device: str, sizes=(2048, 4096), repeats: int = 4) -> dict:
         b = torch.randn(n, n, dtype=dtype, device=device)
         torch.mm(a, b)  # warm-up
         times = []
-        for _ in range(repeats if n <= 2048 else max(2, repeats // 2)):
+        for _ in range(repeats if n <= 2048 else max(3, repeats // 2)):
             if device == "cuda":
                 torch.cuda.synchronize()
             t = time.perf_counter()
@@ -116,16 +120,27 @@ def run_child(name: str, args, out_json: Path) -> dict:
         py = str(ensure_llamafactory_venv())
     argv = [py, str(Path(__file__).resolve()), "--child", name, "--steps", str(args.steps),
             "--batch-size", str(args.batch_size), "--cutoff-len", str(args.cutoff_len),
-            "--device", args.device, "--child-out", str(out_json), "--model-path", args.model_path]
+            "--device", args.device, "--child-out", str(out_json), "--model-path", args.model_path,
+            "--dataset", args.dataset, "--threads", str(args.threads or 0)]
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:  # every contender's intra-op threads (LLaMA-Factory sets none of its own)
+        env["OMP_NUM_THREADS"] = str(args.threads)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     t = time.time()
     env["FORGE_BENCH_T0"] = repr(t)  # "process start" for the time to the first optimizer step
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    limit = int(args.max_mem_gb * 2 ** 30) if args.max_mem_gb else None
+
+    def cap_memory():  # an allocation past the cap fails in the child (MemoryError) instead of the
+        # kernel's OOM killer picking a process on this shared machine
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, preexec_fn=cap_memory if limit else None)
     if proc.returncode != 0 or not out_json.exists():
-        return {"name": name, "error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-3000:]}
+        oom = any(k in proc.stderr for k in ("MemoryError", "can't allocate memory", "std::bad_alloc"))
+        return {"name": name, "error": f"exit {proc.returncode}" + (f" (out of memory under the {args.max_mem_gb} GB cap)"
+                                                                   if oom else ""), "stderr_tail": proc.stderr[-3000:]}
     res = json.loads(out_json.read_text())
     res["wall_s"] = time.time() - t
     return res
@@ -293,8 +308,13 @@ def model_counts(model) -> dict:
     return {"n_matmul_params": mm, "n_trainable": train}
 
 
-def demo_rows() -> list[dict]:
-    rows = [json.loads(l) for l in (ROOT / "data" / "demo_sft.jsonl").read_text().splitlines() if l.strip()]
+def dataset_file(name: str) -> Path:
+    """The shipped alpaca-format demo set ``name`` (demo_sft: the default workload; demo_long_sft: long rows)."""
+    return ROOT / "data" / f"{name}.jsonl"
+
+
+def demo_rows(name: str = "demo_sft") -> list[dict]:
+    rows = [json.loads(l) for l in dataset_file(name).read_text().splitlines() if l.strip()]
     out = []
     for r in rows:
         user = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
@@ -309,19 +329,25 @@ FORGE_VARIANTS = {
     "forge": {},
     "forge-packed": {"packing": True},                            # packed rows, still padding-free
     "forge-blockmask": {"packing": True, "padding_free": False},  # padded packed rows, dense 4D mask
+    "forge-qlora": {"quantization_bit": 4},                       # QLoRA: 4-bit frozen weights (bitsandbytes)
 }
 
 
 def child_forge(args, probe: Probe, name: str) -> dict:
     """Forge's defaults, or one of FORGE_VARIANTS (to show what each part of the fast path buys)."""
     import kit
-    run = kit.train(model=MODEL, dataset="demo_sft", batch_size=args.batch_size, cutoff_len=args.cutoff_len,
+    run = kit.train(model=MODEL, dataset=args.dataset, batch_size=args.batch_size, cutoff_len=args.cutoff_len,
                     max_steps=args.steps, lora_rank=16, lora_alpha=32, save_steps=0, logging_steps=1,
-                    device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32",
+                    device=args.device, num_threads=args.threads or None, dtype="bfloat16" if args.device == "cuda" else "float32",
                     output_dir=tempfile.mkdtemp(prefix="forge-bench-"), **FORGE_VARIANTS[name])
     res = probe.result(name, args.steps)
     res.update(model_counts(run.trainer.model))
     res["forge_reported_first_step_s"] = run.first_step_s
+    model_ev = next((e for e in run.events if e.kind == "model"), None)
+    if model_ev is not None:  # the engine's estimate, to compare with the measured peak RSS
+        res["memory_estimate_mb"] = model_ev.get("memory_estimate", {}).get("total", 0) / 2 ** 20
+    res["gradient_checkpointing"] = bool(getattr(run.trainer.args, "gradient_checkpointing", False)
+                                         or getattr(run.trainer.args, "activation_checkpointing", False))
     return res
 
 
@@ -337,7 +363,7 @@ def child_trl(args, probe: Probe, packing: bool) -> dict:
     d = RunConfig().train  # same optimiser settings as Forge's defaults
     path = args.model_path
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    torch.set_num_threads(physical_cores())
+    torch.set_num_threads(args.threads or physical_cores())
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     cfg = SFTConfig(output_dir=tempfile.mkdtemp(prefix="trl-bench-"), per_device_train_batch_size=args.batch_size,
@@ -346,7 +372,7 @@ def child_trl(args, probe: Probe, packing: bool) -> dict:
                     max_length=args.cutoff_len, packing=packing, seed=d.seed,
                     use_cpu=args.device == "cpu", bf16=args.device == "cuda")
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(demo_rows()),
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(demo_rows(args.dataset)),
                          processing_class=tok, peft_config=lora)
     trainer.train()
     res = probe.result("trl-packed" if packing else "trl", args.steps)
@@ -369,14 +395,17 @@ def child_llamafactory(args, probe: Probe, packing: bool) -> dict:
         import types
         sys.modules["torchaudio"] = types.ModuleType("torchaudio")
     from llamafactory.train.tuner import run_exp
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
 
     work = Path(tempfile.mkdtemp(prefix="lf-bench-"))
-    (work / "dataset_info.json").write_text(json.dumps({"demo_sft": {
-        "file_name": str(ROOT / "data" / "demo_sft.jsonl"),
+    (work / "dataset_info.json").write_text(json.dumps({args.dataset: {
+        "file_name": str(dataset_file(args.dataset)),
         "columns": {"prompt": "instruction", "query": "input", "response": "output"}}}))
     cfg = {"model_name_or_path": args.model_path, "stage": "sft", "do_train": True,
            "finetuning_type": "lora", "lora_rank": 16, "lora_alpha": 32, "lora_target": "all",
-           "dataset": "demo_sft", "dataset_dir": str(work), "template": "chatml", "cutoff_len": args.cutoff_len,
+           "dataset": args.dataset, "dataset_dir": str(work), "template": "chatml", "cutoff_len": args.cutoff_len,
            "packing": packing, "neat_packing": packing, "output_dir": str(work / "out"), "logging_steps": 1,
            "per_device_train_batch_size": args.batch_size, "gradient_accumulation_steps": 1,
            "learning_rate": 2e-4, "lr_scheduler_type": "cosine", "max_steps": args.steps,
@@ -410,6 +439,14 @@ def parse(argv=None):
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per contender (>= 2)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--cutoff-len", type=int, default=512)
+    p.add_argument("--dataset", default="demo_sft", choices=("demo_sft", "demo_long_sft"),
+                   help="demo_long_sft: answers of 1k-4k tokens (bench/make_long_data.py), for --cutoff-len 2048/4096")
+    p.add_argument("--threads", type=int, default=0,
+                   help="intra-op threads of every contender and of the matmul peak (0: physical cores); 1 on a "
+                        "machine shared with other work, where a 2-thread op waits for its preempted partner")
+    p.add_argument("--max-mem-gb", type=float, default=20.0,
+                   help="address-space cap of each child (RLIMIT_AS): past it the child fails with an out-of-memory "
+                        "error instead of the kernel killing a process on a shared machine (0: no cap)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: bf16 and a bf16 matmul peak (written for GPU machines, not run on the CPU box)")
     p.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(DEFAULT_CONTENDERS))
@@ -435,10 +472,10 @@ def main(argv=None) -> int:
         child_main(args)
         return 0
     info = machine()
-    peak = matmul_peak(args.device)
+    peak = matmul_peak(args.device, threads=args.threads)
     print(f"machine: {info['cpu']} ({info['physical_cores']} cores), torch {info['torch']}, "
           f"load {info['loadavg_start']}")
-    print(f"matmul peak ({peak['dtype']}): {peak['peak_flops'] / 1e9:.1f} GFLOP/s")
+    print(f"matmul peak ({peak['dtype']}): {peak['peak_flops'] / 1e9:.1f} GFLOP/s (taken again before each contender)")
     if not args.report:
         args.model_path = args.model_path or model_path()  # resolved once, handed to every child
     results = []
@@ -448,17 +485,22 @@ def main(argv=None) -> int:
             f = tmp / f"{name}.json"
             res = json.loads(f.read_text()) if f.exists() else {"name": name, "error": "no output", "stderr_tail": ""}
         else:
-            print(f"running {name} ...", flush=True)
+            before = matmul_peak(args.device, threads=args.threads)  # right before it: the load may have changed since the last one
+            load = os.getloadavg()
+            print(f"running {name} (matmul peak {before['peak_flops'] / 1e9:.1f} GFLOP/s, load {load[0]:.2f}) ...",
+                  flush=True)
             res = run_child(name, args, tmp / f"{name}.json")
+            res["matmul_peak_flops"], res["loadavg_before"], res["loadavg_after"] = \
+                before["peak_flops"], load, os.getloadavg()
         if res.get("real_tokens_per_s"):
-            add_derived(res, peak["peak_flops"])
+            add_derived(res, res.get("matmul_peak_flops", peak["peak_flops"]))
         if "error" in res:
             print(f"  {name} FAILED: {res['error']}\n{res['stderr_tail']}")
         results.append(res)
     print("\nFLOPs per real token = 4*N_matmul(frozen Linear incl. LM head) + 6*N_lora; "
           "MFU = real tokens/s * that / matmul peak. Steady state = steps 2..N.")
     hdr = f"{'contender':<20}{'trained tok/s':>14}{'real tok/s':>12}{'s/step':>9}{'1st step s':>11}{'(tokens)':>9}" \
-          f"{'peak RSS MB':>12}{'loss first->last':>20}{'MFU %':>8}"
+          f"{'peak RSS MB':>12}{'loss first->last':>20}{'MFU %':>8}{'peak GF/s':>10}{'load':>6}{'est MB':>8}"
     print(hdr)
     ok = {r["name"]: r for r in results if "error" not in r}
     for r in ok.values():
@@ -467,7 +509,9 @@ def main(argv=None) -> int:
         print(f"{r['name']:<20}{fmt(r.get('trained_tokens_per_s')):>14}{fmt(r.get('real_tokens_per_s')):>12}"
               f"{fmt(r.get('s_per_step'), '.2f'):>9}{fmt(r.get('first_step_s'), '.1f'):>11}"
               f"{fmt(r.get('first_step_real_tokens'), 'd'):>9}"
-              f"{fmt(r.get('peak_rss_mb'), '.0f'):>12}{loss:>20}{fmt(None if mfu is None else 100 * mfu, '.2f'):>8}")
+              f"{fmt(r.get('peak_rss_mb'), '.0f'):>12}{loss:>20}{fmt(None if mfu is None else 100 * mfu, '.2f'):>8}"
+              f"{fmt(r.get('matmul_peak_flops', 0) / 1e9):>10}{fmt((r.get('loadavg_before') or [None])[0], '.1f'):>6}"
+              f"{fmt(r.get('memory_estimate_mb'), '.0f'):>8}")
     ratios = {}
     if "forge" in ok:
         f = ok["forge"]

@@ -1,22 +1,34 @@
 """How much memory training a model takes: weights, gradients, optimizer state and activations.
 
-One set of formulas for the engine's ``model`` event (on the loaded, adapted model) and the
+One set of formulas for the engine's ``model`` event (on the loaded, adapted model), the
 adapter panel's estimate (on a ``meta``-device copy built from ``config.json``, no weights in
-memory; :mod:`kit.widgets.estimate`). Nothing here draws anything or loads anything.
+memory; :mod:`kit.widgets.estimate`) and the engine's pre-flight check (:func:`preflight`, also on a
+``meta`` copy, before anything heavy loads). Nothing here draws anything or loads weights.
+
+What is counted is the peak resident memory of the training process (what ``ru_maxrss`` / the
+OOM killer see on CPU): the tensors above plus the interpreter and the imported training stack
+(:data:`RUNTIME_BYTES`) and the loss's backward workspace. bench/README.md compares it with the
+measured peak RSS of every benchmark workload.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from torch import nn
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .stages.common import GALORE_TARGETS, forward_tokens
 
 # transformers' default GaLore rank (optim_args "rank")
 GALORE_RANK = 128
+# Resident memory of a CPU training process before its model: the interpreter, torch, transformers'
+# Trainer, TRL, peft and datasets (ru_maxrss after `import kit` and that stack: 581 MB here, torch
+# 2.13 CPU, transformers 5.24, TRL 1.16) plus a tokenizer and the tokenized rows; GPU memory has none of it.
+RUNTIME_BYTES = 650 * 2 ** 20
 
 
 @dataclass(frozen=True)
@@ -27,15 +39,16 @@ class MemoryEstimate:
     grads: int
     optimizer: int
     activations: int
+    runtime: int = 0        # the process itself (RUNTIME_BYTES on CPU) and the loss's backward workspace
 
     @property
     def total(self) -> int:
-        return self.weights + self.grads + self.optimizer + self.activations
+        return self.weights + self.grads + self.optimizer + self.activations + self.runtime
 
     def as_dict(self) -> dict:
-        """``{weights, grads, optimizer, activations, total}`` (the ``model`` event's ``memory_estimate``)."""
+        """``{weights, grads, optimizer, activations, runtime, total}`` (the ``model`` event's ``memory_estimate``)."""
         return {"weights": self.weights, "grads": self.grads, "optimizer": self.optimizer,
-                "activations": self.activations, "total": self.total}
+                "activations": self.activations, "runtime": self.runtime, "total": self.total}
 
 
 def param_counts(model: nn.Module) -> tuple[int, int]:
@@ -150,6 +163,23 @@ def activation_bytes(model_config: Any, cfg: RunConfig, device: str = "cpu", dty
     return int(kept + tokens * vocab * 4)  # the fp32 log-softmax of the logits, kept by the loss
 
 
+def runtime_bytes(model_config: Any, cfg: RunConfig, device: str = "cpu") -> int:
+    """What the process needs besides weights, states and kept activations: the interpreter and the
+    training stack (CPU only), at the start of backward the gradients of the log-softmax and of the
+    logits (two more fp32 ``tokens x vocab`` buffers next to the kept log-softmax), and on CPU the
+    allocator's fragmentation slack."""
+    c = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    vocab = getattr(c, "vocab_size", 0) or 0
+    workspace = 2 * forward_tokens(cfg, device) * vocab * 4
+    if device != "cpu":
+        return workspace
+    # glibc keeps freed blocks while a CPU run trains (kit.runtime.training_allocator), and passes of
+    # different sizes leave them fragmented: the peak RSS grew step by step to ~1.5x the per-pass
+    # transient memory (kept activations + loss workspace) on the default workload (bench/README.md)
+    transient = activation_bytes(model_config, cfg, device) + workspace
+    return RUNTIME_BYTES + workspace + transient // 2
+
+
 def estimate(model: nn.Module, cfg: RunConfig, *, device: Optional[str] = None, dtype_bytes: Optional[int] = None,
              quant_bits: Optional[int] = None) -> MemoryEstimate:
     """Training memory of ``model`` (adapter attached) under ``cfg``.
@@ -166,7 +196,8 @@ def estimate(model: nn.Module, cfg: RunConfig, *, device: Optional[str] = None, 
         act_bytes = 4 if p is None or not p.is_floating_point() else min(p.element_size(), 4)
     return MemoryEstimate(weights=weight_bytes(model, dtype_bytes, quant_bits), grads=grad_bytes(model),
                           optimizer=optimizer_state_bytes(model, cfg.train.optim),
-                          activations=activation_bytes(getattr(model, "config", None), cfg, device, act_bytes))
+                          activations=activation_bytes(getattr(model, "config", None), cfg, device, act_bytes),
+                          runtime=runtime_bytes(getattr(model, "config", None), cfg, device))
 
 
 def checkpoint_bytes(model: nn.Module, cfg: RunConfig) -> int:
@@ -175,3 +206,135 @@ def checkpoint_bytes(model: nn.Module, cfg: RunConfig) -> int:
     trained = weight_bytes(model) if cfg.adapter.type != "lora" else \
         sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     return trained + optimizer_state_bytes(model, cfg.train.optim)
+
+
+# ----------------------------------------------------------------------------- pre-flight
+class WillNotFit(ConfigError):
+    """The pre-flight estimate of a run exceeds the memory this machine has free; the message names
+    the knob(s) that make it fit, with the estimate each gives."""
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What :func:`preflight` decided: the estimate as configured, the memory available, and whether
+    gradient checkpointing must be switched on for the step to fit (``message`` says why, or is empty)."""
+
+    estimate: MemoryEstimate
+    available: int
+    enable_checkpointing: bool = False
+    message: str = ""
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.total <= self.available
+
+
+def available_bytes(device: str) -> Optional[int]:
+    """Memory a new run may use: free GPU memory, or the kernel's ``MemAvailable`` (None: unknown)."""
+    if device == "cuda":
+        import torch
+        return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        try:
+            for line in open("/proc/meminfo"):
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return None
+
+
+def meta_model(cfg: RunConfig, path: str):
+    """The model at ``path`` (a local directory with ``config.json``) on the ``meta`` device with the
+    run's adapter attached: shapes only, no weights in memory (what the estimate needs)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .adapters import apply_adapter
+    from .runtime import deferred_bitsandbytes
+
+    shape_cfg = cfg.replace(adapter__init="default", adapter__resume_adapter=None)
+    with deferred_bitsandbytes(False), torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+        return apply_adapter(model, shape_cfg)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 2 ** 30:.1f} GB"
+
+
+def preflight(cfg: RunConfig, path: str, device: str, dtype_bytes: int, *,
+              available: Optional[int] = None, model: Optional[nn.Module] = None) -> Optional[Preflight]:
+    """Estimate a run's peak memory from its model's ``config.json`` before any weights load.
+
+    Fits as configured: nothing to do. Does not fit but fits with gradient checkpointing (and the
+    run has it off): ``enable_checkpointing`` with the reason in ``message``. Fits in no way:
+    :class:`WillNotFit`, naming the knobs (gradient checkpointing, 4-bit QLoRA, fewer tokens per
+    forward pass, a shorter cutoff) with the estimate each gives. ``available`` defaults to this
+    machine's free memory; None when it is unknown. ``model``: a ``meta`` model to use (tests).
+    """
+    available = available_bytes(device) if available is None else available
+    if available is None:
+        return None
+    model = meta_model(cfg, path) if model is None else model
+    bits = cfg.quant.bits
+
+    def est(c: RunConfig, b=bits) -> MemoryEstimate:
+        return estimate(model, c, device=device, dtype_bytes=dtype_bytes, quant_bits=b)
+
+    first = est(cfg)
+    if first.total <= available:
+        return Preflight(first, available)
+    t = cfg.train
+    with_gc = cfg if t.gradient_checkpointing else cfg.replace(train__gradient_checkpointing=True)
+    gc_est = est(with_gc)
+    if gc_est.total <= available and not t.gradient_checkpointing:
+        return Preflight(gc_est, available, True,
+                         f"memory: the step would need about {_gb(first.total)} and {_gb(available)} is free, so "
+                         f"gradient checkpointing is on (train.gradient_checkpointing=true: about {_gb(gc_est.total)}, "
+                         f"~30% slower); set a smaller train.micro_batch_tokens or data.cutoff_len to train without it")
+    options = []
+    if not t.gradient_checkpointing:
+        options.append(f"train.gradient_checkpointing=true ({_gb(gc_est.total)})")
+    if bits is None and cfg.adapter.type == "lora":
+        options.append(f"quant.bits=4 with gradient checkpointing ({_gb(est(with_gc, 4).total)})")
+    tokens = forward_tokens(cfg, device)
+    for fewer in (tokens // 2, tokens // 4):
+        if fewer >= 128:
+            c = with_gc.replace(train__micro_batch_tokens=fewer, train__micro_batch_size=1,
+                                data__cutoff_len=min(cfg.data.cutoff_len, fewer))
+            e = est(c)
+            options.append(f"data.cutoff_len={c.data.cutoff_len} with train.micro_batch_tokens={fewer} and "
+                           f"gradient checkpointing ({_gb(e.total)})")
+            if e.total <= available:
+                break
+    parts = ", ".join(f"{k} {_gb(v)}" for k, v in first.as_dict().items() if k != "total" and v)
+    raise WillNotFit(f"will not fit: this run needs about {_gb(first.total)} ({parts}) and {_gb(available)} is "
+                     f"free. What makes it smaller: " + "; ".join(options) + ".",
+                     "train.gradient_checkpointing" if not t.gradient_checkpointing else "quant.bits")
+
+
+def local_model_dir(name: str) -> Optional[str]:
+    """The model's directory when its ``config.json`` is already on disk (an embedded model converted
+    once, or a local folder); None for a hub id or a model not converted yet (nothing is fetched)."""
+    from .models.registry import resolve_model_info
+    from .paths import models_dir
+
+    info = resolve_model_info(name)
+    if info is not None and info.source == "embedded":
+        cached = models_dir() / info.name
+        return str(cached) if (cached / "config.json").exists() else None
+    p = Path(name).expanduser()
+    return str(p) if (p / "config.json").is_file() else None
+
+
+def checking_disabled() -> bool:
+    """``FORGE_NO_PREFLIGHT=1`` skips the pre-flight memory check (e.g. to measure an over-budget run)."""
+    return os.environ.get("FORGE_NO_PREFLIGHT") == "1"
+
+
+__all__ = ["MemoryEstimate", "Preflight", "WillNotFit", "estimate", "preflight", "available_bytes", "meta_model",
+           "activation_bytes", "runtime_bytes", "local_model_dir", "checking_disabled"]

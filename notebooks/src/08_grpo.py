@@ -8,7 +8,7 @@ LEARN = [
     "the built-in ones (`exact_match`, `contains`, `format:<regex>`, `length:<chars>`)",
     "what each GRPO knob does (group size, rollout length, temperature, beta) and how to read the reward curve",
 ]
-RUNTIME = {"ci": "1 min", "cpu": "6 min (20 steps)", "gpu": "about 2 min (faster still with stage.use_vllm)"}
+RUNTIME = {"ci": "not measured yet", "cpu": "not measured yet", "gpu": "about 2 min (faster still with stage.use_vllm)"}
 
 CELLS = [
     md("""

@@ -8,7 +8,7 @@ LEARN = [
     "both side by side into the run directory",
     "how to read the numbers: chance level, why a few rows are noisy, and what a fine-tune should and should not move",
 ]
-RUNTIME = {"ci": "1 min", "cpu": "5 min (30 steps, 20-row evaluations)", "gpu": "about 1 min"}
+RUNTIME = {"ci": "not measured yet", "cpu": "not measured yet", "gpu": "about 1 min"}
 
 CELLS = [
     md("""

@@ -8,7 +8,7 @@ LEARN = [
     "model you trained",
     "how to keep the adapter on its own (for PEFT, vLLM's LoRA loader or the Hub) and what a Hub upload would send",
 ]
-RUNTIME = {"ci": "1 min", "cpu": "3 min (20 steps, q8_0 GGUF)", "gpu": "about 1 min"}
+RUNTIME = {"ci": "not measured yet", "cpu": "not measured yet", "gpu": "about 1 min"}
 
 CELLS = [
     md("""

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -264,6 +265,7 @@ class Run:
             recipe = get_recipe(cfg.stage.name)
             from .data import validate_dataset
             validate_dataset(cfg, recipe.data_kind)  # a bad row fails here, in seconds, before the model loads
+            cfg = self._preflight_memory(cfg)  # "will not fit" here, before the weights load (kit.memory)
             self._emit("status", status="loading model")
             loaded = load_model(cfg, with_adapter=False, model_cls=recipe.model_class)
             self.device = loaded.device
@@ -348,6 +350,32 @@ class Run:
             log.warning("could not write %s: %s", self.dir.state_path, write_error)
 
     # ---------------------------------------------------------------- the run directory
+
+    def _preflight_memory(self, cfg: RunConfig) -> RunConfig:
+        """kit.memory.preflight on the model's config.json: a run that cannot fit fails now (WillNotFit
+        names the knob); one that fits only with gradient checkpointing gets it, and says so."""
+        from .memory import WillNotFit, checking_disabled, local_model_dir, preflight
+        from .models.loading import pick_device, pick_dtype
+
+        path = local_model_dir(cfg.model.name)
+        if path is None or checking_disabled() or world_size() > 1:
+            return cfg  # nothing on disk to read the shapes from yet, or several ranks share the machine
+        device = pick_device(cfg.model.device)
+        try:
+            plan = preflight(cfg, path, device, pick_dtype(cfg.model.dtype, device).itemsize)
+        except WillNotFit:
+            raise
+        except Exception as e:  # noqa: BLE001 - an estimate that cannot be made must not stop the run
+            log.debug("memory pre-flight skipped: %s", e)
+            return cfg
+        if plan is None or not plan.enable_checkpointing:
+            return cfg
+        print(f"forge: {plan.message}", file=sys.stderr)
+        self._emit("status", status="gradient checkpointing on", message=plan.message)
+        self.config = cfg.replace(train__gradient_checkpointing=True)
+        if is_main_process():
+            self.dir.save_config(self.config)
+        return self.config
 
     def _open_run_dir(self) -> None:
         """Fail early on a directory that cannot be written; clear an interrupted run's leftovers;

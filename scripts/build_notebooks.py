@@ -51,8 +51,8 @@ def code(text: str) -> dict:
 def header(title: str, learn: list[str], runtime: dict) -> dict:
     bullets = "\n".join(f"* {item}" for item in learn)
     return md(f"# {title}\n\n**What you will learn**\n\n{bullets}\n\n"
-              f"**Run time** (2-core CPU, embedded SmolLM2-135M): about {runtime['cpu']} with the defaults below, "
-              f"{runtime['ci']} with the CI settings (`FORGE_NOTEBOOK_CI=1`); on a GPU: {runtime['gpu']}.")
+              f"**Run time** (2-core CPU, embedded SmolLM2-135M): with the defaults below {runtime['cpu']}; "
+              f"with the CI settings (`FORGE_NOTEBOOK_CI=1`) {runtime['ci']}; on a GPU: {runtime['gpu']}.")
 
 
 def load_source(path: Path):

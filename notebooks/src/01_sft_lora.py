@@ -6,7 +6,7 @@ LEARN = [
     "what DoRA, rsLoRA, PiSSA and LoRA+ change, and which knob turns each on",
     "how to read the loss of an SFT run and check that the answers changed",
 ]
-RUNTIME = {"ci": "45 s", "cpu": "4 min", "gpu": "about a minute (a T4)"}
+RUNTIME = {"ci": 'about 11 min (measured at load 10 on this shared 2-core machine, DoRA)', "cpu": 'not measured yet', "gpu": 'about a minute on a T4 (estimate)'}
 
 CELLS = [
     md("""

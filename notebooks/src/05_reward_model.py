@@ -6,7 +6,7 @@ LEARN = [
     "the pairwise loss and the two numbers to watch: accuracy (chosen scored higher) and the margin",
     "how to score any answer with `kit.score` (PPO in notebook 09 uses this model as its reward)",
 ]
-RUNTIME = {"ci": "45 s", "cpu": "4 min", "gpu": "about a minute"}
+RUNTIME = {"ci": 'about 11 min (measured at load 10 on this shared 2-core machine)', "cpu": 'not measured yet', "gpu": 'about a minute (estimate)'}
 
 CELLS = [
     md("""

@@ -6,7 +6,7 @@ LEARN = [
     "the implied reward `log π(answer) − log π_ref(answer)` and how it separates the labels",
     "the weights for desirable and undesirable examples when the labels are unbalanced",
 ]
-RUNTIME = {"ci": "50 s", "cpu": "5 min", "gpu": "about a minute"}
+RUNTIME = {"ci": 'not measured yet on the real model', "cpu": 'not measured yet', "gpu": 'about a minute (estimate)'}
 
 CELLS = [
     md("""

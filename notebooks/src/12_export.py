@@ -44,7 +44,7 @@ CELLS = [
     code("""
         import kit
         from kit.widgets import TrainPanel
-        print(kit.export.__doc__.split("\n\n")[0])
+        print(kit.export.__doc__.split("\\n\\n")[0])
     """),
     md("""
         ## Data

@@ -21,6 +21,7 @@ an arg-max where two logits are close, and the table says where.
 
 Results: printed, and written to bench/results/generate-<timestamp>.json with the load average.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,13 +53,16 @@ CONTENDERS = ("hf-generate", "forge-hf", "forge-llamacpp", "llama.cpp")
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--model", default=MODEL, help="model name/path or run directory")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--prompts", type=int, default=4, help=f"how many of the {len(PROMPTS)} built-in prompts")
     p.add_argument("--repeats", type=int, default=2, help="measurements per prompt and contender (medians reported)")
-    p.add_argument("--threads", type=int, default=None, help="threads for torch and llama.cpp (default: physical cores)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="threads for torch and llama.cpp (default: physical cores)"
+    )
     p.add_argument("--skip", nargs="*", default=[], choices=CONTENDERS)
     p.add_argument("--gguf", default=None, help="an f16 GGUF of the model to use (default: exported now)")
     p.add_argument("--out", default=None, help="results JSON (default bench/results/generate-<timestamp>.json)")
@@ -68,6 +72,7 @@ def parse(argv=None):
 def _physical_cores() -> int:
     try:
         import psutil
+
         return psutil.cpu_count(logical=False) or os.cpu_count() or 1
     except ImportError:
         return os.cpu_count() or 1
@@ -92,10 +97,16 @@ def run_hf_generate(cm, prompt_ids, n, stop_ids):
     clock = _Clock()
     t0 = time.perf_counter()
     with torch.inference_mode():
-        out = cm.model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, eos_token_id=stop_ids,
-                                pad_token_id=cm.engine.pad_id, streamer=clock)
+        out = cm.model.generate(
+            torch.tensor([prompt_ids]),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=stop_ids,
+            pad_token_id=cm.engine.pad_id,
+            streamer=clock,
+        )
     t1 = time.perf_counter()
-    ids = out[0, len(prompt_ids):].tolist()
+    ids = out[0, len(prompt_ids) :].tolist()
     return ids, clock.times[1] - t0, t1 - clock.times[1]
 
 
@@ -154,7 +165,9 @@ def main(argv=None) -> int:
     if "hf-generate" not in args.skip:
         runners["hf-generate"] = lambda i: run_hf_generate(hf, ids_of[i], n, stop_ids)
     if "forge-hf" not in args.skip:
-        runners["forge-hf"] = lambda i: run_engine(hf.engine, ChatRequest(prompt_ids=list(ids_of[i]), settings=settings))
+        runners["forge-hf"] = lambda i: run_engine(
+            hf.engine, ChatRequest(prompt_ids=list(ids_of[i]), settings=settings)
+        )
     gguf = args.gguf
     want_llama = {"forge-llamacpp", "llama.cpp"} - set(args.skip)
     if want_llama:
@@ -176,7 +189,8 @@ def main(argv=None) -> int:
     if "forge-llamacpp" in want_llama:
         fl = ChatModel.load(gguf, generate__backend="llamacpp")
         runners["forge-llamacpp"] = lambda i: run_engine(
-            fl.engine, ChatRequest(prompt_ids=list(ids_of[i]), settings=settings), reset=fl.engine.reset)
+            fl.engine, ChatRequest(prompt_ids=list(ids_of[i]), settings=settings), reset=fl.engine.reset
+        )
     if "llama.cpp" in want_llama:
         from llama_cpp import Llama
 
@@ -200,10 +214,18 @@ def main(argv=None) -> int:
     for name, r in raw.items():
         answers[name] = r["ids"]
         counts = [len(x) for x in r["ids"]]
-        results[name] = {"decode_tokens_per_s_median": statistics.median(r["rate"]), "decode_tokens_per_s_each": r["rate"],
-                         "ttft_s_median": statistics.median(r["ttft"]), "ttft_s_each": r["ttft"], "new_tokens_each": counts}
-        print(f"{name:<15} decode {statistics.median(r['rate']):7.1f} tok/s   TTFT median "
-              f"{statistics.median(r['ttft']) * 1000:6.0f} ms   (new tokens {counts})", flush=True)
+        results[name] = {
+            "decode_tokens_per_s_median": statistics.median(r["rate"]),
+            "decode_tokens_per_s_each": r["rate"],
+            "ttft_s_median": statistics.median(r["ttft"]),
+            "ttft_s_each": r["ttft"],
+            "new_tokens_each": counts,
+        }
+        print(
+            f"{name:<15} decode {statistics.median(r['rate']):7.1f} tok/s   TTFT median "
+            f"{statistics.median(r['ttft']) * 1000:6.0f} ms   (new tokens {counts})",
+            flush=True,
+        )
 
     ref = answers.get("hf-generate") or answers.get("forge-hf")
     if ref is not None:
@@ -211,21 +233,41 @@ def main(argv=None) -> int:
             diffs = [first_difference(r, a) for r, a in zip(ref, each)]
             results[name]["greedy_equal_to_fp32"] = sum(d is None for d in diffs)
             results[name]["first_difference_at_token"] = diffs
-            print(f"{name:<15} greedy answers equal to fp32 transformers: {sum(d is None for d in diffs)}/{len(diffs)}"
-                  + ("" if all(d is None for d in diffs) else f" (first different token: {diffs})"))
+            print(
+                f"{name:<15} greedy answers equal to fp32 transformers: {sum(d is None for d in diffs)}/{len(diffs)}"
+                + ("" if all(d is None for d in diffs) else f" (first different token: {diffs})")
+            )
     target = results.get("llama.cpp")
     if target:
         for name in ("forge-llamacpp", "forge-hf", "hf-generate"):
             if name in results:
                 r = results[name]
-                print(f"{name:<15} vs llama.cpp: decode x{r['decode_tokens_per_s_median'] / target['decode_tokens_per_s_median']:.2f} "
-                      f"(target >= 1), TTFT x{r['ttft_s_median'] / target['ttft_s_median']:.2f} (target <= 1)")
+                print(
+                    f"{name:<15} vs llama.cpp: decode x{r['decode_tokens_per_s_median'] / target['decode_tokens_per_s_median']:.2f} "
+                    f"(target >= 1), TTFT x{r['ttft_s_median'] / target['ttft_s_median']:.2f} (target <= 1)"
+                )
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min); threads {threads}")
-    out = Path(args.out) if args.out else HERE / "results" / f"generate-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    out = (
+        Path(args.out)
+        if args.out
+        else HERE / "results" / f"generate-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "gguf": gguf, "threads": threads, "loadavg_before": load_before,
-                               "loadavg_after": load_after, "args": vars(args), "results": results}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "model": args.model,
+                "gguf": gguf,
+                "threads": threads,
+                "loadavg_before": load_before,
+                "loadavg_after": load_after,
+                "args": vars(args),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
     return 0
 

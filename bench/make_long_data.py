@@ -10,6 +10,7 @@ fixed spread over 1024-4000 tokens (log-uniform, seeded), so a batch mixes short
 way real long-context data does. Nothing is downloaded: the text is what this Python ships
 (3.11's docstrings), the tokenizer is the embedded default model's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,17 +27,74 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "data" / "demo_long_sft.jsonl"
 ROWS, LO, HI, SEED = 40, 1024, 4000, 18
 # modules with long, mostly prose docstrings (first the ones with the longest documentation)
-MODULES = ("argparse", "collections", "dataclasses", "datetime", "decimal", "email.message", "enum",
-           "fractions", "functools", "heapq", "http.client", "inspect", "ipaddress", "itertools", "json",
-           "logging", "mailbox", "os", "pathlib", "pickle", "random", "re", "shutil", "socket", "sqlite3",
-           "statistics", "string", "subprocess", "tarfile", "textwrap", "threading", "typing", "unittest",
-           "urllib.parse", "uuid", "wave", "xml.dom.minidom", "zipfile", "zoneinfo", "difflib", "configparser",
-           "csv", "gzip", "hashlib", "io", "math", "operator", "pprint", "queue", "sched", "selectors", "shlex",
-           "smtplib", "struct", "tempfile", "tokenize", "traceback", "types", "weakref", "xml.etree.ElementTree")
-ASKS = ("Write the reference documentation for Python's `{m}` module.",
-        "Explain everything the `{m}` module of the Python standard library provides, with signatures.",
-        "Document the public API of `{m}` (Python 3), class by class and function by function.",
-        "I need a complete offline reference for the Python module `{m}`. Please write it out.")
+MODULES = (
+    "argparse",
+    "collections",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "email.message",
+    "enum",
+    "fractions",
+    "functools",
+    "heapq",
+    "http.client",
+    "inspect",
+    "ipaddress",
+    "itertools",
+    "json",
+    "logging",
+    "mailbox",
+    "os",
+    "pathlib",
+    "pickle",
+    "random",
+    "re",
+    "shutil",
+    "socket",
+    "sqlite3",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "textwrap",
+    "threading",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "uuid",
+    "wave",
+    "xml.dom.minidom",
+    "zipfile",
+    "zoneinfo",
+    "difflib",
+    "configparser",
+    "csv",
+    "gzip",
+    "hashlib",
+    "io",
+    "math",
+    "operator",
+    "pprint",
+    "queue",
+    "sched",
+    "selectors",
+    "shlex",
+    "smtplib",
+    "struct",
+    "tempfile",
+    "tokenize",
+    "traceback",
+    "types",
+    "weakref",
+    "xml.etree.ElementTree",
+)
+ASKS = (
+    "Write the reference documentation for Python's `{m}` module.",
+    "Explain everything the `{m}` module of the Python standard library provides, with signatures.",
+    "Document the public API of `{m}` (Python 3), class by class and function by function.",
+    "I need a complete offline reference for the Python module `{m}`. Please write it out.",
+)
 
 
 def clean(text: str) -> str:
@@ -62,7 +120,9 @@ def build(tokenizer) -> list[dict]:
                 while len(out) > 1 and len(tokenizer("\n".join(out), add_special_tokens=False)["input_ids"]) > target:
                     out.pop()
                 break
-        rows.append({"instruction": ASKS[len(rows) % len(ASKS)].format(m=m), "input": "", "output": "\n".join(out).strip()})
+        rows.append(
+            {"instruction": ASKS[len(rows) % len(ASKS)].format(m=m), "input": "", "output": "\n".join(out).strip()}
+        )
     return rows
 
 
@@ -73,6 +133,7 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from kit.models import resolve_model_path
+
     tok = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m-instruct")[0])
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in build(tok))
     if a.check:
@@ -81,8 +142,10 @@ def main(argv=None) -> int:
         return 0 if same else 1
     OUT.write_text(text)
     lens = sorted(len(tok(json.loads(line)["output"])["input_ids"]) for line in text.splitlines())
-    print(f"wrote {OUT}: {len(lens)} rows, {OUT.stat().st_size / 1024:.0f} KiB, answer tokens min {lens[0]} "
-          f"median {lens[len(lens) // 2]} max {lens[-1]}")
+    print(
+        f"wrote {OUT}: {len(lens)} rows, {OUT.stat().st_size / 1024:.0f} KiB, answer tokens min {lens[0]} "
+        f"median {lens[len(lens) // 2]} max {lens[-1]}"
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ matmuls (``mm``/``addmm``/``bmm``/``linear`` backward), attention (SDPA kernels 
 backward), the optimizer step, element-wise/norm/activation ops, the loss, copies and the rest.
 Self time is what each op spent outside its children, so the groups add up to the profiled time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,61 @@ GROUPS = (  # first match wins; checked against the op name
     ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm")),
     ("optimizer", ("optimizer", "_foreach", "adam", "lerp", "addcdiv", "addcmul", "clip_grad", "norm")),
     ("loss", ("cross_entropy", "log_softmax", "nll_loss")),
-    ("copies/layout", ("copy_", "contiguous", "clone", "cat", "_to_copy", "index", "scatter", "gather",
-                       "transpose", "permute", "view", "reshape", "expand", "slice", "select", "split", "stack",
-                       "empty", "zeros", "fill_", "ones", "narrow", "unsqueeze", "squeeze", "as_strided", "t")),
-    ("elementwise", ("mul", "add", "silu", "sigmoid", "rsqrt", "pow", "mean", "neg", "sum", "div", "sub",
-                     "where", "exp", "embedding", "threshold", "dropout", "sqrt", "cos", "sin")),
+    (
+        "copies/layout",
+        (
+            "copy_",
+            "contiguous",
+            "clone",
+            "cat",
+            "_to_copy",
+            "index",
+            "scatter",
+            "gather",
+            "transpose",
+            "permute",
+            "view",
+            "reshape",
+            "expand",
+            "slice",
+            "select",
+            "split",
+            "stack",
+            "empty",
+            "zeros",
+            "fill_",
+            "ones",
+            "narrow",
+            "unsqueeze",
+            "squeeze",
+            "as_strided",
+            "t",
+        ),
+    ),
+    (
+        "elementwise",
+        (
+            "mul",
+            "add",
+            "silu",
+            "sigmoid",
+            "rsqrt",
+            "pow",
+            "mean",
+            "neg",
+            "sum",
+            "div",
+            "sub",
+            "where",
+            "exp",
+            "embedding",
+            "threshold",
+            "dropout",
+            "sqrt",
+            "cos",
+            "sin",
+        ),
+    ),
 )
 
 
@@ -50,7 +101,9 @@ def main(argv=None) -> int:
     p.add_argument("--cutoff-len", type=int, default=512)
     p.add_argument("--dataset", default="demo_sft")
     p.add_argument("--top", type=int, default=25)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more kit.train keywords (ints/bools parsed)")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="more kit.train keywords (ints/bools parsed)"
+    )
     a = p.parse_args(argv)
 
     import torch
@@ -82,9 +135,19 @@ def main(argv=None) -> int:
     for kv in a.set:
         k, v = kv.split("=", 1)
         extra[k] = {"true": True, "false": False}.get(v.lower(), int(v) if v.isdigit() else v)
-    kit.train(model="smollm2-135m-instruct", dataset=a.dataset, batch_size=a.batch_size,
-              cutoff_len=a.cutoff_len, max_steps=a.steps, lora_rank=16, lora_alpha=32, save_steps=0,
-              logging_steps=1, output_dir=tempfile.mkdtemp(prefix="forge-prof-"), **extra)
+    kit.train(
+        model="smollm2-135m-instruct",
+        dataset=a.dataset,
+        batch_size=a.batch_size,
+        cutoff_len=a.cutoff_len,
+        max_steps=a.steps,
+        lora_rank=16,
+        lora_alpha=32,
+        save_steps=0,
+        logging_steps=1,
+        output_dir=tempfile.mkdtemp(prefix="forge-prof-"),
+        **extra,
+    )
     prof = state["prof"]
     wall = state["wall"]
     events = prof.key_averages(group_by_input_shape=False)
@@ -92,14 +155,17 @@ def main(argv=None) -> int:
     by = collections.Counter()
     for e in events:
         by[group_of(e.key)] += e.self_cpu_time_total
-    print(f"profiled {state['steps']} steps, {wall:.1f} s wall, {total / 1e6:.1f} s self CPU time in ops "
-          f"(threads {torch.get_num_threads()}, load {os.getloadavg()})")
+    print(
+        f"profiled {state['steps']} steps, {wall:.1f} s wall, {total / 1e6:.1f} s self CPU time in ops "
+        f"(threads {torch.get_num_threads()}, load {os.getloadavg()})"
+    )
     for g, us in by.most_common():
         print(f"  {g:<15}{us / 1e6:8.2f} s {100 * us / total:6.1f} %")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.top))
     shapes = prof.key_averages(group_by_input_shape=True)
-    mm = sorted((e for e in shapes if e.key in ("aten::mm", "aten::addmm", "aten::bmm")),
-                key=lambda e: -e.self_cpu_time_total)[:15]
+    mm = sorted(
+        (e for e in shapes if e.key in ("aten::mm", "aten::addmm", "aten::bmm")), key=lambda e: -e.self_cpu_time_total
+    )[:15]
     print("top matmul shapes (self CPU s, calls, shapes):")
     for e in mm:
         print(f"  {e.self_cpu_time_total / 1e6:7.2f}  {e.count:6d}  {e.key} {e.input_shapes}")

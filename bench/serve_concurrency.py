@@ -11,6 +11,7 @@ target: N=8 gets at least 3x the total tokens/s of one client (the batching sche
 running streams in one forward pass). Every answer is also checked against the same prompt asked
 alone (greedy), so a speed-up that mixed streams would show.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,18 +25,30 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-PROMPTS = ["Give me three tips for staying focused while studying.", "Explain what a hash table is.",
-           "Write a short poem about autumn rain.", "What is 17 multiplied by 23? Show the steps.",
-           "Describe how photosynthesis works.", "Tell me about the history of Rome.",
-           "How do airplanes stay in the air?", "What makes a good cup of tea?", "Explain recursion with an example.",
-           "Why is the sky blue?", "Describe a walk in a forest.", "What are prime numbers?",
-           "How does a refrigerator work?", "Give advice for a job interview.", "What is machine learning?",
-           "Describe the water cycle."]
+PROMPTS = [
+    "Give me three tips for staying focused while studying.",
+    "Explain what a hash table is.",
+    "Write a short poem about autumn rain.",
+    "What is 17 multiplied by 23? Show the steps.",
+    "Describe how photosynthesis works.",
+    "Tell me about the history of Rome.",
+    "How do airplanes stay in the air?",
+    "What makes a good cup of tea?",
+    "Explain recursion with an example.",
+    "Why is the sky blue?",
+    "Describe a walk in a forest.",
+    "What are prime numbers?",
+    "How does a refrigerator work?",
+    "Give advice for a job interview.",
+    "What is machine learning?",
+    "Describe the water cycle.",
+]
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     p.add_argument("--max-tokens", type=int, default=64)
@@ -46,8 +59,13 @@ def parse(argv=None):
 
 def stream_one(client, model, prompt, max_tokens, out, i):
     t0 = time.perf_counter()
-    s = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                                       stream=True, stream_options={"include_usage": True})
+    s = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     text, usage, first = [], None, None
     for ch in s:
         if ch.choices and ch.choices[0].delta.content:
@@ -68,6 +86,7 @@ def main(argv=None) -> int:
 
     try:
         import psutil
+
         threads = args.threads or psutil.cpu_count(logical=False)
     except ImportError:
         threads = args.threads or os.cpu_count()
@@ -82,8 +101,10 @@ def main(argv=None) -> int:
         for n in args.clients:
             prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
             out: dict = {}
-            threads_ = [threading.Thread(target=stream_one, args=(client, "bench", p, args.max_tokens, out, i))
-                        for i, p in enumerate(prompts)]
+            threads_ = [
+                threading.Thread(target=stream_one, args=(client, "bench", p, args.max_tokens, out, i))
+                for i, p in enumerate(prompts)
+            ]
             t0 = time.perf_counter()
             for t in threads_:
                 t.start()
@@ -92,22 +113,46 @@ def main(argv=None) -> int:
             wall = time.perf_counter() - t0
             tokens = sum(o["tokens"] for o in out.values())
             mixed = sum(out[i]["text"] != alone[p] for i, p in enumerate(prompts))
-            results[n] = {"total_tokens_per_s": tokens / wall, "tokens": tokens, "wall_s": wall,
-                          "ttft_s_each": [out[i]["ttft"] for i in range(n)], "answers_differing_from_alone": mixed}
-            print(f"{n:2d} client(s): {tokens / wall:7.1f} tokens/s total ({tokens} tokens in {wall:.1f}s), "
-                  f"TTFT max {max(o['ttft'] for o in out.values()) * 1000:.0f} ms, answers differing from alone: {mixed}",
-                  flush=True)
+            results[n] = {
+                "total_tokens_per_s": tokens / wall,
+                "tokens": tokens,
+                "wall_s": wall,
+                "ttft_s_each": [out[i]["ttft"] for i in range(n)],
+                "answers_differing_from_alone": mixed,
+            }
+            print(
+                f"{n:2d} client(s): {tokens / wall:7.1f} tokens/s total ({tokens} tokens in {wall:.1f}s), "
+                f"TTFT max {max(o['ttft'] for o in out.values()) * 1000:.0f} ms, answers differing from alone: {mixed}",
+                flush=True,
+            )
     if 1 in results:
         for n, r in results.items():
             if n != 1:
-                print(f"{n} clients vs 1: x{r['total_tokens_per_s'] / results[1]['total_tokens_per_s']:.2f} "
-                      f"total tokens/s (target for 8: >= 3)")
+                print(
+                    f"{n} clients vs 1: x{r['total_tokens_per_s'] / results[1]['total_tokens_per_s']:.2f} "
+                    f"total tokens/s (target for 8: >= 3)"
+                )
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min); threads {threads}")
-    path = Path(args.out) if args.out else HERE / "results" / f"serve-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    path = (
+        Path(args.out)
+        if args.out
+        else HERE / "results" / f"serve-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"model": args.model, "threads": threads, "loadavg_before": load_before,
-                                "loadavg_after": load_after, "args": vars(args), "results": results}, indent=2))
+    path.write_text(
+        json.dumps(
+            {
+                "model": args.model,
+                "threads": threads,
+                "loadavg_before": load_before,
+                "loadavg_after": load_after,
+                "args": vars(args),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {path}")
     return 0
 

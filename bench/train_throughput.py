@@ -22,6 +22,7 @@ best of several, threads = physical cores).
 ``--device cuda`` (bf16, bf16 matmul peak, torch.cuda.max_memory_allocated reported too) is written
 for a GPU machine; it has not been run on this CPU-only development box.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,16 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout: import this kit even when it is not installed
 MODEL = "smollm2-135m-instruct"
-CONTENDERS = ("forge", "forge-packed", "forge-blockmask", "forge-qlora", "trl", "trl-packed", "llamafactory", "llamafactory-packed")
+CONTENDERS = (
+    "forge",
+    "forge-packed",
+    "forge-blockmask",
+    "forge-qlora",
+    "trl",
+    "trl-packed",
+    "llamafactory",
+    "llamafactory-packed",
+)
 DEFAULT_CONTENDERS = ("forge", "forge-packed", "trl", "trl-packed")
 LF_VERSION = "0.9.5"
 LF_VENV = Path.home() / ".cache" / "forge-kit" / "bench" / "llamafactory-venv"
@@ -50,6 +60,7 @@ LF_VENV = Path.home() / ".cache" / "forge-kit" / "bench" / "llamafactory-venv"
 def physical_cores() -> int:
     try:
         import psutil
+
         return psutil.cpu_count(logical=False) or os.cpu_count() or 1
     except ImportError:
         return os.cpu_count() or 1
@@ -62,6 +73,7 @@ def matmul_peak(device: str, sizes=(2048, 4096), repeats: int = 6, threads: int 
     unlucky time slice on a shared machine decide it); the parent takes it right before every
     contender, and each contender's MFU uses the peak taken just before it."""
     import torch
+
     torch.set_num_threads(threads or physical_cores())
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     best = {}
@@ -78,7 +90,7 @@ def matmul_peak(device: str, sizes=(2048, 4096), repeats: int = 6, threads: int 
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
-        best[n] = 2 * n ** 3 / min(times)
+        best[n] = 2 * n**3 / min(times)
     return {"dtype": str(dtype).replace("torch.", ""), "flops_by_size": best, "peak_flops": max(best.values())}
 
 
@@ -86,6 +98,7 @@ def machine() -> dict:
     import torch
     import transformers
     import trl
+
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -94,12 +107,19 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__,
-            "loadavg_start": os.getloadavg()}
+    info = {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "physical_cores": physical_cores(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "loadavg_start": os.getloadavg(),
+    }
     try:
         import peft
+
         info["peft"] = peft.__version__
     except ImportError:
         pass
@@ -111,6 +131,7 @@ def machine() -> dict:
 def model_path() -> str:
     """The embedded default model as a local safetensors dir (converted once by Forge)."""
     from kit.models import resolve_model_path
+
     return resolve_model_path(MODEL)[0]
 
 
@@ -118,10 +139,28 @@ def run_child(name: str, args, out_json: Path) -> dict:
     py = sys.executable
     if name.startswith("llamafactory"):
         py = str(ensure_llamafactory_venv())
-    argv = [py, str(Path(__file__).resolve()), "--child", name, "--steps", str(args.steps),
-            "--batch-size", str(args.batch_size), "--cutoff-len", str(args.cutoff_len),
-            "--device", args.device, "--child-out", str(out_json), "--model-path", args.model_path,
-            "--dataset", args.dataset, "--threads", str(args.threads or 0)]
+    argv = [
+        py,
+        str(Path(__file__).resolve()),
+        "--child",
+        name,
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--cutoff-len",
+        str(args.cutoff_len),
+        "--device",
+        args.device,
+        "--child-out",
+        str(out_json),
+        "--model-path",
+        args.model_path,
+        "--dataset",
+        args.dataset,
+        "--threads",
+        str(args.threads or 0),
+    ]
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,7 +169,7 @@ def run_child(name: str, args, out_json: Path) -> dict:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     t = time.time()
     env["FORGE_BENCH_T0"] = repr(t)  # "process start" for the time to the first optimizer step
-    limit = int(args.max_mem_gb * 2 ** 30) if args.max_mem_gb else None
+    limit = int(args.max_mem_gb * 2**30) if args.max_mem_gb else None
 
     def cap_memory():  # an allocation past the cap fails in the child (MemoryError) instead of the
         # kernel's OOM killer picking a process on this shared machine
@@ -139,8 +178,12 @@ def run_child(name: str, args, out_json: Path) -> dict:
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, preexec_fn=cap_memory if limit else None)
     if proc.returncode != 0 or not out_json.exists():
         oom = any(k in proc.stderr for k in ("MemoryError", "can't allocate memory", "std::bad_alloc"))
-        return {"name": name, "error": f"exit {proc.returncode}" + (f" (out of memory under the {args.max_mem_gb} GB cap)"
-                                                                   if oom else ""), "stderr_tail": proc.stderr[-3000:]}
+        return {
+            "name": name,
+            "error": f"exit {proc.returncode}"
+            + (f" (out of memory under the {args.max_mem_gb} GB cap)" if oom else ""),
+            "stderr_tail": proc.stderr[-3000:],
+        }
     res = json.loads(out_json.read_text())
     res["wall_s"] = time.time() - t
     return res
@@ -161,12 +204,16 @@ def ensure_llamafactory_venv() -> Path:
         LF_VENV.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "venv", str(LF_VENV)], check=True)
         import torch
+
         pin = torch.__version__.split("+")[0]
         # the configured index serves the CPU wheel of this torch; pinning it in both calls keeps
         # LLaMA-Factory's own requirements from swapping it for a multi-GB CUDA build
         print(f"bench: installing LLaMA-Factory {LF_VERSION} into {LF_VENV} (once)", file=sys.stderr)
         subprocess.run([str(py), "-m", "pip", "install", "-q", f"torch=={pin}"], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", f"llamafactory=={LF_VERSION}", "psutil", f"torch=={pin}"], check=True)
+        subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", f"llamafactory=={LF_VERSION}", "psutil", f"torch=={pin}"],
+            check=True,
+        )
         # the registry's torchvision/torchaudio wheels are built against another torch and break
         # `import transformers`; text-only SFT does not use them
         subprocess.run([str(py), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio"], check=True)
@@ -193,6 +240,7 @@ def after_import(hooks: dict) -> None:
                     def exec_module(module, run=run, hook=hook):
                         run(module)
                         hook(module)
+
                     spec.loader.exec_module = exec_module
                     return spec
             return None
@@ -219,6 +267,7 @@ class Probe:
     def _process_start() -> float:
         try:
             import psutil
+
             return psutil.Process().create_time()
         except ImportError:
             return time.time()
@@ -226,7 +275,9 @@ class Probe:
     def install(self) -> None:
         """Patch transformers' CallbackHandler and Trainer the moment each is first imported (by
         the contender itself), so the probe adds no imports of its own to the start-up it measures."""
-        after_import({"transformers.trainer_callback": self._patch_callbacks, "transformers.trainer": self._patch_trainer})
+        after_import(
+            {"transformers.trainer_callback": self._patch_callbacks, "transformers.trainer": self._patch_trainer}
+        )
 
     def _patch_callbacks(self, module) -> None:
         CallbackHandler = module.CallbackHandler
@@ -262,8 +313,9 @@ class Probe:
 
     def count(self, inputs: dict) -> None:
         import torch
+
         ids = inputs["input_ids"]
-        if "num_real_tokens" in inputs:          # Forge's collator counts them (its mask is 4D)
+        if "num_real_tokens" in inputs:  # Forge's collator counts them (its mask is 4D)
             real = int(inputs["num_real_tokens"])
         elif inputs.get("attention_mask") is not None and inputs["attention_mask"].dim() == 2:
             real = int(inputs["attention_mask"].sum())
@@ -272,7 +324,7 @@ class Probe:
             # attend to itself (padding rows are fully blocked there)
             diag = inputs["attention_mask"][:, 0].diagonal(dim1=-2, dim2=-1)
             real = int(diag.sum()) if diag.dtype == torch.bool else int((diag == 0).sum())
-        else:                                     # padding-free packing: every position is real
+        else:  # padding-free packing: every position is real
             real = int(ids.numel())
         lab = inputs.get("labels")
         if lab is None:
@@ -291,19 +343,27 @@ class Probe:
         window = self.step_end[-1] - self.step_end[0]
         real = sum(self.real[1:n])
         trained = sum(self.trained[1:n])
-        return {"name": name, "steps": n, "first_step_s": self.step_end[0] - self.t0,
-                "first_step_real_tokens": self.real[0], "first_step_trained_tokens": self.trained[0],
-                "s_per_step": window / (n - 1), "real_tokens_per_s": real / window,
-                "trained_tokens_per_s": trained / window, "real_tokens": sum(self.real[:n]),
-                "trained_tokens": sum(self.trained[:n]), "first_loss": self.losses[0] if self.losses else None,
-                "last_loss": self.losses[-1] if self.losses else None,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        return {
+            "name": name,
+            "steps": n,
+            "first_step_s": self.step_end[0] - self.t0,
+            "first_step_real_tokens": self.real[0],
+            "first_step_trained_tokens": self.trained[0],
+            "s_per_step": window / (n - 1),
+            "real_tokens_per_s": real / window,
+            "trained_tokens_per_s": trained / window,
+            "real_tokens": sum(self.real[:n]),
+            "trained_tokens": sum(self.trained[:n]),
+            "first_loss": self.losses[0] if self.losses else None,
+            "last_loss": self.losses[-1] if self.losses else None,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
 
 
 def model_counts(model) -> dict:
     import torch
-    mm = sum(m.weight.numel() for m in model.modules()
-             if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
+
+    mm = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
     train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"n_matmul_params": mm, "n_trainable": train}
 
@@ -318,8 +378,12 @@ def demo_rows(name: str = "demo_sft") -> list[dict]:
     out = []
     for r in rows:
         user = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
-        out.append({"prompt": [{"role": "user", "content": user}],
-                    "completion": [{"role": "assistant", "content": r["output"]}]})
+        out.append(
+            {
+                "prompt": [{"role": "user", "content": user}],
+                "completion": [{"role": "assistant", "content": r["output"]}],
+            }
+        )
     return out
 
 
@@ -327,27 +391,42 @@ def demo_rows(name: str = "demo_sft") -> list[dict]:
 # at most cutoff_len tokens per forward pass on CPU)
 FORGE_VARIANTS = {
     "forge": {},
-    "forge-packed": {"packing": True},                            # packed rows, still padding-free
+    "forge-packed": {"packing": True},  # packed rows, still padding-free
     "forge-blockmask": {"packing": True, "padding_free": False},  # padded packed rows, dense 4D mask
-    "forge-qlora": {"quantization_bit": 4},                       # QLoRA: 4-bit frozen weights (bitsandbytes)
+    "forge-qlora": {"quantization_bit": 4},  # QLoRA: 4-bit frozen weights (bitsandbytes)
 }
 
 
 def child_forge(args, probe: Probe, name: str) -> dict:
     """Forge's defaults, or one of FORGE_VARIANTS (to show what each part of the fast path buys)."""
     import kit
-    run = kit.train(model=MODEL, dataset=args.dataset, batch_size=args.batch_size, cutoff_len=args.cutoff_len,
-                    max_steps=args.steps, lora_rank=16, lora_alpha=32, save_steps=0, logging_steps=1,
-                    device=args.device, num_threads=args.threads or None, dtype="bfloat16" if args.device == "cuda" else "float32",
-                    output_dir=tempfile.mkdtemp(prefix="forge-bench-"), **FORGE_VARIANTS[name])
+
+    run = kit.train(
+        model=MODEL,
+        dataset=args.dataset,
+        batch_size=args.batch_size,
+        cutoff_len=args.cutoff_len,
+        max_steps=args.steps,
+        lora_rank=16,
+        lora_alpha=32,
+        save_steps=0,
+        logging_steps=1,
+        device=args.device,
+        num_threads=args.threads or None,
+        dtype="bfloat16" if args.device == "cuda" else "float32",
+        output_dir=tempfile.mkdtemp(prefix="forge-bench-"),
+        **FORGE_VARIANTS[name],
+    )
     res = probe.result(name, args.steps)
     res.update(model_counts(run.trainer.model))
     res["forge_reported_first_step_s"] = run.first_step_s
     model_ev = next((e for e in run.events if e.kind == "model"), None)
     if model_ev is not None:  # the engine's estimate, to compare with the measured peak RSS
-        res["memory_estimate_mb"] = model_ev.get("memory_estimate", {}).get("total", 0) / 2 ** 20
-    res["gradient_checkpointing"] = bool(getattr(run.trainer.args, "gradient_checkpointing", False)
-                                         or getattr(run.trainer.args, "activation_checkpointing", False))
+        res["memory_estimate_mb"] = model_ev.get("memory_estimate", {}).get("total", 0) / 2**20
+    res["gradient_checkpointing"] = bool(
+        getattr(run.trainer.args, "gradient_checkpointing", False)
+        or getattr(run.trainer.args, "activation_checkpointing", False)
+    )
     return res
 
 
@@ -366,14 +445,30 @@ def child_trl(args, probe: Probe, packing: bool) -> dict:
     torch.set_num_threads(args.threads or physical_cores())
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    cfg = SFTConfig(output_dir=tempfile.mkdtemp(prefix="trl-bench-"), per_device_train_batch_size=args.batch_size,
-                    max_steps=args.steps, learning_rate=d.learning_rate, lr_scheduler_type=d.lr_scheduler,
-                    logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-                    max_length=args.cutoff_len, packing=packing, seed=d.seed,
-                    use_cpu=args.device == "cpu", bf16=args.device == "cuda")
+    cfg = SFTConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl-bench-"),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=d.learning_rate,
+        lr_scheduler_type=d.lr_scheduler,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        max_length=args.cutoff_len,
+        packing=packing,
+        seed=d.seed,
+        use_cpu=args.device == "cpu",
+        bf16=args.device == "cuda",
+    )
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(demo_rows(args.dataset)),
-                         processing_class=tok, peft_config=lora)
+    trainer = SFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=Dataset.from_list(demo_rows(args.dataset)),
+        processing_class=tok,
+        peft_config=lora,
+    )
     trainer.train()
     res = probe.result("trl-packed" if packing else "trl", args.steps)
     res.update(model_counts(trainer.model))
@@ -386,6 +481,7 @@ def child_llamafactory(args, probe: Probe, packing: bool) -> dict:
     # LLaMA-Factory's first import; transformers decides here (cached) which optional packages
     # exist, so it must run before the torchaudio stand-in below, which it should not see
     import transformers  # noqa: F401
+
     try:
         import torchaudio  # noqa: F401
     except (ImportError, OSError):
@@ -393,24 +489,54 @@ def child_llamafactory(args, probe: Probe, packing: bool) -> dict:
         # has no torchaudio built for this torch, and text-only SFT never calls it. An empty module
         # lets the import succeed; any real use would fail loudly with AttributeError.
         import types
+
         sys.modules["torchaudio"] = types.ModuleType("torchaudio")
     from llamafactory.train.tuner import run_exp
+
     if args.threads:
         import torch
+
         torch.set_num_threads(args.threads)
 
     work = Path(tempfile.mkdtemp(prefix="lf-bench-"))
-    (work / "dataset_info.json").write_text(json.dumps({args.dataset: {
-        "file_name": str(dataset_file(args.dataset)),
-        "columns": {"prompt": "instruction", "query": "input", "response": "output"}}}))
-    cfg = {"model_name_or_path": args.model_path, "stage": "sft", "do_train": True,
-           "finetuning_type": "lora", "lora_rank": 16, "lora_alpha": 32, "lora_target": "all",
-           "dataset": args.dataset, "dataset_dir": str(work), "template": "chatml", "cutoff_len": args.cutoff_len,
-           "packing": packing, "neat_packing": packing, "output_dir": str(work / "out"), "logging_steps": 1,
-           "per_device_train_batch_size": args.batch_size, "gradient_accumulation_steps": 1,
-           "learning_rate": 2e-4, "lr_scheduler_type": "cosine", "max_steps": args.steps,
-           "save_strategy": "no", "report_to": "none", "overwrite_output_dir": True,
-           "bf16": args.device == "cuda", "use_cpu": args.device == "cpu", "preprocessing_num_workers": 1}
+    (work / "dataset_info.json").write_text(
+        json.dumps(
+            {
+                args.dataset: {
+                    "file_name": str(dataset_file(args.dataset)),
+                    "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+                }
+            }
+        )
+    )
+    cfg = {
+        "model_name_or_path": args.model_path,
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_rank": 16,
+        "lora_alpha": 32,
+        "lora_target": "all",
+        "dataset": args.dataset,
+        "dataset_dir": str(work),
+        "template": "chatml",
+        "cutoff_len": args.cutoff_len,
+        "packing": packing,
+        "neat_packing": packing,
+        "output_dir": str(work / "out"),
+        "logging_steps": 1,
+        "per_device_train_batch_size": args.batch_size,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 2e-4,
+        "lr_scheduler_type": "cosine",
+        "max_steps": args.steps,
+        "save_strategy": "no",
+        "report_to": "none",
+        "overwrite_output_dir": True,
+        "bf16": args.device == "cuda",
+        "use_cpu": args.device == "cpu",
+        "preprocessing_num_workers": 1,
+    }
     run_exp(cfg)
     res = probe.result("llamafactory-packed" if packing else "llamafactory", args.steps)
     res.update(model_counts(probe.model))
@@ -428,31 +554,53 @@ def child_main(args) -> None:
         res = child_llamafactory(args, probe, packing=args.child.endswith("packed"))
     if args.device == "cuda":
         import torch
-        res["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+
+        res["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     Path(args.child_out).write_text(json.dumps(res))
 
 
 # ----------------------------------------------------------------------------- main
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per contender (>= 2)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--cutoff-len", type=int, default=512)
-    p.add_argument("--dataset", default="demo_sft", choices=("demo_sft", "demo_long_sft"),
-                   help="demo_long_sft: answers of 1k-4k tokens (bench/make_long_data.py), for --cutoff-len 2048/4096")
-    p.add_argument("--threads", type=int, default=0,
-                   help="intra-op threads of every contender and of the matmul peak (0: physical cores); 1 on a "
-                        "machine shared with other work, where a 2-thread op waits for its preempted partner")
-    p.add_argument("--max-mem-gb", type=float, default=20.0,
-                   help="address-space cap of each child (RLIMIT_AS): past it the child fails with an out-of-memory "
-                        "error instead of the kernel killing a process on a shared machine (0: no cap)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="cuda: bf16 and a bf16 matmul peak (written for GPU machines, not run on the CPU box)")
+    p.add_argument(
+        "--dataset",
+        default="demo_sft",
+        choices=("demo_sft", "demo_long_sft"),
+        help="demo_long_sft: answers of 1k-4k tokens (bench/make_long_data.py), for --cutoff-len 2048/4096",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="intra-op threads of every contender and of the matmul peak (0: physical cores); 1 on a "
+        "machine shared with other work, where a 2-thread op waits for its preempted partner",
+    )
+    p.add_argument(
+        "--max-mem-gb",
+        type=float,
+        default=20.0,
+        help="address-space cap of each child (RLIMIT_AS): past it the child fails with an out-of-memory "
+        "error instead of the kernel killing a process on a shared machine (0: no cap)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: bf16 and a bf16 matmul peak (written for GPU machines, not run on the CPU box)",
+    )
     p.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(DEFAULT_CONTENDERS))
     p.add_argument("--out", default=None, help="results JSON (default bench/results/<timestamp>.json)")
-    p.add_argument("--report", metavar="DIR", default=None,
-                   help="do not run: report the <contender>.json child outputs already in DIR")
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        default=None,
+        help="do not run: report the <contender>.json child outputs already in DIR",
+    )
     p.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     p.add_argument("--model-path", help=argparse.SUPPRESS)
@@ -473,8 +621,9 @@ def main(argv=None) -> int:
         return 0
     info = machine()
     peak = matmul_peak(args.device, threads=args.threads)
-    print(f"machine: {info['cpu']} ({info['physical_cores']} cores), torch {info['torch']}, "
-          f"load {info['loadavg_start']}")
+    print(
+        f"machine: {info['cpu']} ({info['physical_cores']} cores), torch {info['torch']}, load {info['loadavg_start']}"
+    )
     print(f"matmul peak ({peak['dtype']}): {peak['peak_flops'] / 1e9:.1f} GFLOP/s (taken again before each contender)")
     if not args.report:
         args.model_path = args.model_path or model_path()  # resolved once, handed to every child
@@ -485,33 +634,46 @@ def main(argv=None) -> int:
             f = tmp / f"{name}.json"
             res = json.loads(f.read_text()) if f.exists() else {"name": name, "error": "no output", "stderr_tail": ""}
         else:
-            before = matmul_peak(args.device, threads=args.threads)  # right before it: the load may have changed since the last one
+            before = matmul_peak(
+                args.device, threads=args.threads
+            )  # right before it: the load may have changed since the last one
             load = os.getloadavg()
-            print(f"running {name} (matmul peak {before['peak_flops'] / 1e9:.1f} GFLOP/s, load {load[0]:.2f}) ...",
-                  flush=True)
+            print(
+                f"running {name} (matmul peak {before['peak_flops'] / 1e9:.1f} GFLOP/s, load {load[0]:.2f}) ...",
+                flush=True,
+            )
             res = run_child(name, args, tmp / f"{name}.json")
-            res["matmul_peak_flops"], res["loadavg_before"], res["loadavg_after"] = \
-                before["peak_flops"], load, os.getloadavg()
+            res["matmul_peak_flops"], res["loadavg_before"], res["loadavg_after"] = (
+                before["peak_flops"],
+                load,
+                os.getloadavg(),
+            )
         if res.get("real_tokens_per_s"):
             add_derived(res, res.get("matmul_peak_flops", peak["peak_flops"]))
         if "error" in res:
             print(f"  {name} FAILED: {res['error']}\n{res['stderr_tail']}")
         results.append(res)
-    print("\nFLOPs per real token = 4*N_matmul(frozen Linear incl. LM head) + 6*N_lora; "
-          "MFU = real tokens/s * that / matmul peak. Steady state = steps 2..N.")
-    hdr = f"{'contender':<20}{'trained tok/s':>14}{'real tok/s':>12}{'s/step':>9}{'1st step s':>11}{'(tokens)':>9}" \
-          f"{'peak RSS MB':>12}{'loss first->last':>20}{'MFU %':>8}{'peak GF/s':>10}{'load':>6}{'est MB':>8}"
+    print(
+        "\nFLOPs per real token = 4*N_matmul(frozen Linear incl. LM head) + 6*N_lora; "
+        "MFU = real tokens/s * that / matmul peak. Steady state = steps 2..N."
+    )
+    hdr = (
+        f"{'contender':<20}{'trained tok/s':>14}{'real tok/s':>12}{'s/step':>9}{'1st step s':>11}{'(tokens)':>9}"
+        f"{'peak RSS MB':>12}{'loss first->last':>20}{'MFU %':>8}{'peak GF/s':>10}{'load':>6}{'est MB':>8}"
+    )
     print(hdr)
     ok = {r["name"]: r for r in results if "error" not in r}
     for r in ok.values():
         loss = f"{fmt(r.get('first_loss'), '.3f')}->{fmt(r.get('last_loss'), '.3f')}"
         mfu = r.get("mfu")
-        print(f"{r['name']:<20}{fmt(r.get('trained_tokens_per_s')):>14}{fmt(r.get('real_tokens_per_s')):>12}"
-              f"{fmt(r.get('s_per_step'), '.2f'):>9}{fmt(r.get('first_step_s'), '.1f'):>11}"
-              f"{fmt(r.get('first_step_real_tokens'), 'd'):>9}"
-              f"{fmt(r.get('peak_rss_mb'), '.0f'):>12}{loss:>20}{fmt(None if mfu is None else 100 * mfu, '.2f'):>8}"
-              f"{fmt(r.get('matmul_peak_flops', 0) / 1e9):>10}{fmt((r.get('loadavg_before') or [None])[0], '.1f'):>6}"
-              f"{fmt(r.get('memory_estimate_mb'), '.0f'):>8}")
+        print(
+            f"{r['name']:<20}{fmt(r.get('trained_tokens_per_s')):>14}{fmt(r.get('real_tokens_per_s')):>12}"
+            f"{fmt(r.get('s_per_step'), '.2f'):>9}{fmt(r.get('first_step_s'), '.1f'):>11}"
+            f"{fmt(r.get('first_step_real_tokens'), 'd'):>9}"
+            f"{fmt(r.get('peak_rss_mb'), '.0f'):>12}{loss:>20}{fmt(None if mfu is None else 100 * mfu, '.2f'):>8}"
+            f"{fmt(r.get('matmul_peak_flops', 0) / 1e9):>10}{fmt((r.get('loadavg_before') or [None])[0], '.1f'):>6}"
+            f"{fmt(r.get('memory_estimate_mb'), '.0f'):>8}"
+        )
     ratios = {}
     if "forge" in ok:
         f = ok["forge"]
@@ -530,8 +692,13 @@ def main(argv=None) -> int:
     info["loadavg_end"] = os.getloadavg()
     out = Path(args.out) if args.out else HERE / "results" / f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "matmul_peak": peak, "args": vars(args), "results": results,
-                               "ratios": ratios}, indent=2, default=str))
+    out.write_text(
+        json.dumps(
+            {"machine": info, "matmul_peak": peak, "args": vars(args), "results": results, "ratios": ratios},
+            indent=2,
+            default=str,
+        )
+    )
     print(f"wrote {out}")
     return 0 if ok else 1
 

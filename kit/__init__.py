@@ -1,9 +1,10 @@
 """Forge Kit: fine-tune language models from a notebook, Python, YAML or the `forge` CLI.
 
-    import kit
-    run = kit.train(model="smollm2-135m-instruct", dataset="demo_sft", max_steps=20)
-    print(kit.chat(run, "What is the capital of France?"))
+import kit
+run = kit.train(model="smollm2-135m-instruct", dataset="demo_sft", max_steps=20)
+print(kit.chat(run, "What is the capital of France?"))
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"
@@ -22,27 +23,55 @@ with _paused_gc():
     from .export import export  # noqa: E402  (same reason; the module imports only the standard library and config)
     from .infer.hf import ChatModel, chat  # noqa: E402
 
-__all__ = ["RunConfig", "ConfigError", "Run", "train", "open_run", "chat", "ChatModel", "evaluate", "export", "__version__"]
+__all__ = [
+    "RunConfig",
+    "ConfigError",
+    "Run",
+    "train",
+    "open_run",
+    "chat",
+    "ChatModel",
+    "evaluate",
+    "export",
+    "__version__",
+]
 
 
 def __getattr__(name: str):
     # heavy or optional parts load on first use, so `import kit` stays fast
     if name == "Board":
         from .widgets import Board
+
         return Board
     if name in ("score",):
         from .stages.rm import score
+
         return score
     if name in _SUBMODULES:
         import importlib
+
         return importlib.import_module(f"kit.{name}")
     raise AttributeError(f"module 'kit' has no attribute {name!r}")
 
 
-_SUBMODULES = ("data", "models", "widgets", "stages", "infer", "adapters", "memory", "events", "rundir", "magics", "cli",
-               "engine", "config")
+_SUBMODULES = (
+    "data",
+    "models",
+    "widgets",
+    "stages",
+    "infer",
+    "adapters",
+    "memory",
+    "events",
+    "rundir",
+    "magics",
+    "cli",
+    "engine",
+    "config",
+)
 
 
 def load_ipython_extension(ipython):  # %load_ext kit
     from .magics import load_ipython_extension as _load
+
     _load(ipython)

@@ -1,4 +1,5 @@
 """Fine-tuning types: full, freeze (some layers), LoRA and its variants (peft underneath)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,10 @@ def lora_targets(model: nn.Module, target: Any) -> str | list[str]:
         return "all-linear"
     missing = [n for n in t if not any(full.endswith(n) for full, _ in model.named_modules())]
     if missing:  # needs the loaded model, so it is checked here and not by the config's validator
-        raise ConfigError(f"no module named {missing} in this model; its linear layers are "
-                          f"{linear_module_names(model)} (or 'all').", "adapter.lora_target")
+        raise ConfigError(
+            f"no module named {missing} in this model; its linear layers are {linear_module_names(model)} (or 'all').",
+            "adapter.lora_target",
+        )
     return t
 
 
@@ -73,16 +76,29 @@ def lora_config(model: nn.Module, a: AdapterConfig, task_type: str = "CAUSAL_LM"
         # training a tied head alone would silently untie it from the embeddings; keep them one matrix
         extra["ensure_weight_tying"] = True
     return LoraConfig(
-        r=a.lora_rank, lora_alpha=a.lora_alpha or 2 * a.lora_rank, lora_dropout=a.lora_dropout,
-        target_modules=lora_targets(model, a.lora_target), modules_to_save=a.modules_to_save,
-        use_dora=a.use_dora, use_rslora=a.use_rslora, init_lora_weights=init, task_type=task_type, **extra)
+        r=a.lora_rank,
+        lora_alpha=a.lora_alpha or 2 * a.lora_rank,
+        lora_dropout=a.lora_dropout,
+        target_modules=lora_targets(model, a.lora_target),
+        modules_to_save=a.modules_to_save,
+        use_dora=a.use_dora,
+        use_rslora=a.use_rslora,
+        init_lora_weights=init,
+        task_type=task_type,
+        **extra,
+    )
 
 
 def oft_config(model: nn.Module, a: AdapterConfig, task_type: str = "CAUSAL_LM") -> OFTConfig:
     """peft OFT (orthogonal fine-tuning) on the same targets as LoRA: each targeted weight is multiplied by a
     block-diagonal orthogonal matrix of ``oft_block_size`` blocks, which keeps the angles between its neurons."""
-    return OFTConfig(r=0, oft_block_size=a.oft_block_size, target_modules=lora_targets(model, a.lora_target),
-                     modules_to_save=a.modules_to_save, task_type=task_type)
+    return OFTConfig(
+        r=0,
+        oft_block_size=a.oft_block_size,
+        target_modules=lora_targets(model, a.lora_target),
+        modules_to_save=a.modules_to_save,
+        task_type=task_type,
+    )
 
 
 def _freeze(model: nn.Module, a: AdapterConfig) -> nn.Module:
@@ -91,12 +107,17 @@ def _freeze(model: nn.Module, a: AdapterConfig) -> nn.Module:
     The config's validator has refused 0; what needs the model (its number of layers) is checked here."""
     n_layers = getattr(model.config, "num_hidden_layers", None)
     if not n_layers:
-        raise ConfigError("freeze needs a model with config.num_hidden_layers (decoder layers to choose from); "
-                          "use adapter.type=lora or full for this model.", "adapter.type")
+        raise ConfigError(
+            "freeze needs a model with config.num_hidden_layers (decoder layers to choose from); "
+            "use adapter.type=lora or full for this model.",
+            "adapter.type",
+        )
     k = a.freeze_trainable_layers
     if abs(k) > n_layers:
-        raise ConfigError(f"must be in [-{n_layers}, {n_layers}] (this model has {n_layers} layers) and not 0, "
-                          f"got {k}.", "adapter.freeze_trainable_layers")
+        raise ConfigError(
+            f"must be in [-{n_layers}, {n_layers}] (this model has {n_layers} layers) and not 0, got {k}.",
+            "adapter.freeze_trainable_layers",
+        )
     layer_ids = list(range(n_layers - k, n_layers)) if k > 0 else list(range(0, -k))
     modules = _as_list(a.freeze_trainable_modules)
     extra = _as_list(a.freeze_extra_modules)
@@ -155,8 +176,13 @@ def build_optimizer(model: nn.Module, cfg: RunConfig):
         return None
     if not any(p.requires_grad and "lora_B" in n for n, p in model.named_parameters()):  # needs the model
         raise ConfigError("is set but the model has no trainable lora_B weights.", "adapter.loraplus_lr_ratio")
-    opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=cfg.train.learning_rate, loraplus_lr_ratio=ratio,
-                                    loraplus_weight_decay=cfg.train.weight_decay)
+    opt = create_loraplus_optimizer(
+        model,
+        torch.optim.AdamW,
+        lr=cfg.train.learning_rate,
+        loraplus_lr_ratio=ratio,
+        loraplus_weight_decay=cfg.train.weight_decay,
+    )
     # peft always makes four groups (A, embeddings, B, B without decay); the empty ones would only
     # add entries to every learning-rate log and scheduler list
     opt.param_groups[:] = [g for g in opt.param_groups if g["params"]]

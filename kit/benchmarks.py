@@ -24,6 +24,7 @@ assistant turns ("...\\nAnswer:" -> "B"), then the question. Two scores, no gene
 Both come per subject and averaged over all questions (``accuracy_subject_mean``: the mean of the
 per-subject accuracies).
 """
+
 from __future__ import annotations
 
 import csv
@@ -37,7 +38,10 @@ from .data.formats import DataError
 LETTERS = "ABCD"
 LAYOUTS = ("mmlu", "ceval", "cmmlu")
 EVAL_SPLIT = {"mmlu": "test", "ceval": "val", "cmmlu": "test"}
-HEADERS = {"ceval": ["id", "question", "A", "B", "C", "D", "answer"], "cmmlu": ["", "Question", "A", "B", "C", "D", "Answer"]}
+HEADERS = {
+    "ceval": ["id", "question", "A", "B", "C", "D", "answer"],
+    "cmmlu": ["", "Question", "A", "B", "C", "D", "Answer"],
+}
 # (system line, the cue the answer letter follows), in each benchmark's language
 PROMPTS = {
     "mmlu": ("The following are multiple choice questions (with answers) about {subject}.", "Answer:"),
@@ -106,6 +110,7 @@ def find_benchmark(ref: Any) -> Optional[Path]:
         return p
     if "/" not in str(ref) and "\\" not in str(ref):
         from .paths import repo_data_dir
+
         try:
             cand = repo_data_dir() / str(ref)
         except FileNotFoundError:
@@ -133,8 +138,10 @@ def read_questions(path: Path, layout: str, subject: str) -> list[Question]:
         if not any(c.strip() for c in row):
             continue
         if len(row) < offset + 6:
-            raise DataError(f"expected {offset + 6} columns (question, A, B, C, D, answer), got {len(row)}", str(path), i)
-        q, choices, ans = row[offset], [c for c in row[offset + 1: offset + 5]], row[offset + 5].strip().upper()
+            raise DataError(
+                f"expected {offset + 6} columns (question, A, B, C, D, answer), got {len(row)}", str(path), i
+            )
+        q, choices, ans = row[offset], [c for c in row[offset + 1 : offset + 5]], row[offset + 5].strip().upper()
         if not q.strip():
             raise DataError("empty question", str(path), i, "question")
         for j, c in enumerate(choices):
@@ -151,8 +158,10 @@ def load_benchmark(ref: Any, *, split: Optional[str] = None, subjects: Optional[
     the layout's scored split; ``subjects`` restricts it to some subjects (by file name)."""
     root = find_benchmark(ref)
     if root is None:
-        raise DataError(f"{ref!r} is not a benchmark folder in the MMLU, C-Eval or CMMLU layout (a dev/ folder of "
-                        "<subject> CSV files beside test/ or val/)")
+        raise DataError(
+            f"{ref!r} is not a benchmark folder in the MMLU, C-Eval or CMMLU layout (a dev/ folder of "
+            "<subject> CSV files beside test/ or val/)"
+        )
     layout = detect_layout(root)
     split = split or EVAL_SPLIT[layout]
     files = _split_files(root, split)
@@ -168,8 +177,10 @@ def load_benchmark(ref: Any, *, split: Optional[str] = None, subjects: Optional[
     if subjects:
         missing = sorted(set(subjects) - set(bench.questions))
         if missing:
-            raise DataError(f"no such subject(s) in {root / split}: {', '.join(missing)}; "
-                            f"there are {', '.join(_subject(f, layout, split) for f in files)}")
+            raise DataError(
+                f"no such subject(s) in {root / split}: {', '.join(missing)}; "
+                f"there are {', '.join(_subject(f, layout, split) for f in files)}"
+            )
     for f in _split_files(root, "dev"):
         subj = _subject(f, layout, "dev")
         if subj in bench.questions:
@@ -197,7 +208,9 @@ def messages_for(q: Question, shots: list[Question], layout: str) -> list[dict]:
 # ------------------------------------------------------------------ log-likelihoods
 
 
-def continuation_logprobs(model: Any, tok: Any, prompt: list[int], continuations: list[list[int]]) -> tuple[Any, list[float]]:
+def continuation_logprobs(
+    model: Any, tok: Any, prompt: list[int], continuations: list[list[int]]
+) -> tuple[Any, list[float]]:
     """(log-probabilities of the token after ``prompt`` [V], summed log-probability of each continuation).
 
     The prompt is run once; its key/value cache is shared by the batch of continuations (right
@@ -221,10 +234,15 @@ def continuation_logprobs(model: Any, tok: Any, prompt: list[int], continuations
             cache = head["cache"] if "cache" in head else head["past_key_values"]  # renamed in transformers 5
             cache.batch_repeat_interleave(k)
             ids = torch.tensor([c + [pad] * (width - len(c)) for c in continuations], device=device)
-            mask = torch.tensor([[1] * (len(prompt) + len(c)) + [0] * (width - len(c)) for c in continuations],
-                                device=device)
-            rest = torch.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False,
-                                           **{cache_kwarg(model): cache}).logits.float(), dim=-1)
+            mask = torch.tensor(
+                [[1] * (len(prompt) + len(c)) + [0] * (width - len(c)) for c in continuations], device=device
+            )
+            rest = torch.log_softmax(
+                model(
+                    input_ids=ids, attention_mask=mask, use_cache=False, **{cache_kwarg(model): cache}
+                ).logits.float(),
+                dim=-1,
+            )
             for j, c in enumerate(continuations):
                 sums[j] += sum(rest[j, t - 1, c[t]].item() for t in range(1, len(c)))
     return first, sums
@@ -245,14 +263,29 @@ def score_question(cm: Any, q: Question, shots: list[Question], layout: str) -> 
     letter_lp = [first[i].item() for i in letter_ids(tok)]
     pred = max(range(4), key=letter_lp.__getitem__)
     pred_choice = max(range(4), key=choice_lp.__getitem__)
-    return {"subject": q.subject, "row": q.row, "question": q.question, "choices": q.choices, "answer": LETTERS[q.answer],
-            "predicted": LETTERS[pred], "predicted_choice": LETTERS[pred_choice], "correct": pred == q.answer,
-            "correct_choice": pred_choice == q.answer, "letter_logprobs": letter_lp, "choice_logprobs": choice_lp,
-            "prompt_tokens": len(prompt)}
+    return {
+        "subject": q.subject,
+        "row": q.row,
+        "question": q.question,
+        "choices": q.choices,
+        "answer": LETTERS[q.answer],
+        "predicted": LETTERS[pred],
+        "predicted_choice": LETTERS[pred_choice],
+        "correct": pred == q.answer,
+        "correct_choice": pred_choice == q.answer,
+        "letter_logprobs": letter_lp,
+        "choice_logprobs": choice_lp,
+        "prompt_tokens": len(prompt),
+    }
 
 
-def run_benchmark(cm: Any, bench: Benchmark, n_shot: int = 5, max_samples: Optional[int] = None,
-                  progress: Optional[Callable[[int, int], None]] = None) -> tuple[dict, list[dict]]:
+def run_benchmark(
+    cm: Any,
+    bench: Benchmark,
+    n_shot: int = 5,
+    max_samples: Optional[int] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> tuple[dict, list[dict]]:
     """(scores, one record per question). ``max_samples``: the first N questions of each subject."""
     todo = [(s, q) for s, qs in bench.questions.items() for q in (qs[:max_samples] if max_samples else qs)]
     records = []
@@ -264,22 +297,31 @@ def run_benchmark(cm: Any, bench: Benchmark, n_shot: int = 5, max_samples: Optio
     for subj in bench.questions:
         rs = [r for r in records if r["subject"] == subj]
         if rs:
-            subjects[subj] = {"accuracy": round(100.0 * sum(r["correct"] for r in rs) / len(rs), 4),
-                              "accuracy_choice": round(100.0 * sum(r["correct_choice"] for r in rs) / len(rs), 4),
-                              "n": len(rs)}
+            subjects[subj] = {
+                "accuracy": round(100.0 * sum(r["correct"] for r in rs) / len(rs), 4),
+                "accuracy_choice": round(100.0 * sum(r["correct_choice"] for r in rs) / len(rs), 4),
+                "n": len(rs),
+            }
     n = len(records)
-    scores = {"accuracy": 100.0 * sum(r["correct"] for r in records) / n,
-              "accuracy_choice": 100.0 * sum(r["correct_choice"] for r in records) / n,
-              "accuracy_subject_mean": sum(v["accuracy"] for v in subjects.values()) / len(subjects),
-              "chance": 25.0, "layout": bench.layout, "split": bench.split, "n_shot": n_shot, "subjects": subjects}
+    scores = {
+        "accuracy": 100.0 * sum(r["correct"] for r in records) / n,
+        "accuracy_choice": 100.0 * sum(r["correct_choice"] for r in records) / n,
+        "accuracy_subject_mean": sum(v["accuracy"] for v in subjects.values()) / len(subjects),
+        "chance": 25.0,
+        "layout": bench.layout,
+        "split": bench.split,
+        "n_shot": n_shot,
+        "subjects": subjects,
+    }
     return scores, records
 
 
 # ------------------------------------------------------------------ perplexity
 
 
-def perplexity(cm: Any, texts: list[str], window: Optional[int] = None,
-               progress: Optional[Callable[[int, int], None]] = None) -> tuple[dict, list[dict]]:
+def perplexity(
+    cm: Any, texts: list[str], window: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None
+) -> tuple[dict, list[dict]]:
     """Perplexity over ``texts`` (exp of the mean negative log-likelihood per predicted token).
 
     A text longer than ``window`` tokens (default: the model's context, at most 1024) is read in
@@ -310,12 +352,15 @@ def perplexity(cm: Any, texts: list[str], window: Optional[int] = None,
             start += stride
         total_nll += nll
         total_tokens += scored
-        records.append({"row": i, "tokens": scored, "nll": nll,
-                        "perplexity": math.exp(nll / scored) if scored else float("nan")})
+        records.append(
+            {"row": i, "tokens": scored, "nll": nll, "perplexity": math.exp(nll / scored) if scored else float("nan")}
+        )
         if progress:
             progress(i + 1, len(texts))
     if not total_tokens:
         raise DataError("the texts are too short to score (each needs at least two tokens)")
-    return {"perplexity": math.exp(total_nll / total_tokens), "nll_per_token": total_nll / total_tokens,
-            "tokens": total_tokens}, records
-
+    return {
+        "perplexity": math.exp(total_nll / total_tokens),
+        "nll_per_token": total_nll / total_tokens,
+        "tokens": total_tokens,
+    }, records

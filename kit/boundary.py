@@ -12,6 +12,7 @@ What reaches a user is one of two things, never a raw library traceback:
 The Python API raises the exceptions themselves; only front ends, which have nobody to raise to,
 use this module.
 """
+
 from __future__ import annotations
 
 import errno
@@ -29,14 +30,24 @@ from .rundir import RunDir
 
 BUG_NOTE = "this is a bug in forge-kit; please report it"
 
-EXIT_USER_ERROR = 2      # as argparse does for bad arguments
-EXIT_BUG = 70            # EX_SOFTWARE (sysexits.h): an internal software error
-EXIT_INTERRUPTED = 130   # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_USER_ERROR = 2  # as argparse does for bad arguments
+EXIT_BUG = 70  # EX_SOFTWARE (sysexits.h): an internal software error
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 # OSErrors that describe the user's machine, not our code: a path that is not there or not
 # writable, a file where a folder belongs (or the reverse), a full or read-only disk
-_ENVIRONMENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC,
-                       errno.EROFS, errno.EDQUOT, errno.EEXIST, errno.ENAMETOOLONG}
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.EDQUOT,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+}
 _ENVIRONMENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
@@ -58,8 +69,9 @@ def user_message(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def save_traceback(e: BaseException, run_dir: Optional[os.PathLike | str] = None,
-                   command: Optional[list[str]] = None) -> Optional[Path]:
+def save_traceback(
+    e: BaseException, run_dir: Optional[os.PathLike | str] = None, command: Optional[list[str]] = None
+) -> Optional[Path]:
     """Write the traceback of ``e`` (with versions and the command) for a bug report; returns the
     file, or None when nothing could be written (the caller then prints the traceback instead)."""
     from importlib import metadata
@@ -70,10 +82,13 @@ def save_traceback(e: BaseException, run_dir: Optional[os.PathLike | str] = None
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    head = [f"forge-kit {version('forge-kit')}, python {platform.python_version()}, {platform.platform()}",
-            "  " + ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "peft", "trl", "datasets")),
-            f"command: {' '.join(command) if command else '?'}",
-            f"run dir: {run_dir or '(none yet)'}", ""]
+    head = [
+        f"forge-kit {version('forge-kit')}, python {platform.python_version()}, {platform.platform()}",
+        "  " + ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "peft", "trl", "datasets")),
+        f"command: {' '.join(command) if command else '?'}",
+        f"run dir: {run_dir or '(none yet)'}",
+        "",
+    ]
     text = "\n".join(head) + "".join(traceback.format_exception(type(e), e, e.__traceback__))
     candidates = []
     if run_dir is not None and Path(run_dir).is_dir():
@@ -118,7 +133,11 @@ class ErrorBoundary:
         """Print ``e`` as a user error or a bug (saving its traceback); returns the exit code."""
         self.error = e
         if isinstance(e, KeyboardInterrupt):
-            hint = f": the last complete checkpoint can be resumed with  forge resume {self.run_dir}" if self.run_dir else ""
+            hint = (
+                f": the last complete checkpoint can be resumed with  forge resume {self.run_dir}"
+                if self.run_dir
+                else ""
+            )
             self._print(f"{self.prog}: interrupted{hint}")
             self.exit_code = EXIT_INTERRUPTED
         elif is_user_error(e):

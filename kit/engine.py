@@ -15,6 +15,7 @@ Life cycle, the same for every stage (what differs is declared by the stage's
 Everything a front end needs comes out as events (:mod:`kit.events`), in memory and in the run
 directory (:class:`~kit.rundir.RunDir` owns its layout).
 """
+
 from __future__ import annotations
 
 import errno
@@ -212,8 +213,12 @@ class Run:
             argv = worker_argv(self.config, self.nproc, self.dir.launch_config_path)
             offset = self.dir.events_path.stat().st_size if self.dir.events_path.exists() else 0
             self._workers = subprocess.Popen(argv)
-            follow_events(self.dir.events_path, offset, lambda: self._workers.poll() is None,
-                          lambda e: self.bus.emit(e.kind, **e.data))
+            follow_events(
+                self.dir.events_path,
+                offset,
+                lambda: self._workers.poll() is None,
+                lambda e: self.bus.emit(e.kind, **e.data),
+            )
             code = self._workers.wait()
             last = next((e for e in reversed(self.events) if e.kind in TERMINAL), None)
             if self._stop.is_set() and (last is None or last.kind != "failed"):
@@ -226,8 +231,11 @@ class Run:
             else:
                 self.status = "failed"
                 if last is None or last.kind != "failed":
-                    self._emit("failed", error=f"the {self.nproc} workers exited with code {code} (their output "
-                                               "is above)", last_checkpoint=str(self.last_checkpoint))
+                    self._emit(
+                        "failed",
+                        error=f"the {self.nproc} workers exited with code {code} (their output is above)",
+                        last_checkpoint=str(self.last_checkpoint),
+                    )
         except BaseException as e:  # noqa: BLE001 - the failed event must go out whatever failed
             self._fail(e)
             if self._thread is None:
@@ -244,9 +252,15 @@ class Run:
         if is_main_process():
             self._open_run_dir()
         self._resume_from = self.dir.last_checkpoint() if cfg.train.resume else None
-        self._emit("start", stage=cfg.stage.name, model=cfg.model.name, run_dir=str(self.run_dir),
-                   world_size=world_size(), resume_from=str(self._resume_from) if self._resume_from else None,
-                   config=cfg.to_dict())
+        self._emit(
+            "start",
+            stage=cfg.stage.name,
+            model=cfg.model.name,
+            run_dir=str(self.run_dir),
+            world_size=world_size(),
+            resume_from=str(self._resume_from) if self._resume_from else None,
+            config=cfg.to_dict(),
+        )
         set_threads(cfg.train.num_threads)
         # importing the stage's trainer (TRL, transformers, peft) and attaching the adapter would
         # both import bitsandbytes; runs that do not use it skip that
@@ -264,6 +278,7 @@ class Run:
 
             recipe = get_recipe(cfg.stage.name)
             from .data import validate_dataset
+
             validate_dataset(cfg, recipe.data_kind)  # a bad row fails here, in seconds, before the model loads
             cfg = self._preflight_memory(cfg)  # "will not fit" here, before the weights load (kit.memory)
             self._emit("status", status="loading model")
@@ -273,26 +288,48 @@ class Run:
             model = apply_adapter(loaded.model, cfg, task_type=recipe.peft_task_type)
             if cpu_fsdp(cfg, loaded.device):  # accelerate shards only on GPUs: FSDP2 here (kit.launch)
                 if cfg.train.save_steps:
-                    raise ConfigError("FSDP on CPU processes keeps no optimizer state in checkpoints (transformers "
-                                      "cannot save it for a model it did not shard): set train.save_steps=0, or "
-                                      "use train.distributed=ddp on CPU.", "train.save_steps")
+                    raise ConfigError(
+                        "FSDP on CPU processes keeps no optimizer state in checkpoints (transformers "
+                        "cannot save it for a model it did not shard): set train.save_steps=0, or "
+                        "use train.distributed=ddp on CPU.",
+                        "train.save_steps",
+                    )
                 shard_fsdp2(model)
         trainable, total = param_counts(model)
-        self._emit("model", trainable_params=trainable, total_params=total,
-                   trainable_pct=100.0 * trainable / max(total, 1), device=loaded.device, dtype=str(loaded.dtype),
-                   family=loaded.family, memory_estimate=estimate(model, cfg).as_dict(),
-                   sharded="fsdp2" if is_sharded(model) else None,
-                   load_s=time.time() - self.t_start)
+        self._emit(
+            "model",
+            trainable_params=trainable,
+            total_params=total,
+            trainable_pct=100.0 * trainable / max(total, 1),
+            device=loaded.device,
+            dtype=str(loaded.dtype),
+            family=loaded.family,
+            memory_estimate=estimate(model, cfg).as_dict(),
+            sharded="fsdp2" if is_sharded(model) else None,
+            load_s=time.time() - self.t_start,
+        )
         self.model, self.tokenizer = model, loaded.tokenizer
         if is_main_process():
             self._check_room(checkpoint_bytes(model, cfg), loaded.path)
         self._emit("status", status="preparing data")
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        self.guard = NumericsGuard(cfg.train.on_nonfinite, recipe.collapse_checks,
-                                   vocab_size=getattr(text_config, "vocab_size", None), emit=self._emit)
-        ctx = StageContext(cfg=cfg, model=model, tokenizer=loaded.tokenizer, run_dir=self.run_dir,
-                           device=loaded.device, dtype=loaded.dtype, callbacks=[RunHooks(self), self.guard],
-                           emit=self._emit, loaded=loaded)
+        self.guard = NumericsGuard(
+            cfg.train.on_nonfinite,
+            recipe.collapse_checks,
+            vocab_size=getattr(text_config, "vocab_size", None),
+            emit=self._emit,
+        )
+        ctx = StageContext(
+            cfg=cfg,
+            model=model,
+            tokenizer=loaded.tokenizer,
+            run_dir=self.run_dir,
+            device=loaded.device,
+            dtype=loaded.dtype,
+            callbacks=[RunHooks(self), self.guard],
+            emit=self._emit,
+            loaded=loaded,
+        )
         trainer = recipe.build(ctx)
         if hasattr(trainer, "callback_handler"):
             attach_trackers(trainer, cfg, self.run_dir)  # TensorBoard dir, config as hparams (kit.tracking)
@@ -318,9 +355,12 @@ class Run:
         step = self.trainer.state.global_step
         self.guard.check_weights(self.model, step)  # never save NaN weights as the result
         self._save_final()
-        final = {"step": step, "train_loss": getattr(self._result, "training_loss", None),
-                 "first_step_s": self.first_step_s,
-                 **{k: v for k, v in self.summary.items() if isinstance(v, (int, float))}}
+        final = {
+            "step": step,
+            "train_loss": getattr(self._result, "training_loss", None),
+            "first_step_s": self.first_step_s,
+            **{k: v for k, v in self.summary.items() if isinstance(v, (int, float))},
+        }
         self.status = "stopped" if self._stop.is_set() else "finished"
         self._write_state(final)
         self._emit(self.status, **final)
@@ -387,16 +427,20 @@ class Run:
 
     def _check_room(self, checkpoint_size: int, model_path: str) -> None:
         """Refuse, before training, a directory without room for one checkpoint and the final weights."""
-        tokenizer = sum(f.stat().st_size for f in Path(model_path).glob("*")
-                        if f.is_file() and (f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens"))
-                                            or f.suffix == ".jinja"))
+        tokenizer = sum(
+            f.stat().st_size
+            for f in Path(model_path).glob("*")
+            if f.is_file()
+            and (f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")) or f.suffix == ".jinja")
+        )
         checkpoints = 1 if self.config.train.save_steps else 0
         need = (checkpoints + 1) * (checkpoint_size + tokenizer)
         free = shutil.disk_usage(self.run_dir).free
         if free < need:
             raise RunDirUnwritable(
                 f"the run directory {self.run_dir} has {_mib(free)} free; this run writes about {_mib(need)} "
-                f"(a checkpoint and the final weights): free some space or set train.output_dir elsewhere")
+                f"(a checkpoint and the final weights): free some space or set train.output_dir elsewhere"
+            )
 
     def _discard_partial_outputs(self) -> None:
         """Remove checkpoints without their marker and half-written final weights (never raises)."""
@@ -448,8 +492,10 @@ def check_writable(rd: RunDir) -> None:
             os.fsync(fh.fileno())
     except OSError as e:
         if _is_disk_full(e):
-            raise RunDirUnwritable(f"the run directory {rd.path} is full ({_free(rd)} free): free some space "
-                                   "or set train.output_dir elsewhere") from e
+            raise RunDirUnwritable(
+                f"the run directory {rd.path} is full ({_free(rd)} free): free some space "
+                "or set train.output_dir elsewhere"
+            ) from e
         raise RunDirUnwritable(f"cannot create or write the run directory {rd.path}: {e.strerror or e}") from e
     finally:
         if probe is not None:

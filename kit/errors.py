@@ -13,6 +13,7 @@ callers still work.
 
 This module imports nothing from ``kit`` so that every layer may import it.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -30,8 +31,9 @@ class UsageError(ForgeError, ValueError):
     answer); the message names the argument and what it accepts."""
 
 
-def locate(source: Optional[str] = None, row: Optional[int] = None, field: Optional[str] = None,
-           line: Optional[int] = None) -> str:
+def locate(
+    source: Optional[str] = None, row: Optional[int] = None, field: Optional[str] = None, line: Optional[int] = None
+) -> str:
     """The place part of a message: ``"train.jsonl, line 3, row 2, field 'output'"``.
 
     ``row`` is the 0-based index of the record (what ``dataset[row]`` returns); ``line`` is the
@@ -48,8 +50,13 @@ def locate(source: Optional[str] = None, row: Optional[int] = None, field: Optio
     return ", ".join(parts)
 
 
-def with_place(message: str, source: Optional[str] = None, row: Optional[int] = None,
-               field: Optional[str] = None, line: Optional[int] = None) -> str:
+def with_place(
+    message: str,
+    source: Optional[str] = None,
+    row: Optional[int] = None,
+    field: Optional[str] = None,
+    line: Optional[int] = None,
+) -> str:
     """``"<place>: <message>"``, or just the message when there is no place."""
     where = locate(source, row, field, line)
     return f"{where}: {message}" if where else message

@@ -27,6 +27,7 @@ Outputs go to ``<run dir>/eval/<dataset>/`` (or ``output_dir``; for a bare model
 ``FORGE_HOME/evals/<timestamp>-<dataset>/``): ``predictions.jsonl`` (one line per row) and
 ``scores.json``. Nothing is downloaded: the metrics need no nltk data files.
 """
+
 from __future__ import annotations
 
 import json
@@ -95,12 +96,19 @@ def rouge(prediction: str, reference: str, tokenize: Callable[[str], list[str]] 
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=_Tok(tokenize))
     s = scorer.score(reference, prediction)
-    return {"rouge-1": 100.0 * s["rouge1"].fmeasure, "rouge-2": 100.0 * s["rouge2"].fmeasure,
-            "rouge-l": 100.0 * s["rougeL"].fmeasure}
+    return {
+        "rouge-1": 100.0 * s["rouge1"].fmeasure,
+        "rouge-2": 100.0 * s["rouge2"].fmeasure,
+        "rouge-l": 100.0 * s["rougeL"].fmeasure,
+    }
 
 
-def score_predictions(predictions: list[str], references: list[str], metrics: Optional[list[str]] = None,
-                      tokenize: Callable[[str], list[str]] = simple_tokenize) -> tuple[dict, list[dict]]:
+def score_predictions(
+    predictions: list[str],
+    references: list[str],
+    metrics: Optional[list[str]] = None,
+    tokenize: Callable[[str], list[str]] = simple_tokenize,
+) -> tuple[dict, list[dict]]:
     """Mean scores over all pairs, and the per-pair scores."""
     metrics = _check_metrics(metrics, PREDICT_METRICS, "predict")
     if len(predictions) != len(references):
@@ -125,7 +133,9 @@ def _check_metrics(metrics: Optional[list[str]], allowed: tuple, mode: str) -> l
     out = []
     for m in metrics:
         key = m.lower().replace("_", "-")
-        key = {"bleu-4": "bleu", "rouge-1": "rouge", "rouge-2": "rouge", "rouge-l": "rouge", "acc": "accuracy"}.get(key, key)
+        key = {"bleu-4": "bleu", "rouge-1": "rouge", "rouge-2": "rouge", "rouge-l": "rouge", "acc": "accuracy"}.get(
+            key, key
+        )
         if key not in allowed:
             raise UsageError(f"metric {m!r} is not available in {mode} mode (choose from {', '.join(allowed)})")
         if key not in out:
@@ -164,8 +174,9 @@ def mc_rows(rows: list, source: str) -> list[dict]:
 def _answer_index(a: Any, choices: list[str], source: str, i: int) -> int:
     n = len(choices)
     if isinstance(a, bool) or a is None:
-        raise DataError(f"missing answer: give the 0-based index, a letter A-{chr(64 + n)} or the choice text",
-                        source, i, "answer")
+        raise DataError(
+            f"missing answer: give the 0-based index, a letter A-{chr(64 + n)} or the choice text", source, i, "answer"
+        )
     if isinstance(a, int):
         if 0 <= a < n:
             return a
@@ -180,7 +191,9 @@ def _answer_index(a: Any, choices: list[str], source: str, i: int) -> int:
                 return k
             raise DataError(f"answer letter {s!r} is beyond the {n} choices", source, i, "answer")
         raise DataError(f"answer {a!r} is neither a letter nor one of the choices", source, i, "answer")
-    raise DataError(f"answer must be an index, a letter or the choice text, got {type(a).__name__}", source, i, "answer")
+    raise DataError(
+        f"answer must be an index, a letter or the choice text, got {type(a).__name__}", source, i, "answer"
+    )
 
 
 def _predict_rows(ref: str, fmt: str, max_samples: Optional[int]) -> tuple[list[dict], str]:
@@ -199,8 +212,11 @@ def _predict_rows(ref: str, fmt: str, max_samples: Optional[int]) -> tuple[list[
                 raise DataError("predict mode needs a reference answer", source, i, "answer")
             out.append({"prompt": r["prompt"], "reference": r["answer"]})
         else:
-            raise DataError(f"predict mode needs chat rows (alpaca, messages, sharegpt) or prompt rows with an "
-                            f"answer; this dataset is {kind} data", source)
+            raise DataError(
+                f"predict mode needs chat rows (alpaca, messages, sharegpt) or prompt rows with an "
+                f"answer; this dataset is {kind} data",
+                source,
+            )
     return out, source
 
 
@@ -212,7 +228,9 @@ def _source_info(source: Any) -> tuple[Any, Optional[Path], Any]:
 
     if isinstance(source, Run):
         if not source.done and source.status != "pending":
-            raise RuntimeError(f"the run is still {source.status}: wait for it to finish (or stop it) before evaluating")
+            raise RuntimeError(
+                f"the run is still {source.status}: wait for it to finish (or stop it) before evaluating"
+            )
         return source, source.run_dir, source.config
     if isinstance(source, ChatModel):
         return source, None, None
@@ -244,11 +262,23 @@ def _mc_logprobs(cm, question: str, choices: list[str]) -> list[tuple[float, int
 # ------------------------------------------------------------------------------------------ entry
 
 
-def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "auto",
-             metrics: Optional[list[str]] = None, max_samples: Optional[int] = None,
-             max_new_tokens: Optional[int] = None, output_dir: Optional[str] = None, data_format: str = "auto",
-             tokenize: Callable[[str], list[str]] = simple_tokenize, progress: Optional[Callable[[int, int], None]] = None,
-             n_shot: int = 5, batch_size: int = 8, compare_base: bool = False, **overrides: Any) -> dict:
+def evaluate(
+    source: Any = None,
+    dataset: Optional[str] = None,
+    *,
+    mode: str = "auto",
+    metrics: Optional[list[str]] = None,
+    max_samples: Optional[int] = None,
+    max_new_tokens: Optional[int] = None,
+    output_dir: Optional[str] = None,
+    data_format: str = "auto",
+    tokenize: Callable[[str], list[str]] = simple_tokenize,
+    progress: Optional[Callable[[int, int], None]] = None,
+    n_shot: int = 5,
+    batch_size: int = 8,
+    compare_base: bool = False,
+    **overrides: Any,
+) -> dict:
     """Score ``source`` (a Run, run dir, RunConfig/dict/YAML, model name/path or ChatModel) on ``dataset``.
 
     ``dataset``: a registered name, a file, or a benchmark folder (MMLU / C-Eval / CMMLU layout, e.g.
@@ -268,9 +298,21 @@ def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "
     if mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if compare_base:
-        return _compare_base(source, dataset, mode=mode, metrics=metrics, max_samples=max_samples,
-                             max_new_tokens=max_new_tokens, output_dir=output_dir, data_format=data_format,
-                             tokenize=tokenize, progress=progress, n_shot=n_shot, batch_size=batch_size, **overrides)
+        return _compare_base(
+            source,
+            dataset,
+            mode=mode,
+            metrics=metrics,
+            max_samples=max_samples,
+            max_new_tokens=max_new_tokens,
+            output_dir=output_dir,
+            data_format=data_format,
+            tokenize=tokenize,
+            progress=progress,
+            n_shot=n_shot,
+            batch_size=batch_size,
+            **overrides,
+        )
     load_src, run_dir, cfg = _source_info(source)
     if dataset is None and cfg is not None and cfg.data.eval_dataset:
         ev = cfg.data.eval_dataset
@@ -320,11 +362,13 @@ def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "
     t0 = time.time()
     cm = ChatModel.load(load_src, **overrides)
     if mode != "predict" and cm.model is None:
-        raise UsageError(f"{mode} scoring reads the model's log-probabilities, which the {cm.backend} back end does "
-                         "not expose: evaluate with generate.backend=hf")
+        raise UsageError(
+            f"{mode} scoring reads the model's log-probabilities, which the {cm.backend} back end does "
+            "not expose: evaluate with generate.backend=hf"
+        )
     was_training = cm.model is not None and cm.model.training
     if cm.model is not None:
-        cm.model.eval()   # a Run hands over its model as trained: no dropout while scoring
+        cm.model.eval()  # a Run hands over its model as trained: no dropout while scoring
     try:
         records: list[dict] = []
         if mode == "benchmark":
@@ -341,21 +385,34 @@ def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "
                 pred_norm = max(range(len(lps)), key=norm_scores.__getitem__)
                 correct += pred == r["answer"]
                 correct_norm += pred_norm == r["answer"]
-                records.append({"row": i, "question": r["question"], "choices": r["choices"], "answer": r["answer"],
-                                "predicted": pred, "predicted_norm": pred_norm, "correct": pred == r["answer"],
-                                "logprobs": raw_scores, "tokens": [n for _, n in lps]})
+                records.append(
+                    {
+                        "row": i,
+                        "question": r["question"],
+                        "choices": r["choices"],
+                        "answer": r["answer"],
+                        "predicted": pred,
+                        "predicted_norm": pred_norm,
+                        "correct": pred == r["answer"],
+                        "logprobs": raw_scores,
+                        "tokens": [n for _, n in lps],
+                    }
+                )
                 if progress:
                     progress(i + 1, len(rows))
             n = len(rows)
-            scores: dict = {"accuracy": 100.0 * correct / n, "accuracy_norm": 100.0 * correct_norm / n,
-                            "chance": 100.0 * sum(1 / len(r["choices"]) for r in rows) / n}
+            scores: dict = {
+                "accuracy": 100.0 * correct / n,
+                "accuracy_norm": 100.0 * correct_norm / n,
+                "chance": 100.0 * sum(1 / len(r["choices"]) for r in rows) / n,
+            }
         else:
-            gen = {"temperature": 0.0}        # greedy: scores are reproducible (and equal to one-at-a-time answers)
+            gen = {"temperature": 0.0}  # greedy: scores are reproducible (and equal to one-at-a-time answers)
             if max_new_tokens:
                 gen["max_new_tokens"] = max_new_tokens
             preds: list[str] = []
             for start in range(0, len(rows), max(1, batch_size)):
-                chunk = rows[start:start + max(1, batch_size)]
+                chunk = rows[start : start + max(1, batch_size)]
                 preds += cm.generate_many([r["prompt"] for r in chunk], **gen)
                 if progress:
                     progress(len(preds), len(rows))
@@ -366,10 +423,16 @@ def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "
         if was_training:
             cm.model.train()
 
-    result = {**{k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}, "n": len(records),
-              "mode": mode, "dataset": dataset, "model": _model_name(load_src, cfg),
-              "seconds": round(time.time() - t0, 2), "predictions": str(out / "predictions.jsonl"),
-              "output_dir": str(out)}
+    result = {
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()},
+        "n": len(records),
+        "mode": mode,
+        "dataset": dataset,
+        "model": _model_name(load_src, cfg),
+        "seconds": round(time.time() - t0, 2),
+        "predictions": str(out / "predictions.jsonl"),
+        "output_dir": str(out),
+    }
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as fh:
         for rec in records:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -379,8 +442,12 @@ def evaluate(source: Any = None, dataset: Optional[str] = None, *, mode: str = "
 
 def _is_text(rows: list) -> bool:
     chat_keys = ("instruction", "messages", "conversations", "prompt", "question")
-    return bool(rows) and isinstance(rows[0], dict) and isinstance(rows[0].get("text"), str) and not any(
-        k in rows[0] for k in chat_keys)
+    return (
+        bool(rows)
+        and isinstance(rows[0], dict)
+        and isinstance(rows[0].get("text"), str)
+        and not any(k in rows[0] for k in chat_keys)
+    )
 
 
 def text_rows(rows: list, source: str) -> list[str]:
@@ -415,14 +482,29 @@ def _compare_base(source: Any, dataset: Optional[str], *, output_dir: Optional[s
     tuned = evaluate(source, dataset, output_dir=output_dir, **kw)
     out = Path(tuned["output_dir"])
     before = evaluate(base, tuned["dataset"], output_dir=str(out / "base"), **kw)
-    delta = {k: round(v - before[k], 4) for k, v in tuned.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _NOT_SCORES
-             and isinstance(before.get(k), (int, float))}
+    delta = {
+        k: round(v - before[k], 4)
+        for k, v in tuned.items()
+        if isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and k not in _NOT_SCORES
+        and isinstance(before.get(k), (int, float))
+    }
     if isinstance(tuned.get("subjects"), dict) and isinstance(before.get("subjects"), dict):
-        delta["subjects"] = {s: round(v["accuracy"] - before["subjects"][s]["accuracy"], 4)
-                             for s, v in tuned["subjects"].items() if s in before["subjects"]}
-    comparison = {"dataset": tuned["dataset"], "mode": tuned["mode"], "tuned": tuned, "base": before, "delta": delta,
-                  "output_dir": str(out), "comparison": str(out / "comparison.json")}
+        delta["subjects"] = {
+            s: round(v["accuracy"] - before["subjects"][s]["accuracy"], 4)
+            for s, v in tuned["subjects"].items()
+            if s in before["subjects"]
+        }
+    comparison = {
+        "dataset": tuned["dataset"],
+        "mode": tuned["mode"],
+        "tuned": tuned,
+        "base": before,
+        "delta": delta,
+        "output_dir": str(out),
+        "comparison": str(out / "comparison.json"),
+    }
     (out / "comparison.json").write_text(json.dumps(comparison, indent=1, ensure_ascii=False))
     return comparison
 
@@ -430,4 +512,8 @@ def _compare_base(source: Any, dataset: Optional[str], *, output_dir: Optional[s
 def _model_name(load_src: Any, cfg: Any) -> str:
     if cfg is not None:
         return cfg.model.name
-    return str(getattr(load_src, "name_or_path", load_src)) if isinstance(load_src, (str, os.PathLike)) else type(load_src).__name__
+    return (
+        str(getattr(load_src, "name_or_path", load_src))
+        if isinstance(load_src, (str, os.PathLike))
+        else type(load_src).__name__
+    )

@@ -11,6 +11,7 @@ line's ``nonfinite`` key (``{"loss": null, "nonfinite": {"loss": "nan"}}``); rea
 back gives the float again. A line is written with one unbuffered ``write``: a killed process
 leaves at most a partial last line, which :meth:`EventBus.attach_file` cuts before appending.
 """
+
 from __future__ import annotations
 
 import json
@@ -160,6 +161,7 @@ class EventBus:
             with self._lock:
                 if fn in self._subs:
                     self._subs.remove(fn)
+
         return unsubscribe
 
     def emit(self, kind: str, **data: Any) -> Event:
@@ -182,7 +184,7 @@ class EventBus:
         try:
             view = memoryview(line)
             while view:
-                view = view[os.write(self._fd, view):]
+                view = view[os.write(self._fd, view) :]
         except OSError as e:
             try:
                 os.ftruncate(self._fd, before)

@@ -13,6 +13,7 @@ GGUF writing is kit.gguf's job, the model card and upload kit.hub's; this module
 and the Ollama Modelfile (:func:`chat_layout` reads any chat template that is fixed text around
 each turn into a Go TEMPLATE, with the template's own default system prompt and stop tokens).
 """
+
 from __future__ import annotations
 
 import json
@@ -81,8 +82,12 @@ class ChatLayout:
         """The layout as an Ollama Go TEMPLATE (.System / .Prompt / .Response, one exchange per turn)."""
         parts = [self.user, self.assistant] + ([self.system] if self.system else [])
         if any("{{" in t or "}}" in t for pair in parts for t in pair):
-            raise ExportError("the chat template's turn markers contain '{{' or '}}', which an Ollama TEMPLATE cannot quote")
-        go = f"{{{{ if .System }}}}{self.system[0]}{{{{ .System }}}}{self.system[1]}{{{{ end }}}}" if self.system else ""
+            raise ExportError(
+                "the chat template's turn markers contain '{{' or '}}', which an Ollama TEMPLATE cannot quote"
+            )
+        go = (
+            f"{{{{ if .System }}}}{self.system[0]}{{{{ .System }}}}{self.system[1]}{{{{ end }}}}" if self.system else ""
+        )
         go += f"{{{{ if .Prompt }}}}{self.user[0]}{{{{ .Prompt }}}}{self.user[1]}{{{{ end }}}}"
         return go + f"{self.assistant[0]}{{{{ .Response }}}}{self.assistant[1]}"
 
@@ -91,13 +96,13 @@ def _cut(text: str, needle: str, what: str) -> tuple[str, str]:
     i = text.find(needle)
     if i < 0 or text.find(needle, i + 1) >= 0:
         raise ValueError(f"{what} does not appear exactly once")
-    return text[:i], text[i + len(needle):]
+    return text[:i], text[i + len(needle) :]
 
 
 def _after_prefix(text: str, prefix: str, what: str) -> str:
     if not text.startswith(prefix):
         raise ValueError(f"{what} changes the text of the turns before it")
-    return text[len(prefix):]
+    return text[len(prefix) :]
 
 
 def chat_layout(tok) -> ChatLayout:
@@ -112,8 +117,9 @@ def chat_layout(tok) -> ChatLayout:
 
     def render(msgs, generation=False) -> str:
         try:
-            return tok.apply_chat_template([{"role": r, "content": c} for r, c in msgs], tokenize=False,
-                                           add_generation_prompt=generation)
+            return tok.apply_chat_template(
+                [{"role": r, "content": c} for r, c in msgs], tokenize=False, add_generation_prompt=generation
+            )
         except Exception as e:  # a template that refuses the probe chat (raise_exception, bad roles)
             raise ValueError(f"it refuses a {'/'.join(r for r, _ in msgs)} chat ({type(e).__name__}: {e})") from e
 
@@ -122,8 +128,14 @@ def chat_layout(tok) -> ChatLayout:
         u_only = render([("user", _U)])
         g1 = render([("user", _U)], True)
         # text some templates end a chat with only when not generating (Phi-3: eos_token); Ollama never sees it
-        trail = next((t for t in ("", tok.eos_token or "") if u_only.endswith(t) and g1.startswith(
-            u_only[:len(u_only) - len(t)])), None)
+        trail = next(
+            (
+                t
+                for t in ("", tok.eos_token or "")
+                if u_only.endswith(t) and g1.startswith(u_only[: len(u_only) - len(t)])
+            ),
+            None,
+        )
         if trail is None:
             raise ValueError("a chat with a generation prompt does not start like the same chat without it")
 
@@ -131,15 +143,17 @@ def chat_layout(tok) -> ChatLayout:
             text = render(msgs)
             if trail and not text.endswith(trail):
                 raise ValueError(f"it ends some chats with {trail!r} and others not")
-            return text[:len(text) - len(trail)]
+            return text[: len(text) - len(trail)]
 
         # a BOS the template writes once before the first turn (not a token that starts every turn)
         three = closed([("user", _U), ("assistant", _A), ("user", _U2)])
         bos = tok.bos_token
         preamble = bos if bos and u_only.startswith(bos) and three.count(bos) == 1 else ""
         if preamble and not _adds_bos(tok):
-            raise ValueError(f"it writes {bos!r} before the first turn, which an Ollama TEMPLATE would repeat every "
-                             "turn (and this tokenizer does not add it itself)")
+            raise ValueError(
+                f"it writes {bos!r} before the first turn, which an Ollama TEMPLATE would repeat every "
+                "turn (and this tokenizer does not add it itself)"
+            )
         strip = len(preamble)
         x = closed([("user", _U)])[strip:]
         head_u, after_u = _cut(x, _U, "the user turn")
@@ -163,9 +177,9 @@ def chat_layout(tok) -> ChatLayout:
             between, _ = _cut(rest, _U, "the user turn after a system turn")
             if not between.endswith(before_u):
                 raise ValueError("the system turn is not followed by a plain user turn")
-            system = (before_s, between[:len(between) - len(before_u)])
+            system = (before_s, between[: len(between) - len(before_u)])
             if head_u != before_u:  # text before the first user turn: the template's default system prompt
-                d = head_u[len(system[0]):len(head_u) - len(system[1]) - len(before_u)]
+                d = head_u[len(system[0]) : len(head_u) - len(system[1]) - len(before_u)]
                 if head_u != system[0] + d + system[1] + before_u:
                     raise ValueError(f"the text before the first user turn ({head_u!r}) is not a system turn")
                 default = d
@@ -174,7 +188,7 @@ def chat_layout(tok) -> ChatLayout:
         layout = ChatLayout(system, (before_u, after_u), (before_a, after_a), default, preamble)
         # the layout must say what the template says, on chats it was not read from
         turns = [("user", "hello"), ("assistant", "hi there"), ("user", "and?")]
-        for sys_msg in ([None, "be brief"] if system else [None]):
+        for sys_msg in [None, "be brief"] if system else [None]:
             msgs = ([("system", sys_msg)] if sys_msg else []) + turns
             if render(msgs, True) != layout.render(sys_msg, turns, True):
                 raise ValueError("a three-turn chat renders differently from the layout read from the probes")
@@ -183,7 +197,8 @@ def chat_layout(tok) -> ChatLayout:
         raise ExportError(
             f"chat template of '{name}' is not ChatML and does not translate to an Ollama TEMPLATE: {e}. It renders "
             f"a probe chat as {u_only[:200]!r}. Export a GGUF (Ollama then reads the template embedded in it), or "
-            "use modelfile=False (--no-modelfile) and write the TEMPLATE by hand.") from None
+            "use modelfile=False (--no-modelfile) and write the TEMPLATE by hand."
+        ) from None
     return layout
 
 
@@ -209,8 +224,9 @@ def modelfile_stop_tokens(tok, model_config, layout: Optional[ChatLayout] = None
     return stops
 
 
-def modelfile_text(tok, model_config, from_path: str, system: Optional[str] = None,
-                   adapter_path: Optional[str] = None) -> str:
+def modelfile_text(
+    tok, model_config, from_path: str, system: Optional[str] = None, adapter_path: Optional[str] = None
+) -> str:
     """An Ollama Modelfile: FROM (+ ADAPTER), TEMPLATE from the chat template, stop tokens, SYSTEM.
 
     SYSTEM is ``system`` or else the default system prompt the chat template adds itself, so an
@@ -226,11 +242,15 @@ def modelfile_text(tok, model_config, from_path: str, system: Optional[str] = No
         if not str(from_path).endswith(".gguf"):
             raise
         layout = None
-        lines.append("# no TEMPLATE: Ollama takes it from the chat template embedded in the GGUF "
-                     "(tokenizer.chat_template), matched against its built-in templates; check `ollama show --template`")
+        lines.append(
+            "# no TEMPLATE: Ollama takes it from the chat template embedded in the GGUF "
+            "(tokenizer.chat_template), matched against its built-in templates; check `ollama show --template`"
+        )
     if layout is not None:
         if layout.preamble:
-            lines.append(f"# {layout.preamble!r} before the first turn is added by the runtime (tokenizer.ggml.add_bos_token)")
+            lines.append(
+                f"# {layout.preamble!r} before the first turn is added by the runtime (tokenizer.ggml.add_bos_token)"
+            )
         lines.append(f'TEMPLATE """{layout.go_template()}"""')
     for t in modelfile_stop_tokens(tok, model_config, layout):
         lines.append(f"PARAMETER stop {json.dumps(t)}")
@@ -294,8 +314,16 @@ def calibration_texts(tok, dataset: str, max_samples: int = 128) -> list[str]:
     return texts
 
 
-def export_gptq(model_dir: Path, dst: Path, tok, *, bits: int = 4, dataset: str = "demo_sft",
-                max_samples: int = 128, group_size: int = 128) -> Path:
+def export_gptq(
+    model_dir: Path,
+    dst: Path,
+    tok,
+    *,
+    bits: int = 4,
+    dataset: str = "demo_sft",
+    max_samples: int = 128,
+    group_size: int = 128,
+) -> Path:
     """GPTQ-quantize a saved (merged) model with gptqmodel on calibration texts from ``dataset``.
 
     Needs the ``gptqmodel`` package and a CUDA GPU (its quantization kernels are CUDA-only), so it
@@ -322,11 +350,25 @@ def export_gptq(model_dir: Path, dst: Path, tok, *, bits: int = 4, dataset: str 
     return dst
 
 
-def export(source: Any, out_dir: Optional[str | os.PathLike] = None, *, merge: bool = True, modelfile: bool = True,
-           gguf: Any = None, max_shard_size: str = "2GB", dtype: str = "float32", device: str = "cpu",
-           card: bool = True, gptq_bits: Optional[int] = None, gptq_dataset: Optional[str] = None,
-           gptq_samples: int = 128, push_to_hub: Optional[str] = None, token: Optional[str] = None,
-           private: bool = False, dry_run: bool = False) -> dict:
+def export(
+    source: Any,
+    out_dir: Optional[str | os.PathLike] = None,
+    *,
+    merge: bool = True,
+    modelfile: bool = True,
+    gguf: Any = None,
+    max_shard_size: str = "2GB",
+    dtype: str = "float32",
+    device: str = "cpu",
+    card: bool = True,
+    gptq_bits: Optional[int] = None,
+    gptq_dataset: Optional[str] = None,
+    gptq_samples: int = 128,
+    push_to_hub: Optional[str] = None,
+    token: Optional[str] = None,
+    private: bool = False,
+    dry_run: bool = False,
+) -> dict:
     """Export ``source`` (a Run, run dir or model name) to ``out_dir``; returns what was written.
 
     merge: LoRA runs are merged into an fp32 copy of the base (else the adapter goes to
@@ -361,6 +403,7 @@ def export(source: Any, out_dir: Optional[str | os.PathLike] = None, *, merge: b
             out_dir = RunDir(run_dir).export_dir
         else:
             from .paths import forge_home
+
             out_dir = forge_home() / "exports" / Path(str(cfg.model.name)).name
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -369,8 +412,15 @@ def export(source: Any, out_dir: Optional[str | os.PathLike] = None, *, merge: b
     if weights is not None and not has_adapter:
         cfg = cfg.replace(model__name=weights.model, model__adapter_path=None)
 
-    result: dict[str, Any] = {"out_dir": str(out), "merged": False, "modelfile": None, "gguf": None,
-                              "gguf_files": {}, "card": None, "gptq": None}
+    result: dict[str, Any] = {
+        "out_dir": str(out),
+        "merged": False,
+        "modelfile": None,
+        "gguf": None,
+        "gguf_files": {},
+        "card": None,
+        "gptq": None,
+    }
     if has_adapter and merge:
         loaded = load_model(cfg.replace(model__adapter_path=str(adapter)), with_adapter=True)
         model = loaded.model.merge_and_unload()
@@ -383,6 +433,7 @@ def export(source: Any, out_dir: Optional[str | os.PathLike] = None, *, merge: b
     if model is not None:
         for kind in kinds:  # from the fp32 merged weights, before any cast for the safetensors copy
             from .gguf import GGUFExportError, write_gguf
+
             try:
                 gpath = write_gguf(model, tok, out / f"{Path(str(out)).name}-{kind}.gguf", kind)
             except GGUFExportError as e:
@@ -395,13 +446,27 @@ def export(source: Any, out_dir: Optional[str | os.PathLike] = None, *, merge: b
         tok.save_pretrained(str(out))  # keeps the chat template used in training
         hub_folder = out
         if card:
-            text = hub.model_card(cfg, base, kind="merged", run_dir=run_dir,
-                                  gguf_files=[Path(g).name for g in result["gguf_files"].values()], repo_id=push_to_hub)
+            text = hub.model_card(
+                cfg,
+                base,
+                kind="merged",
+                run_dir=run_dir,
+                gguf_files=[Path(g).name for g in result["gguf_files"].values()],
+                repo_id=push_to_hub,
+            )
             (out / "README.md").write_text(text, encoding="utf-8")
             result["card"] = str(out / "README.md")
         if gptq_bits:
-            result["gptq"] = str(export_gptq(out, out / f"gptq-{gptq_bits}bit", tok, bits=gptq_bits,
-                                             dataset=gptq_dataset or cfg.data.dataset, max_samples=gptq_samples))
+            result["gptq"] = str(
+                export_gptq(
+                    out,
+                    out / f"gptq-{gptq_bits}bit",
+                    tok,
+                    bits=gptq_bits,
+                    dataset=gptq_dataset or cfg.data.dataset,
+                    max_samples=gptq_samples,
+                )
+            )
     else:  # the adapter on its own: adapter_config.json + adapter_model.safetensors at its folder's root
         hub_folder = hub.write_adapter_folder(adapter, out / "adapter", tok, base)
         if card:
@@ -414,8 +479,13 @@ def export(source: Any, out_dir: Optional[str | os.PathLike] = None, *, merge: b
             src = result["gguf"] or str(out.resolve())  # Ollama imports GGUF directly, safetensors dirs too
             text = modelfile_text(tok, model.config, str(Path(src).resolve()), cfg.generate.system)
         else:
-            text = modelfile_text(tok, loaded.model.config, str(Path(loaded.path).resolve()), cfg.generate.system,
-                                  adapter_path=str(hub_folder.resolve()))
+            text = modelfile_text(
+                tok,
+                loaded.model.config,
+                str(Path(loaded.path).resolve()),
+                cfg.generate.system,
+                adapter_path=str(hub_folder.resolve()),
+            )
         (out / "Modelfile").write_text(text)
         result["modelfile"] = str(out / "Modelfile")
 

@@ -29,6 +29,7 @@ does); its sliding window is not written, so a GGUF of a model with a window att
 context beyond it. Rope scaling other than none/linear and SentencePiece-style vocabularies stop
 the export with an error rather than producing a file that runs differently.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -48,22 +49,28 @@ class GGUFExportError(ForgeError, ValueError):
 
 # kind -> (tensor type of the matrices, general.file_type)
 GGUF_TYPES: dict[str, tuple[str, str]] = {
-    "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"), "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
-    "q4_0": ("Q4_0", "MOSTLY_Q4_0"), "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
-    "q5_0": ("Q5_0", "MOSTLY_Q5_0"), "q5_1": ("Q5_1", "MOSTLY_Q5_1"),
+    "f16": ("F16", "MOSTLY_F16"),
+    "bf16": ("BF16", "MOSTLY_BF16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+    "q4_0": ("Q4_0", "MOSTLY_Q4_0"),
+    "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
+    "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
+    "q5_1": ("Q5_1", "MOSTLY_Q5_1"),
 }
 # kind -> llama-quantize's type name (and llama.cpp's LLAMA_FTYPE_MOSTLY_<name>)
-LLAMA_QUANTIZE_TYPES: dict[str, str] = {k: k.upper() for k in (
-    "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs")}
+LLAMA_QUANTIZE_TYPES: dict[str, str] = {
+    k: k.upper()
+    for k in ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs")
+}
 ALL_TYPES = tuple(GGUF_TYPES) + tuple(LLAMA_QUANTIZE_TYPES)
 
 
 @dataclass(frozen=True)
 class ArchSpec:
-    arch: str                      # gguf.MODEL_ARCH member name
-    permute_qk: bool = False       # llama.cpp's llama rope pairs rows (0,1),(2,3)..; HF's rotate_half pairs i, i+d/2
-    norm_plus_one: bool = False    # Gemma's RMSNorm scales by (1 + w); llama.cpp's by the stored weight
-    fused: bool = False            # Phi-3 keeps qkv_proj and gate_up_proj fused, as llama.cpp does
+    arch: str  # gguf.MODEL_ARCH member name
+    permute_qk: bool = False  # llama.cpp's llama rope pairs rows (0,1),(2,3)..; HF's rotate_half pairs i, i+d/2
+    norm_plus_one: bool = False  # Gemma's RMSNorm scales by (1 + w); llama.cpp's by the stored weight
+    fused: bool = False  # Phi-3 keeps qkv_proj and gate_up_proj fused, as llama.cpp does
 
 
 # config.model_type -> how llama.cpp runs it. The families kit.models.registry registers that
@@ -119,12 +126,18 @@ def _write_hparams(w, c, spec: ArchSpec, n_vocab: int) -> None:
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(float(rope["factor"]))
     elif rope_type not in (None, "default"):
-        raise GGUFExportError(f"rope scaling {rope_type!r} ({rope}) is not written by this exporter; convert with "
-                              "llama.cpp's convert_hf_to_gguf.py, which writes the extra tensors it needs")
+        raise GGUFExportError(
+            f"rope scaling {rope_type!r} ({rope}) is not written by this exporter; convert with "
+            "llama.cpp's convert_hf_to_gguf.py, which writes the extra tensors it needs"
+        )
     if spec.arch == "PHI3":
-        w.add_rope_scaling_orig_ctx_len(int(rope.get("original_max_position_embeddings")
-                                            or getattr(c, "original_max_position_embeddings", None)
-                                            or c.max_position_embeddings))
+        w.add_rope_scaling_orig_ctx_len(
+            int(
+                rope.get("original_max_position_embeddings")
+                or getattr(c, "original_max_position_embeddings", None)
+                or c.max_position_embeddings
+            )
+        )
         w.add_sliding_window(int(getattr(c, "sliding_window", None) or 0))
     w.add_vocab_size(n_vocab)
 
@@ -153,7 +166,8 @@ def _write_tokenizer(w, tok, n_vocab: int) -> str:
         raise GGUFExportError(
             f"GGUF export writes byte-level BPE tokenizers (GPT-2 style), not {model_type} with a {decoder} decoder "
             "(SentencePiece-style vocabularies need scores and byte tokens); convert this model with llama.cpp's "
-            "convert_hf_to_gguf.py")
+            "convert_hf_to_gguf.py"
+        )
     try:
         pre = llama_cpp_pre_name(tok)
     except TokenizerMismatch as e:
@@ -209,8 +223,10 @@ def _tensors(model, spec: ArchSpec) -> Iterator[tuple[str, Any]]:
                 t = t + 1
             gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
             if gname is None:
-                raise GGUFExportError(f"tensor {name} {tuple(t.shape)} has no llama.cpp name for architecture "
-                                      f"{spec.arch.lower()}; the exporter will not drop it silently")
+                raise GGUFExportError(
+                    f"tensor {name} {tuple(t.shape)} has no llama.cpp name for architecture "
+                    f"{spec.arch.lower()}; the exporter will not drop it silently"
+                )
             yield gname, t.numpy()
 
 
@@ -248,8 +264,10 @@ def write_gguf(model, tok, path, kind: str = "f16") -> Path:
     model_type = getattr(c, "model_type", "")
     spec = ARCHS.get(model_type)
     if spec is None:
-        raise GGUFExportError(f"GGUF export supports model types {', '.join(ARCHS)}, not {model_type!r}; convert it "
-                              "with llama.cpp's convert_hf_to_gguf.py")
+        raise GGUFExportError(
+            f"GGUF export supports model types {', '.join(ARCHS)}, not {model_type!r}; convert it "
+            "with llama.cpp's convert_hf_to_gguf.py"
+        )
     n_vocab = int(c.vocab_size)
     w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[spec.arch]])
     try:

@@ -12,6 +12,7 @@ half-deleted one that looks complete.
 Imported by the engine when a run sets up, not by ``import kit``: transformers' callback module
 imports its training stack (seconds).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -46,7 +47,7 @@ def rotate_checkpoints(rd: RunDir, limit: Optional[int], newest: Path) -> None:
     if not limit:
         return
     others = [c for c in rd.complete_checkpoints() if c != newest]
-    for old in others[:max(len(others) - (limit - 1), 0)]:
+    for old in others[: max(len(others) - (limit - 1), 0)]:
         (old / RunDir.COMPLETE_MARKER).unlink(missing_ok=True)  # first: it no longer counts
         shutil.rmtree(old, ignore_errors=True)
 

@@ -14,6 +14,7 @@
   by ``hf auth login``; never a token on a command line); ``dry_run`` lists the files and the repo
   id through the same filter ``upload_folder`` applies, and touches no network.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -41,7 +42,7 @@ class BaseModel:
 
     hub_id: Optional[str]
     name_or_path: str
-    provenance: str          # one sentence for the model card
+    provenance: str  # one sentence for the model card
     license: Optional[str] = None
 
 
@@ -65,10 +66,12 @@ def base_model_of(model_name: str, loaded_path: Optional[str] = None) -> BaseMod
         if loaded_path and (Path(loaded_path) / STAMP).exists():
             license_ = (json.loads((Path(loaded_path) / STAMP).read_text()).get("gguf_general") or {}).get("license")
         name = f"{info.hub_id} (dequantized from {info.gguf_file} in the PyPI package {dist} {version})"
-        provenance = (f"The base weights are {info.hub_id} as shipped in `{info.gguf_file}` inside the PyPI package "
-                      f"`{dist}` ({version}), dequantized to float32 by Forge Kit: the adapter was trained on "
-                      f"these weights, not on the Hub's bf16 checkpoint, which differs from them by the "
-                      f"quantization error. Loaded on the Hub's weights it gives a close but not identical model.")
+        provenance = (
+            f"The base weights are {info.hub_id} as shipped in `{info.gguf_file}` inside the PyPI package "
+            f"`{dist}` ({version}), dequantized to float32 by Forge Kit: the adapter was trained on "
+            f"these weights, not on the Hub's bf16 checkpoint, which differs from them by the "
+            f"quantization error. Loaded on the Hub's weights it gives a close but not identical model."
+        )
         return BaseModel(info.hub_id, name, provenance, license_)
     if info is not None and info.hub_id:
         return BaseModel(info.hub_id, info.hub_id, f"The base model is {info.hub_id}.")
@@ -116,8 +119,11 @@ def _metrics(run_dir: Optional[Path]) -> tuple[dict, dict]:
             train.update({k: v for k, v in e.data.items() if k.startswith("eval_") and isinstance(v, (int, float))})
         elif e.kind == "finished":
             train.update({k: v for k, v in e.data.items() if isinstance(v, (int, float)) and k not in ("step",)})
-    evals = {name: {k: v for k, v in scores.items() if isinstance(v, (int, float))}
-             for name, scores in rd.eval_scores().items() if isinstance(scores, dict)}
+    evals = {
+        name: {k: v for k, v in scores.items() if isinstance(v, (int, float))}
+        for name, scores in rd.eval_scores().items()
+        if isinstance(scores, dict)
+    }
     return train, evals
 
 
@@ -125,15 +131,21 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def model_card(cfg, base: BaseModel, *, kind: str, run_dir: Optional[Path] = None,
-               gguf_files: Optional[list[str]] = None, repo_id: Optional[str] = None) -> str:
+def model_card(
+    cfg,
+    base: BaseModel,
+    *,
+    kind: str,
+    run_dir: Optional[Path] = None,
+    gguf_files: Optional[list[str]] = None,
+    repo_id: Optional[str] = None,
+) -> str:
     """README.md text for an export folder. ``kind``: "adapter" (PEFT LoRA) or "merged" (full weights)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     datasets = cfg.data.dataset if isinstance(cfg.data.dataset, list) else [cfg.data.dataset]
     datasets = [str(d) for d in datasets]
-    method = cfg.adapter.type if cfg.adapter.type != "lora" else (
-        "DoRA" if cfg.adapter.use_dora else "LoRA")
+    method = cfg.adapter.type if cfg.adapter.type != "lora" else ("DoRA" if cfg.adapter.use_dora else "LoRA")
     stage = cfg.stage.name
     tags = ["forge-kit", stage, "text-generation"]
     if kind == "adapter":
@@ -142,52 +154,112 @@ def model_card(cfg, base: BaseModel, *, kind: str, run_dir: Optional[Path] = Non
         tags.append(f"base_model:finetune:{base.hub_id}")
     if gguf_files:
         tags.append("gguf")
-    data = ModelCardData(base_model=base.hub_id, library_name="peft" if kind == "adapter" else "transformers",
-                         license=base.license, datasets=datasets, tags=tags, pipeline_tag="text-generation")
+    data = ModelCardData(
+        base_model=base.hub_id,
+        library_name="peft" if kind == "adapter" else "transformers",
+        license=base.license,
+        datasets=datasets,
+        tags=tags,
+        pipeline_tag="text-generation",
+    )
     train, evals = _metrics(run_dir)
     a, t = cfg.adapter, cfg.train
-    hp = {"stage": stage, "method": method, "learning rate": t.learning_rate, "schedule": t.lr_scheduler,
-          "warmup ratio": t.warmup_ratio, "batch size": t.batch_size, "gradient accumulation": t.grad_accum,
-          "max steps" if t.max_steps > 0 else "epochs": t.max_steps if t.max_steps > 0 else t.num_epochs,
-          "optimizer": t.optim, "weight decay": t.weight_decay, "seed": t.seed, "cutoff length": cfg.data.cutoff_len}
+    hp = {
+        "stage": stage,
+        "method": method,
+        "learning rate": t.learning_rate,
+        "schedule": t.lr_scheduler,
+        "warmup ratio": t.warmup_ratio,
+        "batch size": t.batch_size,
+        "gradient accumulation": t.grad_accum,
+        "max steps" if t.max_steps > 0 else "epochs": t.max_steps if t.max_steps > 0 else t.num_epochs,
+        "optimizer": t.optim,
+        "weight decay": t.weight_decay,
+        "seed": t.seed,
+        "cutoff length": cfg.data.cutoff_len,
+    }
     if a.type == "lora":
-        hp.update({"LoRA rank": a.lora_rank, "LoRA alpha": a.lora_alpha or 2 * a.lora_rank,
-                   "LoRA dropout": a.lora_dropout, "LoRA targets": a.lora_target, "rsLoRA": a.use_rslora,
-                   "init": a.init})
+        hp.update(
+            {
+                "LoRA rank": a.lora_rank,
+                "LoRA alpha": a.lora_alpha or 2 * a.lora_rank,
+                "LoRA dropout": a.lora_dropout,
+                "LoRA targets": a.lora_target,
+                "rsLoRA": a.use_rslora,
+                "init": a.init,
+            }
+        )
     if cfg.quant.bits:
         hp["QLoRA base quantization"] = f"{cfg.quant.bits}-bit {cfg.quant.quant_type}"
     name = repo_id or (Path(str(run_dir)).name if run_dir else "model")
-    lines = [f"# {name}", "",
-             f"{'A ' + method + ' adapter' if kind == 'adapter' else 'Full weights'} fine-tuned with "
-             f"[Forge Kit](https://pypi.org/project/forge-kit/) ({stage}) on {', '.join(datasets)}.", "",
-             "## Base model", "", base.provenance, "",
-             "## Training data", "", *[f"- `{d}`" for d in datasets],
-             f"- format: {cfg.data.format}; prompts masked: {not cfg.data.train_on_prompt}"
-             + (f"; at most {cfg.data.max_samples} rows per dataset" if cfg.data.max_samples else ""), "",
-             "## Hyper-parameters", "", "| setting | value |", "|---|---|",
-             *[f"| {k} | {_fmt(v)} |" for k, v in hp.items()], ""]
+    lines = [
+        f"# {name}",
+        "",
+        f"{'A ' + method + ' adapter' if kind == 'adapter' else 'Full weights'} fine-tuned with "
+        f"[Forge Kit](https://pypi.org/project/forge-kit/) ({stage}) on {', '.join(datasets)}.",
+        "",
+        "## Base model",
+        "",
+        base.provenance,
+        "",
+        "## Training data",
+        "",
+        *[f"- `{d}`" for d in datasets],
+        f"- format: {cfg.data.format}; prompts masked: {not cfg.data.train_on_prompt}"
+        + (f"; at most {cfg.data.max_samples} rows per dataset" if cfg.data.max_samples else ""),
+        "",
+        "## Hyper-parameters",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *[f"| {k} | {_fmt(v)} |" for k, v in hp.items()],
+        "",
+    ]
     if train or evals:
         lines += ["## Metrics", ""]
         if train:
             lines += ["| training | value |", "|---|---|", *[f"| {k} | {_fmt(v)} |" for k, v in train.items()], ""]
         for ds, scores in evals.items():
-            lines += [f"Evaluation on `{ds}`:", "", "| metric | value |", "|---|---|",
-                      *[f"| {k} | {_fmt(v)} |" for k, v in scores.items()], ""]
+            lines += [
+                f"Evaluation on `{ds}`:",
+                "",
+                "| metric | value |",
+                "|---|---|",
+                *[f"| {k} | {_fmt(v)} |" for k, v in scores.items()],
+                "",
+            ]
     repo = repo_id or "<this folder>"
     lines += ["## Use", ""]
     if kind == "adapter":
-        lines += ["```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-                  "", "base = AutoModelForCausalLM.from_pretrained(...)  # the base weights described above",
-                  f'model = PeftModel.from_pretrained(base, "{repo}")',
-                  f'tokenizer = AutoTokenizer.from_pretrained("{repo}")  # with the chat template used in training',
-                  "```", "", "vLLM: `--enable-lora --lora-modules name=" + repo + "`.", ""]
+        lines += [
+            "```python",
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            "base = AutoModelForCausalLM.from_pretrained(...)  # the base weights described above",
+            f'model = PeftModel.from_pretrained(base, "{repo}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")  # with the chat template used in training',
+            "```",
+            "",
+            "vLLM: `--enable-lora --lora-modules name=" + repo + "`.",
+            "",
+        ]
     else:
-        lines += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                  f'model = AutoModelForCausalLM.from_pretrained("{repo}")',
-                  f'tokenizer = AutoTokenizer.from_pretrained("{repo}")', "```", ""]
+        lines += [
+            "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f'model = AutoModelForCausalLM.from_pretrained("{repo}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
+            "```",
+            "",
+        ]
     if gguf_files:
-        lines += ["GGUF for llama.cpp / Ollama (chat template, stop tokens and pre-tokenizer embedded): "
-                  + ", ".join(f"`{g}`" for g in gguf_files), ""]
+        lines += [
+            "GGUF for llama.cpp / Ollama (chat template, stop tokens and pre-tokenizer embedded): "
+            + ", ".join(f"`{g}`" for g in gguf_files),
+            "",
+        ]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
@@ -204,25 +276,37 @@ def hub_files(folder: Path) -> list[tuple[str, int]]:
     return [(name, files[name]) for name in kept]
 
 
-def push_folder(folder: Path, repo_id: str, *, token: Optional[str] = None, private: bool = False,
-                dry_run: bool = False, commit_message: str = "Upload from Forge Kit") -> dict:
+def push_folder(
+    folder: Path,
+    repo_id: str,
+    *,
+    token: Optional[str] = None,
+    private: bool = False,
+    dry_run: bool = False,
+    commit_message: str = "Upload from Forge Kit",
+) -> dict:
     """Upload ``folder`` as the root of model repo ``repo_id`` (or, with ``dry_run``, list it)."""
     files = hub_files(folder)
     plan = {"repo_id": repo_id, "folder": str(folder), "upload": files, "pushed": False}
     if dry_run:
-        print(f"dry run: would upload {len(files)} files from {folder} to https://huggingface.co/{repo_id} "
-              "(repo root; nothing is sent):")
+        print(
+            f"dry run: would upload {len(files)} files from {folder} to https://huggingface.co/{repo_id} "
+            "(repo root; nothing is sent):"
+        )
         for name, size in files:
             print(f"  {name:40s} {size:>12,d} B")
         return plan
     from huggingface_hub import HfApi, get_token
 
     if not (token or get_token()):
-        raise HubError("pushing needs a Hugging Face token: log in once with `hf auth login`, or set HF_TOKEN "
-                       "(a token is never passed on the command line)")
+        raise HubError(
+            "pushing needs a Hugging Face token: log in once with `hf auth login`, or set HF_TOKEN "
+            "(a token is never passed on the command line)"
+        )
     api = HfApi(token=token)  # None: huggingface_hub finds HF_TOKEN or the saved login itself
     api.create_repo(repo_id, exist_ok=True, private=private)
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, ignore_patterns=LOCAL_ONLY,
-                             commit_message=commit_message)
+    info = api.upload_folder(
+        folder_path=str(folder), repo_id=repo_id, ignore_patterns=LOCAL_ONLY, commit_message=commit_message
+    )
     plan.update(pushed=True, commit_url=getattr(info, "commit_url", None))
     return plan

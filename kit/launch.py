@@ -27,6 +27,7 @@ checkpoints are off there (a config rule). tests/test_distributed.py runs it in 
 DeepSpeed runs need a GPU (tests marked ``gpu``); here the presets are validated only. Multi-node:
 :func:`torchrun_argv` with ``nnodes`` and a rendezvous endpoint; examples/slurm_multinode.sh.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -52,24 +53,53 @@ _ZERO_COMMON = {
     "fp16": {"enabled": "auto"},
 }
 DEEPSPEED_PRESETS: dict[str, dict] = {
-    "zero2": {**_ZERO_COMMON, "zero_optimization": {
-        "stage": 2, "overlap_comm": True, "contiguous_gradients": True, "reduce_scatter": True,
-        "allgather_bucket_size": 5e8, "reduce_bucket_size": 5e8}},
-    "zero3": {**_ZERO_COMMON, "zero_optimization": {
-        "stage": 3, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto",
-        "stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": "auto",
-        "stage3_gather_16bit_weights_on_model_save": True}},
-    "zero3_offload": {**_ZERO_COMMON, "zero_optimization": {
-        "stage": 3, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto",
-        "stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": "auto",
-        "stage3_gather_16bit_weights_on_model_save": True,
-        "offload_optimizer": {"device": "cpu", "pin_memory": True},
-        "offload_param": {"device": "cpu", "pin_memory": True}}},
+    "zero2": {
+        **_ZERO_COMMON,
+        "zero_optimization": {
+            "stage": 2,
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "reduce_scatter": True,
+            "allgather_bucket_size": 5e8,
+            "reduce_bucket_size": 5e8,
+        },
+    },
+    "zero3": {
+        **_ZERO_COMMON,
+        "zero_optimization": {
+            "stage": 3,
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": "auto",
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+    },
+    "zero3_offload": {
+        **_ZERO_COMMON,
+        "zero_optimization": {
+            "stage": 3,
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": "auto",
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            "stage3_gather_16bit_weights_on_model_save": True,
+            "offload_optimizer": {"device": "cpu", "pin_memory": True},
+            "offload_param": {"device": "cpu", "pin_memory": True},
+        },
+    },
 }
 # TrainingArguments' fsdp_config for FSDP2: shard each decoder layer (transformers reads the
 # model's _no_split_modules for the layer class), full state dicts on save for our exports
-FSDP_DEFAULT = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True,
-                "state_dict_type": "FULL_STATE_DICT", "cpu_ram_efficient_loading": False}
+FSDP_DEFAULT = {
+    "version": 2,
+    "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+    "reshard_after_forward": True,
+    "state_dict_type": "FULL_STATE_DICT",
+    "cpu_ram_efficient_loading": False,
+}
 
 
 def _load_file(path: str) -> dict:
@@ -107,22 +137,27 @@ def distributed_problem(c: Any) -> Optional[tuple[str, str]]:
             return "train.distributed_config", "is read with train.distributed=fsdp or deepspeed, not ddp."
         return None
     if t.optim == "galore_adamw":
-        return "train.optim", (f"GaLore projects whole gradients on one process and is not distributed: use "
-                               f"train.distributed=ddp or another optimizer with {t.distributed}.")
+        return "train.optim", (
+            f"GaLore projects whole gradients on one process and is not distributed: use "
+            f"train.distributed=ddp or another optimizer with {t.distributed}."
+        )
     if t.distributed == "deepspeed":
         ref = t.distributed_config or "zero2"
         if ref not in DEEPSPEED_PRESETS:
             try:
                 _load_file(ref)
             except (ValueError, json.JSONDecodeError, yaml.YAMLError) as e:
-                return "train.distributed_config", (f"not a preset ({', '.join(DEEPSPEED_PRESETS)}) nor a readable "
-                                                    f"DeepSpeed config file: {e}")
+                return "train.distributed_config", (
+                    f"not a preset ({', '.join(DEEPSPEED_PRESETS)}) nor a readable DeepSpeed config file: {e}"
+                )
         if importlib.util.find_spec("deepspeed") is None:
             return "train.distributed", "deepspeed is not installed: pip install deepspeed (needs a CUDA GPU)."
     elif t.distributed_config:
         if t.distributed_config in DEEPSPEED_PRESETS:
-            return "train.distributed_config", f"'{t.distributed_config}' is a DeepSpeed preset: set " \
-                                               "train.distributed=deepspeed."
+            return (
+                "train.distributed_config",
+                f"'{t.distributed_config}' is a DeepSpeed preset: set train.distributed=deepspeed.",
+            )
         try:
             _load_file(t.distributed_config)
         except (ValueError, json.JSONDecodeError, yaml.YAMLError) as e:
@@ -131,8 +166,10 @@ def distributed_problem(c: Any) -> Optional[tuple[str, str]]:
     if shards_params and c.quant.bits == 4:
         storage = getattr(c.quant, "quant_storage", None)
         if storage in (None, "uint8"):
-            return "quant.bits", ("QLoRA with sharded parameters (FSDP or ZeRO-3) needs the 4-bit weights stored in "
-                                  "the compute dtype (bnb_4bit_quant_storage=bfloat16); use ZeRO-2 or DDP otherwise.")
+            return "quant.bits", (
+                "QLoRA with sharded parameters (FSDP or ZeRO-3) needs the 4-bit weights stored in "
+                "the compute dtype (bnb_4bit_quant_storage=bfloat16); use ZeRO-2 or DDP otherwise."
+            )
     if c.quant.bits == 8 and shards_params:
         return "quant.bits", "8-bit weights cannot be sharded by FSDP or ZeRO-3: use ddp or ZeRO-2."
     return None
@@ -157,8 +194,15 @@ def distributed_args(cfg: Any, device: str = "cuda") -> dict:
     return {}
 
 
-def torchrun_argv(config_path: str, nproc: int, *, nnodes: int = 1, node_rank: Optional[int] = None,
-                  rdzv_endpoint: Optional[str] = None, master_port: Optional[int] = None) -> list[str]:
+def torchrun_argv(
+    config_path: str,
+    nproc: int,
+    *,
+    nnodes: int = 1,
+    node_rank: Optional[int] = None,
+    rdzv_endpoint: Optional[str] = None,
+    master_port: Optional[int] = None,
+) -> list[str]:
     """The argv list that runs ``forge train config_path`` in ``nproc`` processes per node.
 
     One node: a local rendezvous on 127.0.0.1. Several: every node runs the same line with the
@@ -181,6 +225,7 @@ def torchrun_argv(config_path: str, nproc: int, *, nnodes: int = 1, node_rank: O
 def cpu_fsdp(cfg: Any, device: str) -> bool:
     """Whether this process shards the model itself (FSDP on CPU processes, see the module doc)."""
     from .runtime import world_size
+
     return cfg.train.distributed == "fsdp" and device == "cpu" and world_size() > 1
 
 
@@ -196,8 +241,9 @@ def shard_fsdp2(model: Any) -> Any:
     layer_classes = set(getattr(base, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
     if not layers:
-        raise ValueError(f"train.distributed=fsdp: {type(base).__name__} names no decoder layer class "
-                         "(_no_split_modules) to shard")
+        raise ValueError(
+            f"train.distributed=fsdp: {type(base).__name__} names no decoder layer class (_no_split_modules) to shard"
+        )
     for layer in layers:
         fully_shard(layer)
     fully_shard(model)
@@ -209,6 +255,7 @@ def shard_fsdp2(model: Any) -> Any:
 
 def is_sharded(model: Any) -> bool:
     from torch.distributed.fsdp import FSDPModule
+
     return isinstance(model, FSDPModule)
 
 
@@ -236,8 +283,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def worker_argv(cfg: Any, nproc: int, launch_path: Path, *, nnodes: int = 1, node_rank: Optional[int] = None,
-                rdzv_endpoint: Optional[str] = None) -> list[str]:
+def worker_argv(
+    cfg: Any,
+    nproc: int,
+    launch_path: Path,
+    *,
+    nnodes: int = 1,
+    node_rank: Optional[int] = None,
+    rdzv_endpoint: Optional[str] = None,
+) -> list[str]:
     """Freeze ``cfg`` into ``launch_path`` (the run directory's ``launch.yaml``, RunDir.launch_config_path:
     every rank reads the same file, so all share the run directory ``cfg`` names) and return the
     torchrun argv that trains it in ``nproc`` processes per node. An argv list: no shell."""
@@ -245,12 +299,14 @@ def worker_argv(cfg: Any, nproc: int, launch_path: Path, *, nnodes: int = 1, nod
         raise ValueError("worker_argv needs cfg.train.output_dir set: all ranks must share one run directory")
     frozen = cfg.save(launch_path)
     port = free_port() if nnodes == 1 and rdzv_endpoint is None else None
-    return torchrun_argv(str(frozen), nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-                         master_port=port)
+    return torchrun_argv(
+        str(frozen), nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, master_port=port
+    )
 
 
-def follow_events(path: Path, offset: int, running: Callable[[], bool], emit: Callable[[Event], None],
-                  poll_s: float = 0.2) -> int:
+def follow_events(
+    path: Path, offset: int, running: Callable[[], bool], emit: Callable[[Event], None], poll_s: float = 0.2
+) -> int:
     """Hand ``emit`` each whole line rank 0 appends to ``path`` after byte ``offset``, while
     ``running()`` is true, then what is left; returns the new offset. A partial last line (being
     written) waits for its newline."""

@@ -10,6 +10,7 @@ a background thread unless ``--wait`` is given. Errors go through the front ends
 one line saying it is a bug, with the traceback saved to a file; the magic then returns None. With
 ``--wait`` a run that fails is reported the same way (and still returned, to inspect).
 """
+
 from __future__ import annotations
 
 import shlex
@@ -57,7 +58,6 @@ def _config(line: str, cell: Optional[str]) -> tuple[RunConfig, bool]:
 
 @magics_class
 class ForgeMagics(Magics):
-
     @line_cell_magic
     def forge_train(self, line: str, cell: Optional[str] = None):
         boundary = ErrorBoundary("forge", command=["%forge_train" if cell is None else "%%forge_train", line])
@@ -68,7 +68,7 @@ class ForgeMagics(Magics):
 
     def _train(self, cfg: RunConfig, wait: bool, boundary: ErrorBoundary):
         panel = TrainPanel(cfg, context=lambda: cfg)
-        display(panel)     # the panel shows its widget and, on the static back end, the plot below it
+        display(panel)  # the panel shows its widget and, on the static back end, the plot below it
         self.last_panel = panel
         run = panel.start(wait=wait)
         boundary.run_dir = run.run_dir

@@ -10,6 +10,7 @@ OOM killer see on CPU): the tensors above plus the interpreter and the imported 
 (:data:`RUNTIME_BYTES`) and the loss's backward workspace. bench/README.md compares it with the
 measured peak RSS of every benchmark workload.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,7 @@ GALORE_RANK = 128
 # Resident memory of a CPU training process before its model: the interpreter, torch, transformers'
 # Trainer, TRL, peft and datasets (ru_maxrss after `import kit` and that stack: 581 MB here, torch
 # 2.13 CPU, transformers 5.24, TRL 1.16) plus a tokenizer and the tokenized rows; GPU memory has none of it.
-RUNTIME_BYTES = 650 * 2 ** 20
+RUNTIME_BYTES = 650 * 2**20
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class MemoryEstimate:
     grads: int
     optimizer: int
     activations: int
-    runtime: int = 0        # the process itself (RUNTIME_BYTES on CPU) and the loss's backward workspace
+    runtime: int = 0  # the process itself (RUNTIME_BYTES on CPU) and the loss's backward workspace
 
     @property
     def total(self) -> int:
@@ -47,8 +48,14 @@ class MemoryEstimate:
 
     def as_dict(self) -> dict:
         """``{weights, grads, optimizer, activations, runtime, total}`` (the ``model`` event's ``memory_estimate``)."""
-        return {"weights": self.weights, "grads": self.grads, "optimizer": self.optimizer,
-                "activations": self.activations, "runtime": self.runtime, "total": self.total}
+        return {
+            "weights": self.weights,
+            "grads": self.grads,
+            "optimizer": self.optimizer,
+            "activations": self.activations,
+            "runtime": self.runtime,
+            "total": self.total,
+        }
 
 
 def param_counts(model: nn.Module) -> tuple[int, int]:
@@ -85,8 +92,11 @@ def _galore_state_bytes(model: nn.Module) -> int:
     """Adam states under GaLore: each targeted (m, n) matrix keeps its two moments in the projected
     space, r x max(m, n), plus the projection matrix, r x min(m, n) (r capped at min(m, n)); the
     other trainable parameters keep full AdamW states."""
-    targets = {f"{name}.weight" for name, mod in model.named_modules()
-               if isinstance(mod, nn.Linear) and re.fullmatch(GALORE_TARGETS, name)}
+    targets = {
+        f"{name}.weight"
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.Linear) and re.fullmatch(GALORE_TARGETS, name)
+    }
     total = 0
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -113,9 +123,11 @@ def optimizer_state_bytes(model: nn.Module, optim: str) -> int:
         return _galore_state_bytes(model)
     if optim == "muon":
         from .optimizers import muon_state_bytes
+
         return muon_state_bytes(model)
     if optim in ("adam_mini", "badam"):  # one moment per weight; one block of layers at a time (kit.optimizers)
         from .optimizers import adam_mini_state_bytes, badam_state_bytes
+
         return (adam_mini_state_bytes if optim == "adam_mini" else badam_state_bytes)(model)
     total = 0
     for p in model.parameters():
@@ -133,8 +145,9 @@ def optimizer_state_bytes(model: nn.Module, optim: str) -> int:
 
 def grad_bytes(model: nn.Module) -> int:
     """Gradients of the trainable parameters, in their dtype (fp32; bf16 under train.pure_bf16)."""
-    return sum(p.numel() * (p.element_size() if p.is_floating_point() else 4)
-               for p in model.parameters() if p.requires_grad)
+    return sum(
+        p.numel() * (p.element_size() if p.is_floating_point() else 4) for p in model.parameters() if p.requires_grad
+    )
 
 
 def activation_bytes(model_config: Any, cfg: RunConfig, device: str = "cpu", dtype_bytes: int = 4) -> int:
@@ -180,8 +193,14 @@ def runtime_bytes(model_config: Any, cfg: RunConfig, device: str = "cpu") -> int
     return RUNTIME_BYTES + workspace + transient // 2
 
 
-def estimate(model: nn.Module, cfg: RunConfig, *, device: Optional[str] = None, dtype_bytes: Optional[int] = None,
-             quant_bits: Optional[int] = None) -> MemoryEstimate:
+def estimate(
+    model: nn.Module,
+    cfg: RunConfig,
+    *,
+    device: Optional[str] = None,
+    dtype_bytes: Optional[int] = None,
+    quant_bits: Optional[int] = None,
+) -> MemoryEstimate:
     """Training memory of ``model`` (adapter attached) under ``cfg``.
 
     A loaded model needs nothing else: device and activation precision come from its parameters.
@@ -194,17 +213,23 @@ def estimate(model: nn.Module, cfg: RunConfig, *, device: Optional[str] = None, 
         act_bytes = dtype_bytes
     else:  # activations are computed in the weights' float type (quantized weights: fp32 here)
         act_bytes = 4 if p is None or not p.is_floating_point() else min(p.element_size(), 4)
-    return MemoryEstimate(weights=weight_bytes(model, dtype_bytes, quant_bits), grads=grad_bytes(model),
-                          optimizer=optimizer_state_bytes(model, cfg.train.optim),
-                          activations=activation_bytes(getattr(model, "config", None), cfg, device, act_bytes),
-                          runtime=runtime_bytes(getattr(model, "config", None), cfg, device))
+    return MemoryEstimate(
+        weights=weight_bytes(model, dtype_bytes, quant_bits),
+        grads=grad_bytes(model),
+        optimizer=optimizer_state_bytes(model, cfg.train.optim),
+        activations=activation_bytes(getattr(model, "config", None), cfg, device, act_bytes),
+        runtime=runtime_bytes(getattr(model, "config", None), cfg, device),
+    )
 
 
 def checkpoint_bytes(model: nn.Module, cfg: RunConfig) -> int:
     """About what one checkpoint of this run writes: the trained weights (the adapter, or all weights
     of full / freeze fine-tuning) and the optimizer state; used to refuse a run directory without room."""
-    trained = weight_bytes(model) if cfg.adapter.type != "lora" else \
-        sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    trained = (
+        weight_bytes(model)
+        if cfg.adapter.type != "lora"
+        else sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    )
     return trained + optimizer_state_bytes(model, cfg.train.optim)
 
 
@@ -233,9 +258,11 @@ def available_bytes(device: str) -> Optional[int]:
     """Memory a new run may use: free GPU memory, or the kernel's ``MemAvailable`` (None: unknown)."""
     if device == "cuda":
         import torch
+
         return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
     try:
         import psutil
+
         return int(psutil.virtual_memory().available)
     except ImportError:
         try:
@@ -263,11 +290,18 @@ def meta_model(cfg: RunConfig, path: str):
 
 
 def _gb(n: int) -> str:
-    return f"{n / 2 ** 30:.1f} GB"
+    return f"{n / 2**30:.1f} GB"
 
 
-def preflight(cfg: RunConfig, path: str, device: str, dtype_bytes: int, *,
-              available: Optional[int] = None, model: Optional[nn.Module] = None) -> Optional[Preflight]:
+def preflight(
+    cfg: RunConfig,
+    path: str,
+    device: str,
+    dtype_bytes: int,
+    *,
+    available: Optional[int] = None,
+    model: Optional[nn.Module] = None,
+) -> Optional[Preflight]:
     """Estimate a run's peak memory from its model's ``config.json`` before any weights load.
 
     Fits as configured: nothing to do. Does not fit but fits with gradient checkpointing (and the
@@ -292,10 +326,14 @@ def preflight(cfg: RunConfig, path: str, device: str, dtype_bytes: int, *,
     with_gc = cfg if t.gradient_checkpointing else cfg.replace(train__gradient_checkpointing=True)
     gc_est = est(with_gc)
     if gc_est.total <= available and not t.gradient_checkpointing:
-        return Preflight(gc_est, available, True,
-                         f"memory: the step would need about {_gb(first.total)} and {_gb(available)} is free, so "
-                         f"gradient checkpointing is on (train.gradient_checkpointing=true: about {_gb(gc_est.total)}, "
-                         f"~30% slower); set a smaller train.micro_batch_tokens or data.cutoff_len to train without it")
+        return Preflight(
+            gc_est,
+            available,
+            True,
+            f"memory: the step would need about {_gb(first.total)} and {_gb(available)} is free, so "
+            f"gradient checkpointing is on (train.gradient_checkpointing=true: about {_gb(gc_est.total)}, "
+            f"~30% slower); set a smaller train.micro_batch_tokens or data.cutoff_len to train without it",
+        )
     options = []
     if not t.gradient_checkpointing:
         options.append(f"train.gradient_checkpointing=true ({_gb(gc_est.total)})")
@@ -304,17 +342,24 @@ def preflight(cfg: RunConfig, path: str, device: str, dtype_bytes: int, *,
     tokens = forward_tokens(cfg, device)
     for fewer in (tokens // 2, tokens // 4):
         if fewer >= 128:
-            c = with_gc.replace(train__micro_batch_tokens=fewer, train__micro_batch_size=1,
-                                data__cutoff_len=min(cfg.data.cutoff_len, fewer))
+            c = with_gc.replace(
+                train__micro_batch_tokens=fewer,
+                train__micro_batch_size=1,
+                data__cutoff_len=min(cfg.data.cutoff_len, fewer),
+            )
             e = est(c)
-            options.append(f"data.cutoff_len={c.data.cutoff_len} with train.micro_batch_tokens={fewer} and "
-                           f"gradient checkpointing ({_gb(e.total)})")
+            options.append(
+                f"data.cutoff_len={c.data.cutoff_len} with train.micro_batch_tokens={fewer} and "
+                f"gradient checkpointing ({_gb(e.total)})"
+            )
             if e.total <= available:
                 break
     parts = ", ".join(f"{k} {_gb(v)}" for k, v in first.as_dict().items() if k != "total" and v)
-    raise WillNotFit(f"will not fit: this run needs about {_gb(first.total)} ({parts}) and {_gb(available)} is "
-                     f"free. What makes it smaller: " + "; ".join(options) + ".",
-                     "train.gradient_checkpointing" if not t.gradient_checkpointing else "quant.bits")
+    raise WillNotFit(
+        f"will not fit: this run needs about {_gb(first.total)} ({parts}) and {_gb(available)} is "
+        f"free. What makes it smaller: " + "; ".join(options) + ".",
+        "train.gradient_checkpointing" if not t.gradient_checkpointing else "quant.bits",
+    )
 
 
 def local_model_dir(name: str) -> Optional[str]:
@@ -336,5 +381,16 @@ def checking_disabled() -> bool:
     return os.environ.get("FORGE_NO_PREFLIGHT") == "1"
 
 
-__all__ = ["MemoryEstimate", "Preflight", "WillNotFit", "estimate", "preflight", "available_bytes", "meta_model",
-           "activation_bytes", "runtime_bytes", "local_model_dir", "checking_disabled"]
+__all__ = [
+    "MemoryEstimate",
+    "Preflight",
+    "WillNotFit",
+    "estimate",
+    "preflight",
+    "available_bytes",
+    "meta_model",
+    "activation_bytes",
+    "runtime_bytes",
+    "local_model_dir",
+    "checking_disabled",
+]

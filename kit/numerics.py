@@ -22,6 +22,7 @@ What it watches, on every optimizer step (a transformers ``TrainerCallback``):
 Every rank of a multi-process run sees the same all-reduced gradients and the same gathered
 logged loss, so all ranks stop at the same step.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,9 +33,9 @@ from transformers import TrainerCallback
 
 from .errors import ForgeError
 
-COLLAPSE_STEPS = 3          # steps in a row that make a collapse
-MAX_SKIPS_IN_A_ROW = 5      # skipped non-finite steps in a row after which on_nonfinite=skip fails too
-UNIFORM_LOSS_TOL = 1e-4     # |loss - ln(vocab)|: the tiny random test model starts ~4e-3 away, a collapsed one 1e-6
+COLLAPSE_STEPS = 3  # steps in a row that make a collapse
+MAX_SKIPS_IN_A_ROW = 5  # skipped non-finite steps in a row after which on_nonfinite=skip fails too
+UNIFORM_LOSS_TOL = 1e-4  # |loss - ln(vocab)|: the tiny random test model starts ~4e-3 away, a collapsed one 1e-6
 
 
 class NumericsError(ForgeError, RuntimeError):
@@ -52,8 +53,13 @@ def _finite(x: float) -> bool:
 class NumericsGuard(TrainerCallback):
     """See the module docstring. ``emit(kind, **data)`` sends the ``skipped`` events."""
 
-    def __init__(self, on_nonfinite: str = "fail", collapse_checks: tuple = (), vocab_size: Optional[int] = None,
-                 emit: Optional[Callable[..., Any]] = None):
+    def __init__(
+        self,
+        on_nonfinite: str = "fail",
+        collapse_checks: tuple = (),
+        vocab_size: Optional[int] = None,
+        emit: Optional[Callable[..., Any]] = None,
+    ):
         if on_nonfinite not in ("fail", "skip"):
             raise ValueError(f"on_nonfinite must be 'fail' or 'skip', got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
@@ -61,7 +67,7 @@ class NumericsGuard(TrainerCallback):
         self.uniform_loss = math.log(vocab_size) if vocab_size and "uniform_loss" in self.checks else None
         self.emit = emit or (lambda kind, **data: None)
         self._params: list[torch.nn.Parameter] = []
-        self._bad_loss: Optional[float] = None   # a non-finite loss seen in this optimizer step
+        self._bad_loss: Optional[float] = None  # a non-finite loss seen in this optimizer step
         self._skips_in_a_row = 0
         self._skipped_since_log = 0
         self._zero_grad_steps = 0
@@ -79,6 +85,7 @@ class NumericsGuard(TrainerCallback):
             if not bool(torch.isfinite(value).all()):
                 self._bad_loss = float(value.sum())
             return loss
+
         trainer.training_step = training_step
 
     def pop_skipped(self) -> int:
@@ -105,23 +112,37 @@ class NumericsGuard(TrainerCallback):
         if bad_loss is not None or (not _finite(norm) and not scaled):
             quantity, value = ("loss", bad_loss) if bad_loss is not None else ("grad_norm", norm)
             if self.on_nonfinite == "fail":
-                self._fail(step, quantity, value, "training diverged (lower train.learning_rate, or set "
-                                                  "train.on_nonfinite=skip to skip such steps)")
+                self._fail(
+                    step,
+                    quantity,
+                    value,
+                    "training diverged (lower train.learning_rate, or set train.on_nonfinite=skip to skip such steps)",
+                )
             for p in self._params:
                 p.grad = None  # the optimizer skips parameters without a gradient: nothing changes
             self._skips_in_a_row += 1
             self._skipped_since_log += 1
             self.emit("skipped", step=step, quantity=quantity, value=value, in_a_row=self._skips_in_a_row)
             if self._skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
-                self._fail(step, quantity, value, f"{self._skips_in_a_row} steps in a row were skipped: "
-                                                  "training diverged (lower train.learning_rate)")
+                self._fail(
+                    step,
+                    quantity,
+                    value,
+                    f"{self._skips_in_a_row} steps in a row were skipped: "
+                    "training diverged (lower train.learning_rate)",
+                )
             return
         self._skips_in_a_row = 0
         if "zero_grad_norm" in self.checks:
             self._zero_grad_steps = self._zero_grad_steps + 1 if norm == 0.0 else 0
             if self._zero_grad_steps >= COLLAPSE_STEPS:
-                self._fail(step, "grad_norm", norm, f"the gradient has been exactly zero for {COLLAPSE_STEPS} "
-                                                    "steps: training collapsed (lower train.learning_rate)")
+                self._fail(
+                    step,
+                    "grad_norm",
+                    norm,
+                    f"the gradient has been exactly zero for {COLLAPSE_STEPS} "
+                    "steps: training collapsed (lower train.learning_rate)",
+                )
 
     def on_log(self, args, state, control, logs=None, **kw):
         loss = (logs or {}).get("loss")
@@ -134,13 +155,19 @@ class NumericsGuard(TrainerCallback):
             uniform = abs(loss - self.uniform_loss) <= UNIFORM_LOSS_TOL
             self._uniform_logs = self._uniform_logs + 1 if uniform else 0
             if self._uniform_logs >= COLLAPSE_STEPS:
-                self._fail(step, "loss", loss, f"the loss has been ln(vocab) = {self.uniform_loss:.4f} for "
-                                               f"{COLLAPSE_STEPS} logged steps: the model predicts the uniform "
-                                               "distribution, training collapsed (lower train.learning_rate)")
+                self._fail(
+                    step,
+                    "loss",
+                    loss,
+                    f"the loss has been ln(vocab) = {self.uniform_loss:.4f} for "
+                    f"{COLLAPSE_STEPS} logged steps: the model predicts the uniform "
+                    "distribution, training collapsed (lower train.learning_rate)",
+                )
 
     def check_weights(self, model, step: int) -> None:
         """Raise if a trainable weight is NaN/inf (before a checkpoint counts, before the final save)."""
         for name, p in model.named_parameters():
             if p.requires_grad and not bool(torch.isfinite(p.detach()).all()):
-                self._fail(step, "weights", float("nan"), f"parameter {name} is not finite; nothing of this "
-                                                          "state is saved")
+                self._fail(
+                    step, "weights", float("nan"), f"parameter {name} is not finite; nothing of this state is saved"
+                )

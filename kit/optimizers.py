@@ -8,6 +8,7 @@ AdamW. :class:`MuonWithAdamW` is one ``torch.optim.Optimizer`` over both, sharin
 and state with the two inner optimizers, so the trainer's scheduler sets both learning rates and a
 checkpoint's ``optimizer.pt`` holds (and restores) the state of both.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,18 @@ import warnings
 import torch
 from torch import nn
 
-__all__ = ["MuonWithAdamW", "build_muon", "muon_param_names", "muon_state_bytes", "build_adam_mini", "build_badam",
-           "build_own_optimizer", "adam_mini_state_bytes", "badam_state_bytes", "BUILDERS"]
+__all__ = [
+    "MuonWithAdamW",
+    "build_muon",
+    "muon_param_names",
+    "muon_state_bytes",
+    "build_adam_mini",
+    "build_badam",
+    "build_own_optimizer",
+    "adam_mini_state_bytes",
+    "badam_state_bytes",
+    "BUILDERS",
+]
 
 
 def muon_param_names(model: nn.Module) -> set[str]:
@@ -35,8 +46,9 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def __init__(self, muon_params: list, adamw_params: list, lr: float, weight_decay: float = 0.0):
         self._inner: list[torch.optim.Optimizer] = []
         if muon_params:
-            self._inner.append(torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay,
-                                                adjust_lr_fn="match_rms_adamw"))
+            self._inner.append(
+                torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+            )
         if adamw_params:
             self._inner.append(torch.optim.AdamW(adamw_params, lr=lr, weight_decay=weight_decay))
         if not self._inner:
@@ -50,7 +62,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         """Point the inner optimizers at this one's groups and state (again after a load)."""
         start = 0
         for o, n in zip(self._inner, self._sizes):
-            o.param_groups = self.param_groups[start:start + n]
+            o.param_groups = self.param_groups[start : start + n]
             o.state = self.state
             start += n
 
@@ -96,11 +108,14 @@ def _text_config(model: nn.Module):
 
 def _require(module: str, package: str, optim: str):
     import importlib
+
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(f"train.optim={optim} needs the {package} package ({e}): "
-                          f"pip install 'forge-kit[optimizers]' (or pip install --no-deps {package})") from e
+        raise ImportError(
+            f"train.optim={optim} needs the {package} package ({e}): "
+            f"pip install 'forge-kit[optimizers]' (or pip install --no-deps {package})"
+        ) from e
 
 
 def build_adam_mini(model: nn.Module, cfg):
@@ -110,9 +125,15 @@ def build_adam_mini(model: nn.Module, cfg):
     model's hidden size and head counts."""
     Adam_mini = _require("adam_mini", "adam-mini", "adam_mini").Adam_mini
     c = _text_config(model)
-    return Adam_mini(named_parameters=list(model.named_parameters()), lr=cfg.train.learning_rate,
-                     weight_decay=cfg.train.weight_decay, dim=c.hidden_size, n_heads=c.num_attention_heads,
-                     n_kv_heads=getattr(c, "num_key_value_heads", None) or c.num_attention_heads, verbose=False)
+    return Adam_mini(
+        named_parameters=list(model.named_parameters()),
+        lr=cfg.train.learning_rate,
+        weight_decay=cfg.train.weight_decay,
+        dim=c.hidden_size,
+        n_heads=c.num_attention_heads,
+        n_kv_heads=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+        verbose=False,
+    )
 
 
 def adam_mini_state_bytes(model: nn.Module) -> int:
@@ -163,8 +184,12 @@ def build_badam(model: nn.Module, cfg):
             super().switch_trainable_params(verbose=0)
 
         def state_dict(self):
-            return {"base": self.base_optimizer.state_dict(), "active_block": self.active_block,
-                    "global_step": self.global_step, "order_left": self._order_left}
+            return {
+                "base": self.base_optimizer.state_dict(),
+                "active_block": self.active_block,
+                "global_step": self.global_step,
+                "order_left": self._order_left,
+            }
 
         def load_state_dict(self, state_dict):
             self.current_block_idx = state_dict["active_block"]
@@ -177,12 +202,19 @@ def build_badam(model: nn.Module, cfg):
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in named if p.dim() >= 2]
     rest = [p for n, p in named if p.dim() < 2]
-    base = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=cfg.train.learning_rate)
+    base = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=cfg.train.learning_rate,
+    )
     t = cfg.train
-    return ResumableBlockOptimizer(base, named, block_prefix_list=badam_blocks(model),
-                                   switch_block_every=t.badam_switch_every, switch_mode=t.badam_switch_mode,
-                                   verbose=0)
+    return ResumableBlockOptimizer(
+        base,
+        named,
+        block_prefix_list=badam_blocks(model),
+        switch_block_every=t.badam_switch_every,
+        switch_mode=t.badam_switch_mode,
+        verbose=0,
+    )
 
 
 BUILDERS = {"muon": build_muon, "adam_mini": build_adam_mini, "badam": build_badam}

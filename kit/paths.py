@@ -1,4 +1,5 @@
 """Where Forge Kit keeps things: FORGE_HOME (models cache, tokenized data cache, runs)."""
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@
 It sits above the data layer because it needs what the data layer must not import: the stage's
 recipe (which kind of data the stage reads) and the model's tokenizer.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -23,6 +23,7 @@ config trains first: ``adapter/`` on the run's base model for LoRA, ``model/`` o
 chat, export and the memory estimate all use it. :class:`ModelCache` keeps loaded models per source and reloads one when the weights on
 disk change (a run retrained into the same folder).
 """
+
 from __future__ import annotations
 
 import json
@@ -220,9 +221,9 @@ class RunDir:
     def checkpoint_step(cls, checkpoint: PathLike) -> int:
         """N of a ``checkpoint-N`` folder."""
         name = Path(checkpoint).name
-        if not name.startswith(cls.CHECKPOINT_PREFIX) or not name[len(cls.CHECKPOINT_PREFIX):].isdigit():
+        if not name.startswith(cls.CHECKPOINT_PREFIX) or not name[len(cls.CHECKPOINT_PREFIX) :].isdigit():
             raise ValueError(f"{checkpoint} is not a checkpoint folder ({cls.CHECKPOINT_PREFIX}N)")
-        return int(name[len(cls.CHECKPOINT_PREFIX):])
+        return int(name[len(cls.CHECKPOINT_PREFIX) :])
 
     @classmethod
     def is_complete(cls, checkpoint: PathLike) -> bool:
@@ -275,10 +276,11 @@ class RunDir:
             if kind == "adapter" and self.has_final_adapter():
                 return Weights(model=str(cfg.model.name), adapter=self.adapter_dir)
         last = self.last_checkpoint()
-        hint = (f"; its last complete checkpoint is {last} (continue with  forge resume {self.path})"
-                if last else "")
-        raise RunDirError(f"{self.path} has neither a trained adapter ({self.ADAPTER}/) nor full weights "
-                          f"({self.MODEL}/): has the run finished?{hint}")
+        hint = f"; its last complete checkpoint is {last} (continue with  forge resume {self.path})" if last else ""
+        raise RunDirError(
+            f"{self.path} has neither a trained adapter ({self.ADAPTER}/) nor full weights "
+            f"({self.MODEL}/): has the run finished?{hint}"
+        )
 
     def model_config(self, **overrides: Any) -> RunConfig:
         """The run's config pointed at its trained weights, ready for ``load_model(with_adapter=True)``:
@@ -329,8 +331,15 @@ def fingerprint(source: Any) -> tuple:
         return _stats([p])
     else:
         folders = [p]
-    return _stats([f for d in folders if d.is_dir() for f in sorted(d.iterdir())
-                   if f.is_file() and f.name.endswith(_WEIGHT_SUFFIXES)])
+    return _stats(
+        [
+            f
+            for d in folders
+            if d.is_dir()
+            for f in sorted(d.iterdir())
+            if f.is_file() and f.name.endswith(_WEIGHT_SUFFIXES)
+        ]
+    )
 
 
 def _stats(files: list[Path]) -> tuple:

@@ -14,6 +14,7 @@ While a run trains we keep freed memory in the heap for reuse; afterwards the ol
 restored and the free memory is returned to the system (``malloc_trim``), so a notebook kernel
 does not keep it. Peak memory is bounded by micro-batching (see ``train.micro_batch_size``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,9 +33,9 @@ log = logging.getLogger(__name__)
 # mallopt parameter numbers from glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_KEEP_MMAP = 1 << 30          # serve blocks up to 1 GiB from the heap instead of fresh mmaps
-_KEEP_TRIM = 2 ** 31 - 1      # (an int) never give the top of the heap back mid-run
-_AFTER_MMAP = 32 << 20        # glibc's own upper bound for its dynamic threshold
+_KEEP_MMAP = 1 << 30  # serve blocks up to 1 GiB from the heap instead of fresh mmaps
+_KEEP_TRIM = 2**31 - 1  # (an int) never give the top of the heap back mid-run
+_AFTER_MMAP = 32 << 20  # glibc's own upper bound for its dynamic threshold
 _AFTER_TRIM = 64 << 20
 
 
@@ -66,8 +67,9 @@ def training_allocator(device: str) -> Iterator[bool]:
         yield False
         return
     with _lock:
-        ok = _active > 0 or bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_MMAP)
-                                 and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_TRIM))
+        ok = _active > 0 or bool(
+            libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_MMAP) and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_TRIM)
+        )
         if ok:
             _active += 1
     if not ok:
@@ -131,8 +133,12 @@ def deferred_bitsandbytes(needed: bool) -> Iterator[None]:
     process-wide while it lasts (a few seconds): code importing bitsandbytes in another thread
     meanwhile would get an ImportError.
     """
-    if (needed or "peft" in sys.modules or "bitsandbytes" in sys.modules
-            or importlib.util.find_spec("bitsandbytes") is None):
+    if (
+        needed
+        or "peft" in sys.modules
+        or "bitsandbytes" in sys.modules
+        or importlib.util.find_spec("bitsandbytes") is None
+    ):
         yield
         return
     sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
@@ -141,8 +147,10 @@ def deferred_bitsandbytes(needed: bool) -> Iterator[None]:
     finally:
         if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
             del sys.modules["bitsandbytes"]
-        for module, names in (("peft.import_utils", ("is_bnb_available", "is_bnb_4bit_available")),
-                              ("transformers.utils.import_utils", ("is_bitsandbytes_available",))):
+        for module, names in (
+            ("peft.import_utils", ("is_bnb_available", "is_bnb_4bit_available")),
+            ("transformers.utils.import_utils", ("is_bitsandbytes_available",)),
+        ):
             for name in names:
                 fn = getattr(sys.modules.get(module), name, None)
                 if hasattr(fn, "cache_clear"):
@@ -166,6 +174,7 @@ def set_threads(n: Optional[int]) -> None:
     if n is None:
         try:
             import psutil
+
             n = psutil.cpu_count(logical=False) or os.cpu_count() or 1
         except ImportError:
             n = os.cpu_count() or 1

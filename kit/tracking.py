@@ -17,6 +17,7 @@ Tested here by reading back TensorBoard's event files and trackio's local store.
 SwanLab are written against their APIs but are not installed here (mlflow would replace the
 installed pyarrow), so they are not run.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,6 +89,7 @@ class ConfigToTrackers(TrainerCallback):
         if writer is None:
             return
         from torch.utils.tensorboard.summary import hparams
+
         for summary in hparams(params, {}):  # into the run's own event file, not a new sub-run
             writer._get_file_writer().add_summary(summary)
         writer.add_text("forge_config", "```yaml\n" + self.cfg.to_yaml() + "\n```")
@@ -95,18 +97,22 @@ class ConfigToTrackers(TrainerCallback):
 
     def _send_trackio(self, params: dict) -> None:
         import trackio
+
         trackio.config.update(params, allow_val_change=True)
 
     def _send_mlflow(self, params: dict) -> None:
         import mlflow
+
         if mlflow.active_run() is not None:
             mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
 
     def _send_wandb(self, params: dict) -> None:
         import wandb
+
         if wandb.run is not None:
             wandb.config.update(params, allow_val_change=True)
 
     def _send_swanlab(self, params: dict) -> None:
         import swanlab
+
         swanlab.config.update(params)

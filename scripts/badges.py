@@ -7,6 +7,7 @@ URL: Colab and Binder open notebooks only from a public Git host, so without one
 (a badge that points nowhere is worse than none). scripts/build_notebooks.py puts ``badge_cell``'s text
 as the second cell of every notebook; tests/test_notebooks.py checks that badges and URL agree.
 """
+
 from __future__ import annotations
 
 import re
@@ -37,16 +38,20 @@ def badge_links(notebook: str, url: Optional[str]) -> dict[str, str]:
         return {}
     m = GITHUB.match(url)
     owner, repo = m["owner"], m["repo"]
-    return {"colab": f"https://colab.research.google.com/github/{owner}/{repo}/blob/{BRANCH}/{notebook}",
-            "binder": f"https://mybinder.org/v2/gh/{owner}/{repo}/{BRANCH}?labpath={notebook}"}
+    return {
+        "colab": f"https://colab.research.google.com/github/{owner}/{repo}/blob/{BRANCH}/{notebook}",
+        "binder": f"https://mybinder.org/v2/gh/{owner}/{repo}/{BRANCH}?labpath={notebook}",
+    }
 
 
 def badge_cell(notebook: str, url: Optional[str]) -> Optional[str]:
     links = badge_links(notebook, url)
     if not links:
         return None
-    return (f"[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({links['colab']}) "
-            f"[![Launch Binder](https://mybinder.org/badge_logo.svg)]({links['binder']})")
+    return (
+        f"[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({links['colab']}) "
+        f"[![Launch Binder](https://mybinder.org/badge_logo.svg)]({links['binder']})"
+    )
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ badges (scripts/badges.py; none while pyproject has no repository URL), the inst
 build is byte-for-byte repeatable and ``--check`` can compare. The conventions are in
 notebooks/README.md; tests/test_notebooks.py checks them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ sys.path.insert(0, str(HERE))
 from badges import badge_cell, repository_url  # noqa: E402
 from install_cell import INSTALL_CELL  # noqa: E402
 
-METADATA = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-            "language_info": {"name": "python"}}
+METADATA = {
+    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+    "language_info": {"name": "python"},
+}
 
 
 def _text(s: str) -> str:
@@ -44,15 +47,22 @@ def md(text: str) -> dict:
 
 
 def code(text: str) -> dict:
-    return {"cell_type": "code", "metadata": {}, "source": _text(text).rstrip("\n"), "outputs": [],
-            "execution_count": None}
+    return {
+        "cell_type": "code",
+        "metadata": {},
+        "source": _text(text).rstrip("\n"),
+        "outputs": [],
+        "execution_count": None,
+    }
 
 
 def header(title: str, learn: list[str], runtime: dict) -> dict:
     bullets = "\n".join(f"* {item}" for item in learn)
-    return md(f"# {title}\n\n**What you will learn**\n\n{bullets}\n\n"
-              f"**Run time** (2-core CPU, embedded SmolLM2-135M): with the defaults below {runtime['cpu']}; "
-              f"with the CI settings (`FORGE_NOTEBOOK_CI=1`) {runtime['ci']}; on a GPU: {runtime['gpu']}.")
+    return md(
+        f"# {title}\n\n**What you will learn**\n\n{bullets}\n\n"
+        f"**Run time** (2-core CPU, embedded SmolLM2-135M): with the defaults below {runtime['cpu']}; "
+        f"with the CI settings (`FORGE_NOTEBOOK_CI=1`) {runtime['ci']}; on a GPU: {runtime['gpu']}."
+    )
 
 
 def load_source(path: Path):
@@ -70,7 +80,7 @@ def build(path: Path, url=None) -> str:
     badges = badge_cell(target, url)
     if badges:
         cells.append(md(badges))
-    cells.append({**code("x"), "source": INSTALL_CELL})   # verbatim: tests compare it byte for byte
+    cells.append({**code("x"), "source": INSTALL_CELL})  # verbatim: tests compare it byte for byte
     cells += list(src.CELLS)
     out = []
     for i, cell in enumerate(cells):
@@ -104,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         orphans = [p for p in sorted(NOTEBOOKS.glob("*.ipynb")) if not (SOURCES / f"{p.stem}.py").exists()]
         for p in stale:
-            print(f"{p.relative_to(ROOT)} differs from its source (run python3 scripts/build_notebooks.py)",
-                  file=sys.stderr)
+            print(
+                f"{p.relative_to(ROOT)} differs from its source (run python3 scripts/build_notebooks.py)",
+                file=sys.stderr,
+            )
         for p in orphans:
             print(f"{p.relative_to(ROOT)} has no source notebooks/src/{p.stem}.py", file=sys.stderr)
         return 1 if stale or orphans else 0

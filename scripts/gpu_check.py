@@ -12,6 +12,7 @@ Checks, each a short real run of the embedded default model (SmolLM2-135M-Instru
 
 Every row is measured, never assumed: a failing check prints FAIL with its error and the script exits 1.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -42,15 +43,28 @@ def checked(check: str):
                 ok, detail = False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160]
             row(check, ok, detail, time.time() - t)
             return ok
+
         return run
+
     return wrap
 
 
 def train(out: Path, **kw):
     import kit
-    base = dict(model="smollm2-135m-instruct", dataset="demo_sft", max_steps=8, batch_size=4, cutoff_len=256,
-                max_samples=64, learning_rate=5e-4, lr_scheduler="constant", save_steps=0, logging_steps=1,
-                output_dir=str(out))
+
+    base = dict(
+        model="smollm2-135m-instruct",
+        dataset="demo_sft",
+        max_steps=8,
+        batch_size=4,
+        cutoff_len=256,
+        max_samples=64,
+        learning_rate=5e-4,
+        lr_scheduler="constant",
+        save_steps=0,
+        logging_steps=1,
+        output_dir=str(out),
+    )
     base.update(kw)
     run = kit.train(**base)
     if run.status != "finished":
@@ -64,12 +78,19 @@ def facts(run) -> dict:
     losses = [loss for _, loss in run.losses()]
     steps = [e for e in run.history if e.get("tokens_per_s")]
     base = run.trainer.model.get_base_model() if hasattr(run.trainer.model, "get_base_model") else run.trainer.model
-    return {"device": model_ev.get("device"), "dtype": model_ev.get("dtype"), "losses": losses,
-            "finite": all(math.isfinite(x) for x in losses), "bf16": run.trainer.args.bf16,
-            "fp16": run.trainer.args.fp16, "attn": getattr(base.config, "_attn_implementation", "?"),
-            "padding_free": bool(data_ev and data_ev.get("padding_free")),
-            "liger": bool(getattr(run.trainer.args, "use_liger_kernel", False)),
-            "tok_s": steps[-1].get("tokens_per_s") if steps else None, "model": base}
+    return {
+        "device": model_ev.get("device"),
+        "dtype": model_ev.get("dtype"),
+        "losses": losses,
+        "finite": all(math.isfinite(x) for x in losses),
+        "bf16": run.trainer.args.bf16,
+        "fp16": run.trainer.args.fp16,
+        "attn": getattr(base.config, "_attn_implementation", "?"),
+        "padding_free": bool(data_ev and data_ev.get("padding_free")),
+        "liger": bool(getattr(run.trainer.args, "use_liger_kernel", False)),
+        "tok_s": steps[-1].get("tokens_per_s") if steps else None,
+        "model": base,
+    }
 
 
 def main() -> int:
@@ -88,31 +109,39 @@ def main() -> int:
     @checked("precision auto")
     def precision_auto():
         from kit.models.loading import pick_dtype
+
         want = torch.bfloat16 if bf16 else torch.float16
         got = pick_dtype("auto", "cuda")
-        return got == want, f"dtype=auto -> {str(got).replace('torch.', '')} ({'bf16' if bf16 else 'fp16 AMP'} expected)"
+        return (
+            got == want,
+            f"dtype=auto -> {str(got).replace('torch.', '')} ({'bf16' if bf16 else 'fp16 AMP'} expected)",
+        )
 
     @checked("LoRA on CUDA (dtype auto)")
     def lora_auto():
         f = facts(runs.setdefault("lora", train(work / "lora")))
         amp = "bf16" if f["bf16"] else "fp16 AMP" if f["fp16"] else "no AMP"
         ok = f["device"] == "cuda" and f["finite"] and (f["bf16"] if bf16 else f["fp16"])
-        return ok, (f"{f['dtype']} {amp}, loss {f['losses'][0]:.3f}->{f['losses'][-1]:.3f}, "
-                    f"{f['tok_s'] or 0:.0f} tok/s")
+        return ok, (
+            f"{f['dtype']} {amp}, loss {f['losses'][0]:.3f}->{f['losses'][-1]:.3f}, {f['tok_s'] or 0:.0f} tok/s"
+        )
 
     @checked("LoRA, fp16 AMP forced (the T4 path)")
     def lora_fp16():
         f = facts(train(work / "lora-fp16", dtype="float16"))
         return f["device"] == "cuda" and f["fp16"] and f["finite"], (
-            f"{f['dtype']}, fp16={f['fp16']}, loss {f['losses'][0]:.3f}->{f['losses'][-1]:.3f}")
+            f"{f['dtype']}, fp16={f['fp16']}, loss {f['losses'][0]:.3f}->{f['losses'][-1]:.3f}"
+        )
 
     @checked("QLoRA 4-bit (NF4) on CUDA")
     def qlora():
         import bitsandbytes as bnb
+
         f = facts(train(work / "qlora", quant__bits=4, quant__quant_type="nf4", quant__double_quant=True))
         n4 = sum(isinstance(m, bnb.nn.Linear4bit) for m in f["model"].modules())
         return f["device"] == "cuda" and n4 > 0 and f["finite"], (
-            f"{n4} Linear4bit layers, bitsandbytes {bnb.__version__}, loss {f['losses'][0]:.3f}->{f['losses'][-1]:.3f}")
+            f"{n4} Linear4bit layers, bitsandbytes {bnb.__version__}, loss {f['losses'][0]:.3f}->{f['losses'][-1]:.3f}"
+        )
 
     @checked("padding-free batches")
     def padding_free():
@@ -121,7 +150,8 @@ def main() -> int:
         want = "flash_attention_2" if flash else "forge_varlen"
         return f["padding_free"] and f["attn"] == want, (
             f"padding_free={f['padding_free']}, attention {f['attn']} "
-            f"({'flash-attn installed' if flash else 'no flash-attn: SDPA per example'})")
+            f"({'flash-attn installed' if flash else 'no flash-attn: SDPA per example'})"
+        )
 
     @checked("Liger kernels")
     def liger():
@@ -134,6 +164,7 @@ def main() -> int:
     @checked("chat back end on CUDA")
     def chat():
         import kit
+
         src = runs.get("lora") or "smollm2-135m-instruct"
         cm = kit.ChatModel.load(src)
         dev = str(next(cm.model.parameters()).device)

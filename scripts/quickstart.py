@@ -1,7 +1,8 @@
 """The README's main job: fine-tune the embedded default model, then chat with the result.
 
-    python3 scripts/quickstart.py [key=value ...]      e.g. train.max_steps=10
+python3 scripts/quickstart.py [key=value ...]      e.g. train.max_steps=10
 """
+
 import sys
 from pathlib import Path
 
@@ -23,8 +24,10 @@ run.start()
 losses = [l for _, l in run.losses()]
 k = max(1, len(losses) // 4)
 start, end = sum(losses[:k]) / k, sum(losses[-k:]) / k
-print(f"\nloss: {start:.4f} (mean of the first {k} steps) -> {end:.4f} (mean of the last {k}) "
-      f"over {len(losses)} steps; run dir {run.run_dir}")
+print(
+    f"\nloss: {start:.4f} (mean of the first {k} steps) -> {end:.4f} (mean of the last {k}) "
+    f"over {len(losses)} steps; run dir {run.run_dir}"
+)
 
 for q in QUESTIONS:
     print(f"\nQ: {q}\n  before: {answers_before[q]}\n  after:  ", end="", flush=True)

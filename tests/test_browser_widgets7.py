@@ -9,6 +9,7 @@ svg back end, or plotly where its front end is present), Stop ends the run with 
 checkpoint, and Stop also works during a run the notebook started from code. Twin of
 tests/test_browser.py (JupyterLab 4 + ipywidgets 8); both share tests/browser_support.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,34 +49,58 @@ def _run_classic_cell(page, index: int) -> None:
     page.evaluate(f"() => Jupyter.notebook.execute_cells([{index}])")
 
 
-CLASSIC = FrontEnd("Notebook 6.5", _open_classic, _run_classic_cell,
-                   tab_labels=".widget-tab .p-TabBar-tabLabel, .widget-tab .lm-TabBar-tabLabel",
-                   output_areas=".output_area")
+CLASSIC = FrontEnd(
+    "Notebook 6.5",
+    _open_classic,
+    _run_classic_cell,
+    tab_labels=".widget-tab .p-TabBar-tabLabel, .widget-tab .lm-TabBar-tabLabel",
+    output_areas=".output_area",
+)
 
 
 def test_board_on_ipywidgets7_in_classic_notebook(tiny_model_dir, tmp_path, forge_home):
     python = widgets7_python()
     pytest.importorskip("playwright.sync_api")
     chromium = ensure_chromium()
-    probe = subprocess.run([python, "-c", "import ipywidgets, notebook; print(ipywidgets.__version__, notebook.__version__)"],
-                           capture_output=True, text=True, timeout=120, check=True)
+    probe = subprocess.run(
+        [python, "-c", "import ipywidgets, notebook; print(ipywidgets.__version__, notebook.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     widgets_version, notebook_version = probe.stdout.split()
     assert widgets_version == "7.7.1" and notebook_version.startswith("6.5"), probe.stdout
 
     root = tmp_path / "nb"
     root.mkdir()
     run_dir, run2_dir = root / "run", root / "run-from-notebook"
-    write_notebook(root / "board.ipynb", [BOARD_CELL.format(model=str(tiny_model_dir), run_dir=str(run_dir)),
-                                          NOTEBOOK_RUN_CELL.format(run_dir=str(run2_dir))])
+    write_notebook(
+        root / "board.ipynb",
+        [
+            BOARD_CELL.format(model=str(tiny_model_dir), run_dir=str(run_dir)),
+            NOTEBOOK_RUN_CELL.format(run_dir=str(run2_dir)),
+        ],
+    )
     port = free_port()
     # the kernelspec "python3" of this server is the widgets-7 environment's own Python (its sys.executable)
     env = server_env(tmp_path, forge_home, JUPYTER_DATA_DIR=str(tmp_path / "jdata"))
-    env["PATH"] = os.pathsep.join([str(Path(python).parent), env.get("PATH", "")])   # "python" is the venv's
-    env.pop("FORGE_PLOT_BACKEND", None)      # auto: what a learner gets on ipywidgets 7
-    argv = [python, "-m", "notebook", "--no-browser", "--NotebookApp.ip=127.0.0.1", f"--NotebookApp.port={port}",
-            "--NotebookApp.port_retries=0", "--NotebookApp.token=", "--NotebookApp.password=",
-            f"--NotebookApp.notebook_dir={root}", "--NotebookApp.terminals_enabled=False",
-            "--NotebookApp.open_browser=False"]
+    env["PATH"] = os.pathsep.join([str(Path(python).parent), env.get("PATH", "")])  # "python" is the venv's
+    env.pop("FORGE_PLOT_BACKEND", None)  # auto: what a learner gets on ipywidgets 7
+    argv = [
+        python,
+        "-m",
+        "notebook",
+        "--no-browser",
+        "--NotebookApp.ip=127.0.0.1",
+        f"--NotebookApp.port={port}",
+        "--NotebookApp.port_retries=0",
+        "--NotebookApp.token=",
+        "--NotebookApp.password=",
+        f"--NotebookApp.notebook_dir={root}",
+        "--NotebookApp.terminals_enabled=False",
+        "--NotebookApp.open_browser=False",
+    ]
     base = f"http://127.0.0.1:{port}"
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "browser_board_widgets7.png"
@@ -87,7 +112,7 @@ def test_board_on_ipywidgets7_in_classic_notebook(tiny_model_dir, tmp_path, forg
     assert {"Model", "Quantization"} <= set(facts.titles), facts.titles
     assert facts.n_before >= 3 and facts.n_after >= facts.n_before
     step = assert_stopped_with_checkpoint(run_dir, facts.status)
-    assert step >= 3 and facts.n_after == step     # one marker per logged step
+    assert step >= 3 and facts.n_after == step  # one marker per logged step
     assert shot.exists() and shot.stat().st_size > 10_000
     step2 = assert_stopped_with_checkpoint(run2_dir, facts.notebook_status)
     assert facts.notebook_points >= 2 and step2 >= 1

@@ -1,5 +1,6 @@
 """Checkpoint rotation over complete checkpoints only, leftovers cleaned on start, and an event file
 repaired to a line boundary before a resumed run appends to it (no model needed)."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """The `forge` CLI's error boundary: our errors are one line and exit 2, bugs are reported as bugs."""
+
 from __future__ import annotations
 
 import errno
@@ -48,11 +49,12 @@ def test_a_bad_chat_setting_is_a_usage_error(capsys):
 
 def test_eval_choice_errors_are_usage_errors_but_other_value_errors_are_bugs(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("FORGE_HOME", str(tmp_path / "home"))
-    assert main(["eval", "-d", "demo_mc,demo_sft"]) == EXIT_USER_ERROR   # raised by kit.evaluate itself
+    assert main(["eval", "-d", "demo_mc,demo_sft"]) == EXIT_USER_ERROR  # raised by kit.evaluate itself
     assert "one dataset at a time" in _one_clear_line(capsys.readouterr().err)
 
     def broken(*a, **k):
-        return int("not a number")       # a ValueError from somewhere else: a bug, not a usage error
+        return int("not a number")  # a ValueError from somewhere else: a bug, not a usage error
+
     monkeypatch.setattr(cli, "evaluate", broken)
     assert main(["eval", "-d", "demo_mc"]) == EXIT_BUG
     assert BUG_NOTE in capsys.readouterr().err
@@ -64,6 +66,7 @@ def test_unexpected_error_is_reported_as_a_bug_with_the_run_dir_and_a_saved_trac
     def start(self, blocking=True):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         raise RuntimeError("boom in the engine")
+
     monkeypatch.setattr(Run, "start", start)
     assert main(["train", f"model.name={cfg.model.name}", f"train.output_dir={cfg.train.output_dir}"]) == EXIT_BUG
     err = capsys.readouterr().err
@@ -74,7 +77,7 @@ def test_unexpected_error_is_reported_as_a_bug_with_the_run_dir_and_a_saved_trac
     assert str(saved) in err
     text = saved.read_text()
     assert "Traceback (most recent call last)" in text and "RuntimeError: boom in the engine" in text
-    assert "forge train" in text and "torch " in text     # the command and the versions, for the report
+    assert "forge train" in text and "torch " in text  # the command and the versions, for the report
 
 
 def test_a_bug_before_any_run_dir_goes_to_forge_home(monkeypatch, tmp_path, capsys):
@@ -90,7 +93,7 @@ def test_a_bug_before_any_run_dir_goes_to_forge_home(monkeypatch, tmp_path, caps
 def test_a_traceback_that_cannot_be_saved_is_printed_rather_than_lost(monkeypatch, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setenv("FORGE_HOME", str(blocker / "home"))   # below a file: nothing can be written there
+    monkeypatch.setenv("FORGE_HOME", str(blocker / "home"))  # below a file: nothing can be written there
     with ErrorBoundary() as b:
         raise KeyError("lost?")
     assert b.exit_code == EXIT_BUG
@@ -103,30 +106,44 @@ def test_ctrl_c_names_the_resume_command(tiny_cfg, monkeypatch, capsys):
 
     def start(self, blocking=True):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(Run, "start", start)
-    assert main(["train", f"model.name={cfg.model.name}", f"train.output_dir={cfg.train.output_dir}"]) == EXIT_INTERRUPTED
+    assert (
+        main(["train", f"model.name={cfg.model.name}", f"train.output_dir={cfg.train.output_dir}"]) == EXIT_INTERRUPTED
+    )
     assert f"forge resume {cfg.train.output_dir}" in _one_clear_line(capsys.readouterr().err)
 
 
 def test_a_data_error_during_training_is_one_line(tiny_model_dir, tmp_path, capsys):
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"instruction": "hi", "output": "hello"}\n{"instruction": "x", "output": \n')
-    rc = main(["train", f"model.name={tiny_model_dir}", f"data.dataset={bad}", "train.max_steps=1",
-               f"train.output_dir={tmp_path / 'run'}", "train.num_threads=1"])
+    rc = main(
+        [
+            "train",
+            f"model.name={tiny_model_dir}",
+            f"data.dataset={bad}",
+            "train.max_steps=1",
+            f"train.output_dir={tmp_path / 'run'}",
+            "train.num_threads=1",
+        ]
+    )
     assert rc == EXIT_USER_ERROR
     assert "broken.jsonl" in _one_clear_line(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("exc,user", [
-    (FileNotFoundError(errno.ENOENT, "No such file or directory", "x.yaml"), True),
-    (OSError(errno.ENOSPC, "No space left on device", "/runs/x"), True),
-    (PermissionError(errno.EACCES, "Permission denied", "/runs"), True),
-    (ImportError("quant.bits needs bitsandbytes: pip install 'forge-kit[quant]'"), True),
-    (OSError(errno.EIO, "Input/output error"), False),
-    (ImportError("cannot import name 'x' from 'kit.y'"), False),
-    (ValueError("inside a library"), False),
-    (RuntimeError("anything else"), False),
-])
+@pytest.mark.parametrize(
+    "exc,user",
+    [
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "x.yaml"), True),
+        (OSError(errno.ENOSPC, "No space left on device", "/runs/x"), True),
+        (PermissionError(errno.EACCES, "Permission denied", "/runs"), True),
+        (ImportError("quant.bits needs bitsandbytes: pip install 'forge-kit[quant]'"), True),
+        (OSError(errno.EIO, "Input/output error"), False),
+        (ImportError("cannot import name 'x' from 'kit.y'"), False),
+        (ValueError("inside a library"), False),
+        (RuntimeError("anything else"), False),
+    ],
+)
 def test_what_counts_as_the_users_error(exc, user):
     assert is_user_error(exc) is user
 
@@ -147,5 +164,5 @@ def test_argument_parsing_lives_in_the_cli():
     assert (a.fn, a.no_merge, a.gguf, a.push, a.dry_run, a.out) == (cli.cmd_export, True, "q8_0", "me/m", True, None)
     a = p.parse_args(["eval", "runs/x", "-d", "demo_mc", "-n", "3", "--mode", "mc"])
     assert (a.fn, a.dataset, a.max_samples, a.mode) == (cli.cmd_eval, "demo_mc", 3, "mc")
-    for name in ("kit.export", "kit.evaluate"):   # (kit.export the attribute is the function)
+    for name in ("kit.export", "kit.evaluate"):  # (kit.export the attribute is the function)
         assert "argparse" not in open(sys.modules[name].__file__).read()

@@ -1,4 +1,5 @@
 """RunConfig: construction from every front end, validation messages, exact YAML round trip."""
+
 import pytest
 
 from kit import ConfigError, RunConfig
@@ -13,9 +14,19 @@ def test_defaults_just_work():
 
 
 def test_yaml_round_trip_exact():
-    cfg = RunConfig.from_kwargs(model="x/y", dataset=["a", "b"], lora_rank=8, learning_rate=1e-4, max_steps=7,
-                                quant__bits=4, stage="dpo", loss_type="ipo", interleave_probs=[0.3, 0.7],
-                                mix_strategy="interleave_under", system="Be brief.")
+    cfg = RunConfig.from_kwargs(
+        model="x/y",
+        dataset=["a", "b"],
+        lora_rank=8,
+        learning_rate=1e-4,
+        max_steps=7,
+        quant__bits=4,
+        stage="dpo",
+        loss_type="ipo",
+        interleave_probs=[0.3, 0.7],
+        mix_strategy="interleave_under",
+        system="Be brief.",
+    )
     text = cfg.to_yaml()
     again = RunConfig.from_yaml_text(text)
     assert again == cfg

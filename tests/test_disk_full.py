@@ -3,6 +3,7 @@ message naming the directory, or, when the disk fills up mid-run, fails with its
 and state on disk and the last complete checkpoint intact (and resumes once there is room).
 
 Mounting a tmpfs needs root (CAP_SYS_ADMIN); elsewhere these tests skip and say so."""
+
 from __future__ import annotations
 
 import os
@@ -25,12 +26,16 @@ def tmpfs(tmp_path):
             pytest.skip("mounting a tmpfs needs root and mount(8); this process has neither")
         where = tmp_path / f"tmpfs-{len(mounted)}"
         where.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs",
-                               str(where)], capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
         mounted.append(where)
         return where
+
     yield mount
     for where in mounted:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
@@ -81,6 +86,7 @@ def test_disk_full_mid_run_keeps_the_failure_and_the_last_checkpoint(tiny_cfg, t
     def fill_after_first_checkpoint(ev):
         if ev.kind == "checkpoint" and ev.step == 1:
             _fill(where, leave=48 << 10)
+
     run.subscribe(fill_after_first_checkpoint)
     with pytest.raises(RunDirUnwritable, match="no space left"):
         run.start()

@@ -1,4 +1,5 @@
 """Data parallel on one machine: `forge train --nproc 2` runs two gloo processes sharing one run dir."""
+
 import json
 import os
 import subprocess
@@ -15,8 +16,17 @@ def test_two_process_training_with_gloo(tiny_cfg, tmp_path):
     path = cfg.save(tmp_path / "c.yaml")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # a small token budget: each rank runs its batch as several passes, reducing gradients once, with the last
-    argv = [sys.executable, "-m", "kit.cli", "train", str(path), "train.num_threads=1", "train.micro_batch_tokens=24",
-            "--nproc", "2"]
+    argv = [
+        sys.executable,
+        "-m",
+        "kit.cli",
+        "train",
+        str(path),
+        "train.num_threads=1",
+        "train.micro_batch_tokens=24",
+        "--nproc",
+        "2",
+    ]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = cfg.train.output_dir
@@ -52,8 +62,15 @@ def test_fsdp_two_processes_match_one(tiny_cfg, tiny_model_dir, tmp_path):
 
     import kit
 
-    common = dict(finetuning_type="full", max_steps=3, save_steps=0, lr_scheduler="constant", max_samples=16,
-                  num_threads=1, learning_rate=1e-3)
+    common = dict(
+        finetuning_type="full",
+        max_steps=3,
+        save_steps=0,
+        lr_scheduler="constant",
+        max_samples=16,
+        num_threads=1,
+        learning_rate=1e-3,
+    )
     from kit.widgets.train import TrainPanel
 
     one = kit.train(tiny_cfg(batch_size=4, output_dir=str(tmp_path / "one"), **common))

@@ -1,4 +1,5 @@
 """The engine on a tiny random model: events, JSONL, stop/resume exactness, chat streaming, CLI."""
+
 import json
 import threading
 
@@ -33,7 +34,9 @@ def test_train_emits_events_and_saves(tiny_cfg):
     assert not run.bus.attached  # the event file's handle is closed once the run has ended
     assert (run.run_dir / "adapter" / "adapter_config.json").exists()
     assert (run.run_dir / "adapter" / "adapter_model.safetensors").exists()
-    weights = [p.name for p in run.run_dir.rglob("*") if p.suffix in (".bin", ".pt", ".safetensors") and "model" in p.name]
+    weights = [
+        p.name for p in run.run_dir.rglob("*") if p.suffix in (".bin", ".pt", ".safetensors") and "model" in p.name
+    ]
     assert weights and all(w.endswith(".safetensors") for w in weights), weights  # safetensors only
     assert kit.RunConfig.from_yaml(run.run_dir / "config.yaml") == run.config
     ck = run.last_checkpoint
@@ -59,6 +62,7 @@ def test_stop_then_resume_is_exact(tiny_cfg, tmp_path):
         if ev.kind == "step" and ev.step >= 2:
             run.stop()
             reached.set()
+
     run.subscribe(on_event)
     run.start(blocking=False)
     run.wait(timeout=300)

@@ -1,5 +1,6 @@
 """kit.evaluate: metric values on known strings, multiple-choice scoring and row errors, outputs, CLI, and the
 default model beating chance on the shipped demo_mc set."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ from kit.evaluate import bleu4, evaluate, mc_rows, rouge, score_predictions, sim
 def test_identical_prediction_scores_100_and_disjoint_scores_0():
     for text in ("The capital of France is Paris.", "Paris", "Forty two"):
         assert bleu4(text, text) == pytest.approx(100.0)
-        assert rouge(text, text) == pytest.approx({"rouge-1": 100.0, "rouge-2": 100.0 if len(text.split()) > 1 else 0.0,
-                                                   "rouge-l": 100.0})
+        assert rouge(text, text) == pytest.approx(
+            {"rouge-1": 100.0, "rouge-2": 100.0 if len(text.split()) > 1 else 0.0, "rouge-l": 100.0}
+        )
     assert bleu4("green apples", "the capital of France is Paris") == 0.0
     assert rouge("green apples", "the capital of France is Paris") == {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0}
 
@@ -30,9 +32,9 @@ def test_partial_overlap_matches_hand_computed_values():
     # clipped n-gram precisions 5/6, 3/5, 2/4, 1/3, equal lengths (no brevity penalty): (1/12) ** (1/4)
     assert bleu4(pred, ref) == pytest.approx(100 * (1 / 12) ** 0.25, abs=1e-6)
     r = rouge("the cat sat", "the cat sat on the mat")
-    assert r["rouge-1"] == pytest.approx(100 * 2 * 1.0 * 0.5 / 1.5)          # P = 3/3, R = 3/6
-    assert r["rouge-2"] == pytest.approx(100 * 2 * 1.0 * 0.4 / 1.4)          # P = 2/2, R = 2/5
-    assert r["rouge-l"] == pytest.approx(r["rouge-1"])                        # LCS = 3 tokens
+    assert r["rouge-1"] == pytest.approx(100 * 2 * 1.0 * 0.5 / 1.5)  # P = 3/3, R = 3/6
+    assert r["rouge-2"] == pytest.approx(100 * 2 * 1.0 * 0.4 / 1.4)  # P = 2/2, R = 2/5
+    assert r["rouge-l"] == pytest.approx(r["rouge-1"])  # LCS = 3 tokens
     means, per = score_predictions(["the cat sat", "Paris"], ["the cat sat on the mat", "Paris"])
     assert means["rouge-1"] == pytest.approx((r["rouge-1"] + 100) / 2) and len(per) == 2
 
@@ -49,9 +51,14 @@ def test_tokenizer_keeps_non_ascii_text():
 
 
 def test_mc_rows_accept_index_letter_or_text_and_name_bad_rows(tmp_path):
-    rows = mc_rows([{"question": "q", "choices": ["a", "b", "c"], "answer": 1},
-                    {"question": "q", "choices": ["a", "b", "c"], "answer": "C"},
-                    {"question": "q", "choices": ["x", "yes", "z"], "answer": "yes"}], "f.jsonl")
+    rows = mc_rows(
+        [
+            {"question": "q", "choices": ["a", "b", "c"], "answer": 1},
+            {"question": "q", "choices": ["a", "b", "c"], "answer": "C"},
+            {"question": "q", "choices": ["x", "yes", "z"], "answer": "yes"},
+        ],
+        "f.jsonl",
+    )
     assert [r["answer"] for r in rows] == [1, 2, 1]
     bad = [
         ({"question": "q", "choices": ["a", "b"], "answer": 2}, "answer", "out of range"),
@@ -88,10 +95,15 @@ def test_bad_mode_metric_and_dataset_choices_are_refused(tmp_path):
 
 def _mc_file(tmp_path):
     f = tmp_path / "mc.jsonl"
-    rows = [{"question": "What is the capital of France?", "choices": ["Berlin", "Paris", "A very long wrong answer"],
-             "answer": 1},
-            {"question": "2 + 2 =", "choices": ["4", "5"], "answer": "A"},
-            {"question": "Pick the colour of the sky.", "choices": ["Blue", "Green", "Red", "Black"], "answer": "Blue"}]
+    rows = [
+        {
+            "question": "What is the capital of France?",
+            "choices": ["Berlin", "Paris", "A very long wrong answer"],
+            "answer": 1,
+        },
+        {"question": "2 + 2 =", "choices": ["4", "5"], "answer": "A"},
+        {"question": "Pick the colour of the sky.", "choices": ["Blue", "Green", "Red", "Black"], "answer": "Blue"},
+    ]
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return f
 
@@ -141,8 +153,14 @@ def test_predict_mode_scores_greedy_answers(tiny_model_dir, tmp_path):
     for k in ("bleu-4", "rouge-1", "rouge-2", "rouge-l"):
         assert res[k] == pytest.approx(sum(r[k] for r in recs) / 3, abs=1e-3)
     # greedy: the same answers again
-    again = evaluate(str(tiny_model_dir), "demo_sft", max_samples=3, max_new_tokens=8, metrics=["rouge"],
-                     output_dir=str(tmp_path / "p2"))
+    again = evaluate(
+        str(tiny_model_dir),
+        "demo_sft",
+        max_samples=3,
+        max_new_tokens=8,
+        metrics=["rouge"],
+        output_dir=str(tmp_path / "p2"),
+    )
     assert "bleu-4" not in again and again["rouge-l"] == res["rouge-l"]
     assert [json.loads(line)["prediction"] for line in open(again["predictions"])] == [r["prediction"] for r in recs]
 
@@ -173,8 +191,10 @@ def test_run_dir_results_go_into_the_run_and_cli(tiny_cfg, tmp_path, capsys):
 @pytest.mark.e2e
 def test_default_model_beats_chance_on_demo_mc(default_model_dir, tmp_path):
     res = evaluate("smollm2-135m-instruct", "demo_mc", output_dir=str(tmp_path))
-    print(f"demo_mc: accuracy {res['accuracy']:.1f}% (norm {res['accuracy_norm']:.1f}%), chance {res['chance']:.1f}%, "
-          f"{res['seconds']:.1f}s")
+    print(
+        f"demo_mc: accuracy {res['accuracy']:.1f}% (norm {res['accuracy_norm']:.1f}%), chance {res['chance']:.1f}%, "
+        f"{res['seconds']:.1f}s"
+    )
     assert res["n"] == 22 and res["chance"] == 25.0
     # 11+ of 22 right is far beyond 4-choice chance (P < 0.01 for a guesser)
     assert res["accuracy"] >= 50.0, res
@@ -186,15 +206,19 @@ def test_default_model_beats_chance_on_demo_mc(default_model_dir, tmp_path):
 def test_the_shipped_benchmark_samples_load_in_their_layouts(tmp_path):
     from kit.benchmarks import detect_layout, load_benchmark
 
-    want = {"mmlu_sample": ("mmlu", "test", {"elementary_mathematics", "high_school_geography"}),
-            "ceval_sample": ("ceval", "val", {"computer_network", "middle_school_geography"}),
-            "cmmlu_sample": ("cmmlu", "test", {"astronomy", "nutrition"})}
+    want = {
+        "mmlu_sample": ("mmlu", "test", {"elementary_mathematics", "high_school_geography"}),
+        "ceval_sample": ("ceval", "val", {"computer_network", "middle_school_geography"}),
+        "cmmlu_sample": ("cmmlu", "test", {"astronomy", "nutrition"}),
+    }
     for name, (layout, split, subjects) in want.items():
         b = load_benchmark(name)
         assert (b.layout, b.split, set(b.questions)) == (layout, split, subjects), name
         assert all(len(qs) == 8 for qs in b.questions.values()) and all(len(d) == 5 for d in b.dev.values())
         answers = [q.answer for qs in b.questions.values() for q in qs]
-        assert sorted(set(answers)) == [0, 1, 2, 3] and all(len(q.choices) == 4 for qs in b.questions.values() for q in qs)
+        assert sorted(set(answers)) == [0, 1, 2, 3] and all(
+            len(q.choices) == 4 for qs in b.questions.values() for q in qs
+        )
     assert load_benchmark("mmlu_sample", subjects=["high_school_geography"]).n == 8
     q = load_benchmark("ceval_sample").questions["computer_network"][0]
     assert q.question.startswith("以太网") and q.choices[q.answer] == "48"
@@ -273,7 +297,9 @@ def test_perplexity_of_a_text_set(tiny_model_dir, tmp_path):
     assert res["tokens"] == n and res["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-4)
     # windows shorter than a text: every token is still scored once
     windowed, per = perplexity(cm, texts, window=6)
-    assert windowed["tokens"] == n and [r["tokens"] for r in per] == [len(cm.tokenizer(t)["input_ids"]) - 1 for t in texts]
+    assert windowed["tokens"] == n and [r["tokens"] for r in per] == [
+        len(cm.tokenizer(t)["input_ids"]) - 1 for t in texts
+    ]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"text": ""}) + "\n")
     with pytest.raises(DataError, match="row 1.*field 'text'"):
@@ -281,10 +307,12 @@ def test_perplexity_of_a_text_set(tiny_model_dir, tmp_path):
 
 
 def test_predict_mode_batches_give_the_one_at_a_time_answers(tiny_model_dir, tmp_path):
-    a = evaluate(str(tiny_model_dir), "demo_sft", max_samples=5, max_new_tokens=8, batch_size=5,
-                 output_dir=str(tmp_path / "a"))
-    b = evaluate(str(tiny_model_dir), "demo_sft", max_samples=5, max_new_tokens=8, batch_size=1,
-                 output_dir=str(tmp_path / "b"))
+    a = evaluate(
+        str(tiny_model_dir), "demo_sft", max_samples=5, max_new_tokens=8, batch_size=5, output_dir=str(tmp_path / "a")
+    )
+    b = evaluate(
+        str(tiny_model_dir), "demo_sft", max_samples=5, max_new_tokens=8, batch_size=1, output_dir=str(tmp_path / "b")
+    )
     preds = lambda r: [json.loads(line)["prediction"] for line in open(r["predictions"])]  # noqa: E731
     assert preds(a) == preds(b)
 
@@ -324,6 +352,8 @@ def test_compare_base_writes_tuned_and_base_side_by_side(tiny_cfg, tmp_path, cap
 def test_default_model_scores_the_three_benchmark_layouts(default_model_dir, tmp_path):
     for name in ("mmlu_sample", "ceval_sample", "cmmlu_sample"):
         res = evaluate("smollm2-135m-instruct", name, n_shot=1, output_dir=str(tmp_path / name))
-        print(f"{name}: letter {res['accuracy']:.1f}%, choice {res['accuracy_choice']:.1f}% "
-              f"({res['subjects']}), {res['seconds']:.1f}s")
+        print(
+            f"{name}: letter {res['accuracy']:.1f}%, choice {res['accuracy_choice']:.1f}% "
+            f"({res['subjects']}), {res['seconds']:.1f}s"
+        )
         assert res["n"] == 16 and len(res["subjects"]) == 2 and 0 <= res["accuracy"] <= 100

@@ -1,4 +1,5 @@
 """Export: merged weights reproduce the adapter model, the Ollama Modelfile, dry-run push, CLI."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,22 +16,40 @@ from kit.models.loading import load_tokenizer
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("export-run") / "run"
-    run = kit.train(model=str(tiny_model_dir), dataset="demo_sft", output_dir=str(out), max_steps=2, batch_size=2,
-                    cutoff_len=64, max_samples=8, save_steps=0, learning_rate=5e-3, lora_rank=4, num_threads=2,
-                    generate__system="You are terse.")
+    run = kit.train(
+        model=str(tiny_model_dir),
+        dataset="demo_sft",
+        output_dir=str(out),
+        max_steps=2,
+        batch_size=2,
+        cutoff_len=64,
+        max_samples=8,
+        save_steps=0,
+        learning_rate=5e-3,
+        lora_rank=4,
+        num_threads=2,
+        generate__system="You are terse.",
+    )
     assert run.status == "finished", run.traceback
     return run
 
 
 def _greedy(model, tok):
-    ids = tok.apply_chat_template([{"role": "user", "content": "Say hi"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Say hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     model.eval()
     with torch.no_grad():
         logits = model(input_ids=ids).logits
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
-                             min_new_tokens=8, pad_token_id=tok.pad_token_id)
-    return gen[0, ids.shape[1]:].tolist(), logits
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=8,
+            do_sample=False,
+            min_new_tokens=8,
+            pad_token_id=tok.pad_token_id,
+        )
+    return gen[0, ids.shape[1] :].tolist(), logits
 
 
 def test_merge_matches_adapter_and_modelfile(trained_run, tmp_path):
@@ -62,6 +81,7 @@ def test_merge_matches_adapter_and_modelfile(trained_run, tmp_path):
 
 def test_kit_export_is_the_function():
     import importlib
+
     # a lazy attribute once recursed here; and importing the submodule must not shadow the function
     assert kit.export is export and importlib.import_module("kit.export").export is export
     assert callable(kit.export)
@@ -73,8 +93,7 @@ def test_qlora_run_merges_into_full_precision_base(tiny_cfg, tmp_path):
 
     from safetensors import safe_open
 
-    run = kit.train(tiny_cfg(lora_rank=4, quant__bits=4, max_steps=2, max_samples=8, save_steps=0,
-                             learning_rate=5e-3))
+    run = kit.train(tiny_cfg(lora_rank=4, quant__bits=4, max_steps=2, max_samples=8, save_steps=0, learning_rate=5e-3))
     assert run.status == "finished", run.traceback
     out = tmp_path / "merged"
     assert export(run, out, modelfile=False)["merged"]
@@ -84,12 +103,17 @@ def test_qlora_run_merges_into_full_precision_base(tiny_cfg, tmp_path):
     fp32_plus_adapter = load_model(run.config.replace(quant__bits=None, model__adapter_path=str(run.run_dir)))
     merged = load_model(run.config.replace(quant__bits=None, model__name=str(out)), with_adapter=False)
     assert not hasattr(merged.model, "peft_config")
-    torch.testing.assert_close(_greedy(merged.model, merged.tokenizer)[1],
-                               _greedy(fp32_plus_adapter.model, fp32_plus_adapter.tokenizer)[1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        _greedy(merged.model, merged.tokenizer)[1],
+        _greedy(fp32_plus_adapter.model, fp32_plus_adapter.tokenizer)[1],
+        atol=1e-4,
+        rtol=1e-4,
+    )
 
 
 def test_non_chatml_template_is_refused(default_tokenizer):
     import copy
+
     tok = copy.deepcopy(default_tokenizer)
     assert "im_start" in chat_template_to_go(tok)
     tok.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
@@ -99,11 +123,10 @@ def test_non_chatml_template_is_refused(default_tokenizer):
 
 def test_cli_no_merge_dry_run_push(trained_run, tmp_path, capsys, monkeypatch):
     import huggingface_hub
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder",
-                        lambda *a, **k: pytest.fail("dry run must not upload"))
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda *a, **k: pytest.fail("dry run must not upload"))
     out = tmp_path / "adapter-export"
-    rc = main(["export", str(trained_run.run_dir), "--out", str(out), "--no-merge", "--push", "me/tiny",
-               "--dry-run"])
+    rc = main(["export", str(trained_run.run_dir), "--out", str(out), "--no-merge", "--push", "me/tiny", "--dry-run"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "me/tiny" in text and "adapter/adapter_model.safetensors" in text and "Modelfile" in text
@@ -138,8 +161,9 @@ def test_gguf_roundtrip_same_greedy_output(trained_run, tmp_path, kind):
     assert gtok.name_or_path == str(gfile.resolve())
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi, café 😀"}]
     assert gtok.chat_template == tok.chat_template
-    assert gtok.apply_chat_template(msgs, add_generation_prompt=True) == \
-        tok.apply_chat_template(msgs, add_generation_prompt=True)
+    assert gtok.apply_chat_template(msgs, add_generation_prompt=True) == tok.apply_chat_template(
+        msgs, add_generation_prompt=True
+    )
     for attr in ("bos_token", "eos_token", "pad_token", "unk_token"):
         assert getattr(gtok, attr) == getattr(tok, attr), attr
     ids_m, log_m = _greedy(merged, tok)
@@ -147,7 +171,6 @@ def test_gguf_roundtrip_same_greedy_output(trained_run, tmp_path, kind):
     assert ids_m == ids_g
     tol = 2e-3 if kind == "f16" else 5e-2
     assert (log_m - log_g).abs().max().item() < tol * max(1.0, log_m.abs().max().item())
-
 
 
 QUESTION = "What is the capital of France?"
@@ -161,9 +184,19 @@ def test_gguf_default_model_answers_like_merged(tmp_path):
     the gguf reader's metadata parsing, so one kind keeps this test short."""
     from kit.infer.hf import ChatModel
 
-    run = kit.train(model="smollm2-135m-instruct", dataset="demo_sft", output_dir=str(tmp_path / "run"), max_steps=1,
-                    batch_size=2, cutoff_len=64, max_samples=4, save_steps=0, learning_rate=1e-3, lora_rank=8,
-                    num_threads=2)
+    run = kit.train(
+        model="smollm2-135m-instruct",
+        dataset="demo_sft",
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        batch_size=2,
+        cutoff_len=64,
+        max_samples=4,
+        save_steps=0,
+        learning_rate=1e-3,
+        lora_rank=8,
+        num_threads=2,
+    )
     assert run.status == "finished", run.traceback
     res = export(run, tmp_path / "out", gguf="q8_0", modelfile=False)
     merged = ChatModel.load(res["out_dir"])

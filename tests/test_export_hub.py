@@ -1,5 +1,6 @@
 """Hub-ready exports: the adapter folder PEFT and vLLM load, the model card, the push (dry run here),
 and the export knobs of LLaMA-Factory's export tab (shard size, dtype, device, GPTQ)."""
+
 from __future__ import annotations
 
 import json
@@ -16,14 +17,26 @@ from kit.hub import base_model_of, model_card
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("hub-run") / "run"
-    run = kit.train(model=str(tiny_model_dir), dataset="demo_sft", output_dir=str(out), max_steps=2, batch_size=2,
-                    cutoff_len=64, max_samples=8, save_steps=0, learning_rate=5e-3, lora_rank=4, num_threads=2)
+    run = kit.train(
+        model=str(tiny_model_dir),
+        dataset="demo_sft",
+        output_dir=str(out),
+        max_steps=2,
+        batch_size=2,
+        cutoff_len=64,
+        max_samples=8,
+        save_steps=0,
+        learning_rate=5e-3,
+        lora_rank=4,
+        num_threads=2,
+    )
     assert run.status == "finished", run.traceback
     return run
 
 
 def _card(path):
     from huggingface_hub import ModelCard
+
     return ModelCard.load(str(path))
 
 
@@ -39,8 +52,13 @@ def test_adapter_folder_loads_in_peft_and_is_laid_out_for_vllm(lora_run, tiny_mo
     assert res["hub_folder"] == str(folder)
     names = {p.name for p in folder.iterdir()}
     # vLLM's LoRA loader and PEFT read these two at the folder's root; the tokenizer carries the chat template
-    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json",
-            "tokenizer_config.json"} <= names
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "README.md",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= names
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["target_modules"]
     assert cfg["base_model_name_or_path"] == str(tiny_model_dir.resolve())  # a local base: its path, truthfully
@@ -50,19 +68,32 @@ def test_adapter_folder_loads_in_peft_and_is_laid_out_for_vllm(lora_run, tiny_mo
 
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
     peft_model = PeftModel.from_pretrained(base, str(folder)).eval()
-    ours = load_model(lora_run.config.replace(model__adapter_path=str(lora_run.run_dir / "adapter"),
-                                              model__dtype="float32", model__device="cpu")).model.eval()
+    ours = load_model(
+        lora_run.config.replace(
+            model__adapter_path=str(lora_run.run_dir / "adapter"), model__dtype="float32", model__device="cpu"
+        )
+    ).model.eval()
     tok = AutoTokenizer.from_pretrained(str(folder))
-    ids = torch.tensor([tok.apply_chat_template([{"role": "user", "content": "Say hi"}], add_generation_prompt=True,
-                                                return_dict=True)["input_ids"]])
+    ids = torch.tensor(
+        [
+            tok.apply_chat_template(
+                [{"role": "user", "content": "Say hi"}], add_generation_prompt=True, return_dict=True
+            )["input_ids"]
+        ]
+    )
     with torch.no_grad():
         torch.testing.assert_close(peft_model(ids).logits, ours(ids).logits, atol=1e-5, rtol=1e-5)
 
     card = _card(folder / "README.md")
     assert card.data.library_name == "peft" and card.data.datasets == ["demo_sft"]
     assert {"peft", "lora", "forge-kit", "sft"} <= set(card.data.tags) and card.data.base_model is None
-    for text in ("| LoRA rank | 4 |", "| learning rate | 0.005 |", "train_loss_first", "train_loss_last",
-                 "PeftModel.from_pretrained"):
+    for text in (
+        "| LoRA rank | 4 |",
+        "| learning rate | 0.005 |",
+        "train_loss_first",
+        "train_loss_last",
+        "PeftModel.from_pretrained",
+    ):
         assert text in card.text, text
 
 
@@ -81,7 +112,9 @@ def test_push_dry_run_lists_the_repo_and_uploads_nothing(lora_run, tmp_path, mon
     import huggingface_hub
 
     for name in ("create_repo", "upload_folder"):
-        monkeypatch.setattr(huggingface_hub.HfApi, name, lambda *a, **k: pytest.fail("a dry run must not touch the hub"))
+        monkeypatch.setattr(
+            huggingface_hub.HfApi, name, lambda *a, **k: pytest.fail("a dry run must not touch the hub")
+        )
     res = export(lora_run, tmp_path / "a", merge=False, push_to_hub="me/tiny-lora", dry_run=True)
     uploaded = [name for name, _ in res["upload"]]
     assert res["pushed"] is False and res["repo_id"] == "me/tiny-lora"
@@ -134,8 +167,24 @@ def test_export_tab_knobs_shard_size_dtype_device(lora_run, tmp_path):
     from safetensors import safe_open
 
     out = tmp_path / "bf16"
-    assert main(["export", str(lora_run.run_dir), "--out", str(out), "--dtype", "bfloat16", "--device", "cpu",
-                 "--max-shard-size", "1MB", "--no-modelfile"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(lora_run.run_dir),
+                "--out",
+                str(out),
+                "--dtype",
+                "bfloat16",
+                "--device",
+                "cpu",
+                "--max-shard-size",
+                "1MB",
+                "--no-modelfile",
+            ]
+        )
+        == 0
+    )
     shards = sorted(out.glob("model-*.safetensors"))
     assert len(shards) > 1 and (out / "model.safetensors.index.json").exists()
     for s in shards:
@@ -147,6 +196,7 @@ def test_export_tab_knobs_shard_size_dtype_device(lora_run, tmp_path):
 
 def test_gptq_needs_gptqmodel_and_a_gpu(lora_run, tmp_path):
     import importlib.util
+
     if importlib.util.find_spec("gptqmodel") is not None and torch.cuda.is_available():
         pytest.skip("gptqmodel and a GPU are here: test_gptq_export runs the real thing")
     with pytest.raises(ExportError, match="gptqmodel|CUDA GPU"):
@@ -160,8 +210,9 @@ def test_gptq_export(lora_run, tmp_path):
     pytest.importorskip("gptqmodel")
     from transformers import AutoModelForCausalLM
 
-    res = export(lora_run, tmp_path / "g", gptq_bits=4, gptq_dataset="demo_sft", gptq_samples=16, modelfile=False,
-                 device="cuda")
+    res = export(
+        lora_run, tmp_path / "g", gptq_bits=4, gptq_dataset="demo_sft", gptq_samples=16, modelfile=False, device="cuda"
+    )
     qdir = res["gptq"]
     qcfg = json.loads((tmp_path / "g" / "gptq-4bit" / "config.json").read_text())["quantization_config"]
     assert qcfg["quant_method"] == "gptq" and qcfg["bits"] == 4

@@ -6,6 +6,7 @@ registry knows end-of-turn tokens for (Llama 3 <|eot_id|>, Gemma <end_of_turn>, 
 written here as those models' templates are. Each Go TEMPLATE is rendered the way Ollama renders a
 .System/.Prompt/.Response template (one exchange after another) and must give the Jinja text.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,25 +17,37 @@ import pytest
 from kit.data.templates import TEMPLATES
 from kit.export import ExportError, chat_layout, modelfile_text
 
-LLAMA3 = ("{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + "
-          "m['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
-          "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
-GEMMA = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-         "{% endif %}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
-         "{{ '<start_of_turn>' + role + '\n' + m['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
-         "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}")
-PHI3 = ("{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
-FAMILY = {"llama3": (LLAMA3, "<|eot_id|>", "<|begin_of_text|>"), "gemma": (GEMMA, "<end_of_turn>", "<bos>"),
-          "phi3": (PHI3, "<|end|>", None)}
+LLAMA3 = (
+    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + "
+    "m['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+GEMMA = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + m['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+PHI3 = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+FAMILY = {
+    "llama3": (LLAMA3, "<|eot_id|>", "<|begin_of_text|>"),
+    "gemma": (GEMMA, "<end_of_turn>", "<bos>"),
+    "phi3": (PHI3, "<|end|>", None),
+}
 
 
 def go_render(template: str, system: str | None, exchanges: list[tuple[str, str]]) -> str:
     """Ollama's rendering of a .System/.Prompt/.Response template: each exchange in turn, the
     system prompt with the first, the last response empty and the text cut after it."""
-    parts = re.fullmatch(r"(?:\{\{ if \.System \}\}(.*?)\{\{ \.System \}\}(.*?)\{\{ end \}\})?"
-                         r"\{\{ if \.Prompt \}\}(.*?)\{\{ \.Prompt \}\}(.*?)\{\{ end \}\}(.*?)\{\{ \.Response \}\}(.*)",
-                         template, flags=re.S)
+    parts = re.fullmatch(
+        r"(?:\{\{ if \.System \}\}(.*?)\{\{ \.System \}\}(.*?)\{\{ end \}\})?"
+        r"\{\{ if \.Prompt \}\}(.*?)\{\{ \.Prompt \}\}(.*?)\{\{ end \}\}(.*?)\{\{ \.Response \}\}(.*)",
+        template,
+        flags=re.S,
+    )
     assert parts, template
     s0, s1, u0, u1, a0, a1 = (p or "" for p in parts.groups())
     out = ""
@@ -59,7 +72,10 @@ def _check(tok, system):
     layout = chat_layout(tok)
     go = layout.go_template()
     msgs = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}]
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "2+2?"},
+    ]
     want = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     got = layout.preamble + go_render(go, system or layout.default_system, [("Hi", "Hello!"), ("2+2?", "")])
     assert got == want
@@ -92,9 +108,11 @@ def test_family_templates(default_tokenizer, family):
     tok = with_template(default_tokenizer, template, *tokens)
     if bos:  # these models' tokenizers add BOS themselves; the template writes it once more for HF
         from tokenizers import processors
+
         tok.bos_token = bos
         tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", special_tokens=[(bos, tok.convert_tokens_to_ids(bos))])
+            single=f"{bos} $A", special_tokens=[(bos, tok.convert_tokens_to_ids(bos))]
+        )
     layout = _check(tok, None if family == "gemma" else "Be brief.")
     assert layout.preamble == (bos or "")
     mf = modelfile_text(tok, None, "/m.gguf")
@@ -106,8 +124,10 @@ def test_family_templates(default_tokenizer, family):
 
 
 def test_untranslatable_template_relies_on_the_gguf(default_tokenizer):
-    tok = with_template(default_tokenizer, "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
-                                           "{% if add_generation_prompt %}>>{% endif %}")
+    tok = with_template(
+        default_tokenizer,
+        "{% for m in messages %}{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}>>{% endif %}",
+    )
     with pytest.raises(ExportError, match="does not translate"):
         modelfile_text(tok, None, "/models/dir")  # safetensors: Ollama has no template to read
     mf = modelfile_text(tok, None, "/models/x.gguf")

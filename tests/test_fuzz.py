@@ -19,6 +19,7 @@ failure to a minimal example (slow). The tally (cases tried / our
 clear error / correct acceptance / anything else) is printed at the end of the module and written
 to ``.pytest_cache/forge-fuzz/tally.json``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _N = os.environ.get("FORGE_FUZZ_EXAMPLES")
 FUZZ = settings(
     max_examples=int(_N) if _N else 60,
-    derandomize=not _N,                      # CI: the same cases every run; FORGE_FUZZ_EXAMPLES: new ones
+    derandomize=not _N,  # CI: the same cases every run; FORGE_FUZZ_EXAMPLES: new ones
     deadline=None,
     database=DirectoryBasedExampleDatabase(str(ROOT / ".pytest_cache" / "hypothesis")) if _N else None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
@@ -67,13 +68,18 @@ def _report_tally(request):
     total = Counter()
     for c in TALLY.values():
         total.update(c)
-    doc = {"total": dict(total), "per_property": {k: dict(v) for k, v in sorted(TALLY.items())},
-           "max_examples": FUZZ.max_examples}
+    doc = {
+        "total": dict(total),
+        "per_property": {k: dict(v) for k, v in sorted(TALLY.items())},
+        "max_examples": FUZZ.max_examples,
+    }
     TALLY_FILE.parent.mkdir(parents=True, exist_ok=True)
     TALLY_FILE.write_text(json.dumps(doc, indent=1) + "\n")
     rep = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = (f"fuzz: {total['tried']} cases tried / {total['clear_error']} our clear error / "
-            f"{total['accepted']} correct acceptance / {total['other']} anything else  ({TALLY_FILE})")
+    line = (
+        f"fuzz: {total['tried']} cases tried / {total['clear_error']} our clear error / "
+        f"{total['accepted']} correct acceptance / {total['other']} anything else  ({TALLY_FILE})"
+    )
     if rep is not None:
         rep.write_line("")
         rep.write_line(line)
@@ -107,15 +113,35 @@ class Case:
 LEADS = ["", "", "", " ", "  ", "\n", "\n\n", "\n\n\n", "\t", " \n "]
 plain = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=24)
 text = st.builds(lambda lead, t: lead + t, st.sampled_from(LEADS), plain)
-solid = st.builds(lambda lead, t: lead + t + "x", st.sampled_from(LEADS), plain)   # never blank
-HUGE = ["word " * 300, "\u00e9\u4e2d" * 400, "\n" * 200 + "x", "{\"json\": [1, 2, 3]}", "[{\"role\": \"user\"}]",
-        "<|im_end|>", "a,b,\"c\"\n,d", "\x00\x01\x7f", "\u202e\ufeff\u200b"]
+solid = st.builds(lambda lead, t: lead + t + "x", st.sampled_from(LEADS), plain)  # never blank
+HUGE = [
+    "word " * 300,
+    "\u00e9\u4e2d" * 400,
+    "\n" * 200 + "x",
+    '{"json": [1, 2, 3]}',
+    '[{"role": "user"}]',
+    "<|im_end|>",
+    'a,b,"c"\n,d',
+    "\x00\x01\x7f",
+    "\u202e\ufeff\u200b",
+]
 weird = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 3), st.integers(10**18, 10**30),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([math.nan, math.inf, -math.inf, 1e308]),
-    text, st.sampled_from(HUGE), st.lists(st.integers(0, 3), max_size=2), st.dictionaries(plain, st.integers(), max_size=2),
-    st.lists(st.dictionaries(st.sampled_from(["role", "content", "from", "value"]), st.one_of(plain, st.integers()),
-                             max_size=2), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.integers(10**18, 10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e308]),
+    text,
+    st.sampled_from(HUGE),
+    st.lists(st.integers(0, 3), max_size=2),
+    st.dictionaries(plain, st.integers(), max_size=2),
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["role", "content", "from", "value"]), st.one_of(plain, st.integers()), max_size=2
+        ),
+        max_size=2,
+    ),
 )
 
 
@@ -131,10 +157,21 @@ def conversation(draw, *, system=True, tools=False):
     for _ in range(draw(st.integers(1, 3))):
         msgs.append({"role": "user", "content": draw(solid)})
         if tools and draw(st.booleans()):
-            msgs.append({"role": "assistant", "content": draw(st.sampled_from(["", "calling"])),
-                         "tool_calls": [{"type": "function", "function": {
-                             "name": draw(st.sampled_from(["get_weather", "lookup"])),
-                             "arguments": draw(st.sampled_from([{"city": "Paris"}, {}, '{"q": 1}']))}}]})
+            msgs.append(
+                {
+                    "role": "assistant",
+                    "content": draw(st.sampled_from(["", "calling"])),
+                    "tool_calls": [
+                        {
+                            "type": "function",
+                            "function": {
+                                "name": draw(st.sampled_from(["get_weather", "lookup"])),
+                                "arguments": draw(st.sampled_from([{"city": "Paris"}, {}, '{"q": 1}'])),
+                            },
+                        }
+                    ],
+                }
+            )
             msgs.append({"role": "tool", "content": draw(text)})
         msgs.append({"role": "assistant", "content": draw(solid)})
     return msgs
@@ -145,9 +182,17 @@ def sharegpt(msgs):
     return [{"from": names[m["role"]], "value": m["content"]} for m in msgs]
 
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
-                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
-         {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    },
+    {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}},
+]
 
 
 def good_row(draw, fmt):
@@ -163,8 +208,10 @@ def good_row(draw, fmt):
     if fmt == "messages":
         return {"messages": conversation(draw)}
     if fmt == "tools":
-        return {"messages": conversation(draw, tools=True), "tools": draw(st.sampled_from([TOOLS, TOOLS[:1],
-                                                                                          json.dumps(TOOLS)]))}
+        return {
+            "messages": conversation(draw, tools=True),
+            "tools": draw(st.sampled_from([TOOLS, TOOLS[:1], json.dumps(TOOLS)])),
+        }
     if fmt == "sharegpt":
         return {"conversations": sharegpt(conversation(draw))}
     if fmt == "preference":
@@ -183,14 +230,19 @@ def good_row(draw, fmt):
         chat = conversation(draw)
         if draw(st.booleans()):
             return {"messages": chat, "label": label}
-        return {"prompt": draw(st.sampled_from([chat[:-1], chat[-2]["content"]])),
-                "completion": draw(st.sampled_from([chat[-1:], chat[-1]["content"]])), "label": label}
+        return {
+            "prompt": draw(st.sampled_from([chat[:-1], chat[-2]["content"]])),
+            "completion": draw(st.sampled_from([chat[-1:], chat[-1]["content"]])),
+            "label": label,
+        }
     if fmt == "text":
         return {"text": draw(solid)}
     if fmt == "prompt":
         row = {"prompt": draw(st.one_of(solid, st.builds(lambda t: [{"role": "user", "content": t}], solid)))}
         if draw(st.booleans()):
-            row["answer"] = draw(st.one_of(plain, st.integers(-5, 5), st.floats(allow_nan=False, allow_infinity=False, width=32)))
+            row["answer"] = draw(
+                st.one_of(plain, st.integers(-5, 5), st.floats(allow_nan=False, allow_infinity=False, width=32))
+            )
         return row
     raise AssertionError(fmt)
 
@@ -206,7 +258,9 @@ def mutate(draw, row):
         elif kind == "replace" and keys:
             row[draw(st.sampled_from(keys))] = draw(weird)
         elif kind == "add":
-            row[draw(st.sampled_from(["system", "input", "history", "tools", "label", "answer", "extra", "messages"]))] = draw(weird)
+            row[
+                draw(st.sampled_from(["system", "input", "history", "tools", "label", "answer", "extra", "messages"]))
+            ] = draw(weird)
         elif kind == "empty" and keys:
             row[draw(st.sampled_from(keys))] = draw(st.sampled_from(["", " ", "\n", [], {}]))
         elif kind == "message":
@@ -240,21 +294,43 @@ def _cell(v):
 def write(draw, path: Path, ftype: str, rows: list, *, clean: bool = False) -> str:
     """Write ``rows`` as ``ftype``; returns the fault injected ('' for none). ``clean``: only harmless
     variations (a BOM, CRLF line ends, blank lines)."""
-    fault = draw(st.sampled_from(["", "bom", "crlf", "blank_lines"] if clean else {
-        "jsonl": ["", "", "", "", "bom", "bad_utf8", "dup_key", "cut_line", "crlf", "blank_lines"],
-        "json": ["", "", "", "", "bom", "bad_utf8", "dup_key", "cut_line", "crlf"],
-        "csv": ["", "", "", "", "bom", "bad_utf8", "dup_column", "crlf", "blank_lines", "extra_cell", "short_row",
-                "unquoted"],
-        "parquet": ["", "", "", "corrupt"]}[ftype]))
+    fault = draw(
+        st.sampled_from(
+            ["", "bom", "crlf", "blank_lines"]
+            if clean
+            else {
+                "jsonl": ["", "", "", "", "bom", "bad_utf8", "dup_key", "cut_line", "crlf", "blank_lines"],
+                "json": ["", "", "", "", "bom", "bad_utf8", "dup_key", "cut_line", "crlf"],
+                "csv": [
+                    "",
+                    "",
+                    "",
+                    "",
+                    "bom",
+                    "bad_utf8",
+                    "dup_column",
+                    "crlf",
+                    "blank_lines",
+                    "extra_cell",
+                    "short_row",
+                    "unquoted",
+                ],
+                "parquet": ["", "", "", "corrupt"],
+            }[ftype]
+        )
+    )
     if ftype == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
+
         rows = [r if isinstance(r, dict) else {"value": r} for r in rows]
         keys = list(dict.fromkeys(k for r in rows for k in r))  # from_pylist would take the first row's keys only
         try:
             pq.write_table(pa.table({k: [r.get(k) for r in rows] for k in keys}), str(path))
         except (pa.ArrowException, TypeError, ValueError, OverflowError):  # mixed types, empty structs: JSON text
-            pq.write_table(pa.table({k: pa.array([_cell(r.get(k)) for r in rows], pa.string()) for k in keys}), str(path))
+            pq.write_table(
+                pa.table({k: pa.array([_cell(r.get(k)) for r in rows], pa.string()) for k in keys}), str(path)
+            )
         if fault == "corrupt":  # cut short, or the footer (length + magic) damaged; Parquet pages carry no
             data = path.read_bytes()  # checksum, so bytes changed inside a page may read back silently
             cut = draw(st.integers(0, len(data) - 1))
@@ -288,15 +364,20 @@ def write(draw, path: Path, ftype: str, rows: list, *, clean: bool = False) -> s
         buf = io.StringIO()
         w = csv.writer(buf)  # "\r\n": QUOTE_MINIMAL then quotes any cell holding "\r" or "\n"
         w.writerow(keys + keys[:1] if fault == "dup_column" else keys)
-        recs = [[_cell(r.get(k)) if isinstance(r, dict) else _cell(r) for k in keys] + (["x"] if fault == "dup_column" else [])
-                for r in rows]
+        recs = [
+            [_cell(r.get(k)) if isinstance(r, dict) else _cell(r) for k in keys]
+            + (["x"] if fault == "dup_column" else [])
+            for r in rows
+        ]
         w.writerows(recs)
         body = buf.getvalue()
         if fault in ("extra_cell", "short_row", "unquoted"):
             i = draw(st.integers(0, len(recs) - 1))
             rec = list(recs[i])
-            if fault == "unquoted":      # "yes, x" written without quotes: one cell more than the header
-                cells = [_q(c) for c in rec[:-1]] + ["yes, " + rec[-1].replace('"', "").replace("\r", " ").replace("\n", " ")]
+            if fault == "unquoted":  # "yes, x" written without quotes: one cell more than the header
+                cells = [_q(c) for c in rec[:-1]] + [
+                    "yes, " + rec[-1].replace('"', "").replace("\r", " ").replace("\n", " ")
+                ]
                 line = ",".join(cells)
                 fault = "extra_cell"
             else:
@@ -366,13 +447,20 @@ def render(tok, msgs, tools=None, gen=False):
 
 
 def expected_trained(tok, msgs, tools=None):
-    return "".join(render(tok, msgs[: i + 1], tools)[len(render(tok, msgs[:i], tools, gen=True)):]
-                   for i, m in enumerate(msgs) if m["role"] == "assistant")
+    return "".join(
+        render(tok, msgs[: i + 1], tools)[len(render(tok, msgs[:i], tools, gen=True)) :]
+        for i, m in enumerate(msgs)
+        if m["role"] == "assistant"
+    )
 
 
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's byte-level alphabet, inverted: the symbol of each byte in a byte-level BPE vocabulary."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("\xa1"), ord("\xac") + 1))
+        + list(range(ord("\xae"), ord("\xff") + 1))
+    )
     cs, n = bs[:], 0
     for b in range(256):
         if b not in bs:
@@ -412,7 +500,9 @@ def check_chat(tok, msgs, e, tools=None):
     assert len(ids) == len(labels) and all(lab in (IGNORE, i) for i, lab in zip(ids, labels))
     assert as_bytes(tok, ids) == representable(tok, render(tok, msgs, tools))
     trained = as_bytes(tok, [i for i, lab in zip(ids, labels) if lab != IGNORE])
-    assert trained == representable(tok, expected_trained(tok, msgs, tools)), "the trained tokens are not exactly the answers"
+    assert trained == representable(tok, expected_trained(tok, msgs, tools)), (
+        "the trained tokens are not exactly the answers"
+    )
 
 
 def check_accepted(tok, cfg, kind, path, written, ftype, fault):
@@ -450,8 +540,16 @@ def check_accepted(tok, cfg, kind, path, written, ftype, fault):
                 assert r["answer"] is None or isinstance(r["answer"], str)
 
 
-KIND = {"alpaca": "sft", "messages": "sft", "sharegpt": "sft", "tools": "sft", "preference": "preference",
-        "kto": "kto", "text": "text", "prompt": "prompt"}
+KIND = {
+    "alpaca": "sft",
+    "messages": "sft",
+    "sharegpt": "sft",
+    "tools": "sft",
+    "preference": "preference",
+    "kto": "kto",
+    "text": "text",
+    "prompt": "prompt",
+}
 
 
 class Tokenizers(dict):
@@ -462,6 +560,7 @@ class Tokenizers(dict):
 @pytest.fixture(scope="module")
 def tokenizers(default_tokenizer):
     from kit.data.templates import CHATML_TOOLS
+
     tools_tok = copy.deepcopy(default_tokenizer)
     tools_tok.chat_template = CHATML_TOOLS
     return Tokenizers(default=default_tokenizer, tools=tools_tok)
@@ -482,8 +581,10 @@ def run_dataset_case(draw, tokenizers, workdir, fmt, prop):
     clean = draw(st.integers(0, 2)) == 0
     rows = [good_row(draw, fmt) if clean else mutate(draw, good_row(draw, fmt)) for _ in range(n)]
     if not clean and draw(st.integers(0, 9)) == 0:
-        rows[draw(st.integers(0, n - 1))] = {k: draw(st.sampled_from(HUGE)) if isinstance(v, str) else v
-                                             for k, v in (rows[0].items() if isinstance(rows[0], dict) else [])}
+        rows[draw(st.integers(0, n - 1))] = {
+            k: draw(st.sampled_from(HUGE)) if isinstance(v, str) else v
+            for k, v in (rows[0].items() if isinstance(rows[0], dict) else [])
+        }
     case_dir = Path(tempfile.mkdtemp(dir=workdir))
     path = case_dir / f"data.{ftype}"
     fault = write(draw, path, ftype, rows, clean=clean)
@@ -491,8 +592,14 @@ def run_dataset_case(draw, tokenizers, workdir, fmt, prop):
     data_format = draw(st.sampled_from(["auto", "auto", "messages" if fmt == "tools" else fmt]))
     with Case(prop):
         try:
-            cfg = RunConfig.from_kwargs(dataset=str(path), format=data_format, cutoff_len=1 << 16, shuffle=False,
-                                        cache=False, output_dir=str(case_dir / "run"))
+            cfg = RunConfig.from_kwargs(
+                dataset=str(path),
+                format=data_format,
+                cutoff_len=1 << 16,
+                shuffle=False,
+                cache=False,
+                output_dir=str(case_dir / "run"),
+            )
             check_accepted(tok, cfg, KIND[fmt], path, rows, ftype, fault)
         except ForgeError as e:
             assert not clean, f"valid {fmt} rows in a {ftype} file were refused: {e}\n{_head(path)}"
@@ -521,9 +628,17 @@ def test_fuzz_whole_files(tokenizers, workdir, data):
     ftype = draw(st.sampled_from(["jsonl", "json", "csv", "parquet"]))
     case_dir = Path(tempfile.mkdtemp(dir=workdir))
     path = case_dir / f"data.{ftype}"
-    kind = draw(st.sampled_from(["empty", "bom", "spaces", "random", "utf16", "folder", "nul", "scalar", "list_of_lists"]))
-    blob = {"empty": b"", "bom": b"\xef\xbb\xbf", "spaces": b" \n\n\t\n", "nul": b"\x00" * 64,
-            "scalar": b"42\n", "list_of_lists": b"[[1, 2], [3]]\n"}.get(kind)
+    kind = draw(
+        st.sampled_from(["empty", "bom", "spaces", "random", "utf16", "folder", "nul", "scalar", "list_of_lists"])
+    )
+    blob = {
+        "empty": b"",
+        "bom": b"\xef\xbb\xbf",
+        "spaces": b" \n\n\t\n",
+        "nul": b"\x00" * 64,
+        "scalar": b"42\n",
+        "list_of_lists": b"[[1, 2], [3]]\n",
+    }.get(kind)
     if kind == "random":
         blob = draw(st.binary(max_size=200))
     elif kind == "utf16":
@@ -546,19 +661,63 @@ def test_fuzz_whole_files(tokenizers, workdir, data):
 
 # ------------------------------------------------------------------------------- config fuzz
 
-GROUP_FIELDS = {g: [f.name for f in dataclasses.fields(type(getattr(RunConfig(), g)))]
-                for g in ("model", "quant", "adapter", "data", "stage", "train", "generate")}
+GROUP_FIELDS = {
+    g: [f.name for f in dataclasses.fields(type(getattr(RunConfig(), g)))]
+    for g in ("model", "quant", "adapter", "data", "stage", "train", "generate")
+}
 DOTTED = [f"{g}.{k}" for g, ks in GROUP_FIELDS.items() for k in ks]
 DEFAULTS = {f"{g}.{k}": json.dumps(v) for g in GROUP_FIELDS for k, v in vars(getattr(RunConfig(), g)).items()}
-YAML_VALUES = [".nan", ".inf", "-.inf", "1e9", "1e308", "-5", "0", "1", "-1", "2.5", "true", "no", "null", "~", "[]",
-               "[1, 2]", "{a: 1}", "''", "'x'", "sft", "dpo", "lora", "4", "1e-3", "0x10", "99999999999999999999999",
-               "!!binary aGk=", "&a 1", "*a", "'\\u0000'", "[[[[1]]]]", "2024-01-01", "0o17", "+1", ".5", "--", ": x"]
+YAML_VALUES = [
+    ".nan",
+    ".inf",
+    "-.inf",
+    "1e9",
+    "1e308",
+    "-5",
+    "0",
+    "1",
+    "-1",
+    "2.5",
+    "true",
+    "no",
+    "null",
+    "~",
+    "[]",
+    "[1, 2]",
+    "{a: 1}",
+    "''",
+    "'x'",
+    "sft",
+    "dpo",
+    "lora",
+    "4",
+    "1e-3",
+    "0x10",
+    "99999999999999999999999",
+    "!!binary aGk=",
+    "&a 1",
+    "*a",
+    "'\\u0000'",
+    "[[[[1]]]]",
+    "2024-01-01",
+    "0o17",
+    "+1",
+    ".5",
+    "--",
+    ": x",
+]
 
 
 def yaml_scalar(draw):
-    return draw(st.one_of(st.sampled_from(YAML_VALUES), st.integers(-10**6, 10**20).map(str),
-                          st.floats(allow_nan=True, allow_infinity=True).map(repr), plain.map(json.dumps),
-                          plain.filter(lambda s: "\n" not in s and "\r" not in s)))
+    return draw(
+        st.one_of(
+            st.sampled_from(YAML_VALUES),
+            st.integers(-(10**6), 10**20).map(str),
+            st.floats(allow_nan=True, allow_infinity=True).map(repr),
+            plain.map(json.dumps),
+            plain.filter(lambda s: "\n" not in s and "\r" not in s),
+        )
+    )
 
 
 def check_config(cfg):
@@ -589,7 +748,9 @@ def test_fuzz_config_yaml(data):
     draw = data.draw
     lines = []
     for _ in range(draw(st.integers(0, 6))):
-        shape = draw(st.sampled_from(["default", "default", "default", "flat", "dotted", "group", "unknown", "junk", "dup"]))
+        shape = draw(
+            st.sampled_from(["default", "default", "default", "flat", "dotted", "group", "unknown", "junk", "dup"])
+        )
         key = draw(st.sampled_from(DOTTED))
         g, k = key.split(".")
         v = yaml_scalar(draw)
@@ -600,14 +761,21 @@ def test_fuzz_config_yaml(data):
         elif shape == "dotted":
             lines.append(f"{key}: {v}")
         elif shape == "group":
-            lines += [f"{g}:", f"  {k}: {v}"] + ([f"  {draw(st.sampled_from(GROUP_FIELDS[g]))}: {yaml_scalar(draw)}"]
-                                                 if draw(st.booleans()) else [])
+            lines += [f"{g}:", f"  {k}: {v}"] + (
+                [f"  {draw(st.sampled_from(GROUP_FIELDS[g]))}: {yaml_scalar(draw)}"] if draw(st.booleans()) else []
+            )
         elif shape == "unknown":
             lines.append(f"{draw(st.sampled_from([g, 'x', 'train.nope', 'learnin_rate', 'model.nme']))}: {v}")
         elif shape == "dup":
             lines += [f"{k}: {v}", f"{k}: {yaml_scalar(draw)}"]
         else:
-            lines.append(draw(st.sampled_from(["- 1", "\t x: 1", "{", "]", "key", "%YAML 1.1", "---", "? x", "!!python/name:os.system"])))
+            lines.append(
+                draw(
+                    st.sampled_from(
+                        ["- 1", "\t x: 1", "{", "]", "key", "%YAML 1.1", "---", "? x", "!!python/name:os.system"]
+                    )
+                )
+            )
     text = "\n".join(lines)
     config_case("config:yaml", lambda: RunConfig.from_yaml_text(text))
 
@@ -619,8 +787,13 @@ def test_fuzz_config_overrides(data):
     draw = data.draw
     pairs = []
     for _ in range(draw(st.integers(1, 5))):
-        key = draw(st.one_of(st.sampled_from(DOTTED), st.sampled_from([k.split(".")[1] for k in DOTTED]),
-                             st.sampled_from(["", "=", "train.", ".x", "nope", "train.nope", "a.b.c"])))
+        key = draw(
+            st.one_of(
+                st.sampled_from(DOTTED),
+                st.sampled_from([k.split(".")[1] for k in DOTTED]),
+                st.sampled_from(["", "=", "train.", ".x", "nope", "train.nope", "a.b.c"]),
+            )
+        )
         sep = draw(st.sampled_from(["=", "=", "=", " = ", ""]))
         v = DEFAULTS[key] if key in DEFAULTS and draw(st.booleans()) else yaml_scalar(draw)
         pairs.append(f"{key}{sep}{v}")
@@ -635,7 +808,9 @@ def test_fuzz_config_python_values(data):
     kw = {}
     for _ in range(draw(st.integers(1, 4))):
         key = draw(st.sampled_from(DOTTED)).replace(".", "__")
-        kw[key] = draw(st.one_of(weird, st.sampled_from([float("nan"), float("inf"), -1, 0, 10**12, 1e-12, "", [], {}])))
+        kw[key] = draw(
+            st.one_of(weird, st.sampled_from([float("nan"), float("inf"), -1, 0, 10**12, 1e-12, "", [], {}]))
+        )
     config_case("config:python", lambda: RunConfig.from_kwargs(**kw))
 
 

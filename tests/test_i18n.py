@@ -4,6 +4,7 @@ Static checks walk the catalogue (kit/i18n) against the widget code (kit/widgets
 and every config field; the Board checks build a real board in Chinese and look at every text a
 user sees (labels, tooltips, placeholders, tab titles, buttons, status lines).
 """
+
 from __future__ import annotations
 
 import ast
@@ -41,6 +42,7 @@ def test_english_help_is_kit_configs_own_text():
     # "Used by" is appended the way kit.config appends it (the en message is its source for translators)
     knob = next(d for d in i18n.config_fields() if "Used by" in config_help(d))
     from kit.config import used_by
+
     assert config_help(knob).endswith(" " + i18n.text("field.used_by", "en", stages=used_by(knob)))
     assert "适用阶段" in i18n.field_help(knob, "zh") and used_by(knob) in i18n.field_help(knob, "zh")
 
@@ -62,9 +64,12 @@ def _calls(tree: ast.AST):
                 keys.add(a.value)
             elif isinstance(a, ast.JoinedStr) and a.values and isinstance(a.values[0], ast.Constant):
                 prefixes.add(a.values[0].value)
-        for kw in node.keywords:   # Button(description="Start") would bypass the catalogue
-            if kw.arg in ("description", "placeholder", "tooltip", "description_tooltip", "titles") and \
-                    isinstance(kw.value, ast.Constant) and kw.value.value:
+        for kw in node.keywords:  # Button(description="Start") would bypass the catalogue
+            if (
+                kw.arg in ("description", "placeholder", "tooltip", "description_tooltip", "titles")
+                and isinstance(kw.value, ast.Constant)
+                and kw.value.value
+            ):
                 hard_coded.append(f"{name}({kw.arg}={kw.value.value!r}) line {node.lineno}")
     return keys, prefixes, hard_coded
 
@@ -83,8 +88,7 @@ def test_widget_code_takes_every_text_from_the_catalogue():
     assert sorted(k for k in keys if k not in en.MESSAGES) == [], "keys used by the widgets but not in kit/i18n/en.py"
     assert {p for p in prefixes if "." in p}, "the scan found no f-string keys: it is broken"
     # every message is used somewhere: literally, or through an f-string key such as f"train.status_{kind}"
-    unused = [k for k in en.MESSAGES
-              if k not in literals and not any("." in p and k.startswith(p) for p in prefixes)]
+    unused = [k for k in en.MESSAGES if k not in literals and not any("." in p and k.startswith(p) for p in prefixes)]
     assert unused == [], "messages no widget shows"
 
 
@@ -108,7 +112,7 @@ def test_language_choice(monkeypatch):
 
 # ---------------------------------------------------------------- a board in Chinese
 
-NEUTRAL = {"YAML", "GGUF", "GGUF f16", "GGUF q8_0"}   # names that read the same in every language
+NEUTRAL = {"YAML", "GGUF", "GGUF f16", "GGUF q8_0"}  # names that read the same in every language
 
 
 def _texts(widget, seen=None):
@@ -149,7 +153,7 @@ def test_board_in_chinese_shows_every_text_in_chinese(tiny_model_dir):
         shown += _texts(board.widget)
     english = [(where, text) for where, text in shown if text not in NEUTRAL and not CJK.search(text)]
     assert english == [], "untranslated texts on the Chinese board"
-    assert len({text for _, text in shown}) > 120            # it really walked the board
+    assert len({text for _, text in shown}) > 120  # it really walked the board
     fields = [f for p in board.config_panels for f in p.form.fields.values()]
     assert all(CJK.search(f.help) for f in fields)
     assert board.tabs.get_title(1) == "量化" and board.language.value == "zh"
@@ -165,4 +169,4 @@ def test_board_in_chinese_shows_every_text_in_chinese(tiny_model_dir):
     board.set_language("zh")
     assert board.language.value == "zh" and board.train.start_button.description == "开始"
     assert board.quant.form["quant.bits"].widget.options[0] == ("无", None)
-    assert board.quant.form["quant.bits"].value == 4          # relabelled options keep the choice
+    assert board.quant.form["quant.bits"].value == 4  # relabelled options keep the choice

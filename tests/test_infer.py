@@ -1,6 +1,7 @@
 """kit.infer: generation settings, incremental text and stop strings, and the hf back end's batched
 decode loop (greedy answers equal transformers' generate and one-at-a-time generation, seeds,
 finish reasons, cancellation), the batching scheduler, and the optional back ends' errors."""
+
 from __future__ import annotations
 
 import threading
@@ -13,8 +14,12 @@ from kit.config import ConfigError, GenerateConfig
 from kit.infer import ChatModel, GenerationSettings
 from kit.infer.decoding import AnswerText, StopStrings, TextStream
 
-PROMPTS = ["Hello there", "What is the capital of France? Answer in one word please.", "2+2",
-           "Tell me a long story about dragons, knights and a castle on a hill by the sea."]
+PROMPTS = [
+    "Hello there",
+    "What is the capital of France? Answer in one word please.",
+    "2+2",
+    "Tell me a long story about dragons, knights and a castle on a hill by the sea.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +36,13 @@ def test_settings_come_from_the_config_and_bad_values_name_the_key():
     assert GenerationSettings.from_config(None).greedy
     with pytest.raises(ConfigError, match="unknown generation setting.*'temprature'.*allowed: max_new_tokens"):
         GenerationSettings.from_config(None, temprature=0.5)
-    for bad, key in [({"top_p": 1.5}, "generate.top_p"), ({"max_new_tokens": 0}, "generate.max_new_tokens"),
-                     ({"stop": [""]}, "generate.stop"), ({"seed": "x"}, "generate.seed"),
-                     ({"repetition_penalty": 0.0}, "generate.repetition_penalty")]:
+    for bad, key in [
+        ({"top_p": 1.5}, "generate.top_p"),
+        ({"max_new_tokens": 0}, "generate.max_new_tokens"),
+        ({"stop": [""]}, "generate.stop"),
+        ({"seed": "x"}, "generate.seed"),
+        ({"repetition_penalty": 0.0}, "generate.repetition_penalty"),
+    ]:
         with pytest.raises(ConfigError) as e:
             GenerationSettings(**bad)
         assert e.value.key == key, (bad, e.value)
@@ -80,9 +89,10 @@ def _reference(cm: ChatModel, prompt: str, **kw) -> list[int]:
 
     ids = encode_prompt(cm.tokenizer, [{"role": "user", "content": prompt}])
     with torch.inference_mode():
-        out = cm.model.generate(torch.tensor([ids]), do_sample=False, eos_token_id=cm.stop_ids,
-                                pad_token_id=cm.engine.pad_id, **kw)
-    return out[0, len(ids):].tolist()
+        out = cm.model.generate(
+            torch.tensor([ids]), do_sample=False, eos_token_id=cm.stop_ids, pad_token_id=cm.engine.pad_id, **kw
+        )
+    return out[0, len(ids) :].tolist()
 
 
 def test_greedy_answers_equal_transformers_generate(tiny):
@@ -91,7 +101,8 @@ def test_greedy_answers_equal_transformers_generate(tiny):
     # the repetition penalty counts the prompt's tokens as transformers does
     p = PROMPTS[3]
     assert tiny.generate_ids(p, max_new_tokens=12, repetition_penalty=1.5) == _reference(
-        tiny, p, max_new_tokens=12, repetition_penalty=1.5)
+        tiny, p, max_new_tokens=12, repetition_penalty=1.5
+    )
 
 
 def test_batched_generation_equals_one_at_a_time(tiny):
@@ -124,10 +135,10 @@ def test_stop_strings_end_the_answer(tiny, default_tokenizer):
     text = full.text
     # a stop string the answer surely contains: the text of one of its middle tokens
     mid = len(full.token_ids) // 2
-    stop = default_tokenizer.decode(full.token_ids[mid:mid + 1])
+    stop = default_tokenizer.decode(full.token_ids[mid : mid + 1])
     assert stop and stop in text
     got = tiny.engine.generate([tiny.request(PROMPTS[3], max_new_tokens=24, stop=[stop])])[0]
-    assert got.text == text[:text.find(stop)] and got.finish_reason == "stop"
+    assert got.text == text[: text.find(stop)] and got.finish_reason == "stop"
     assert len(got.token_ids) <= mid + 1 < len(full.token_ids)
     assert "".join(tiny.stream(PROMPTS[3], max_new_tokens=24, stop=[stop])) == got.text
 
@@ -136,8 +147,13 @@ def test_seeded_sampling_repeats_whatever_else_is_in_the_batch(tiny):
     kw = dict(max_new_tokens=12, temperature=0.9, top_p=0.95, top_k=50, seed=1234)
     alone = tiny.generate_ids(PROMPTS[0], **kw)
     assert tiny.generate_ids(PROMPTS[0], **kw) == alone
-    batch = tiny.engine.generate([tiny.request(PROMPTS[2], max_new_tokens=12, temperature=1.0),
-                                  tiny.request(PROMPTS[0], **kw), tiny.request(PROMPTS[3], max_new_tokens=5)])
+    batch = tiny.engine.generate(
+        [
+            tiny.request(PROMPTS[2], max_new_tokens=12, temperature=1.0),
+            tiny.request(PROMPTS[0], **kw),
+            tiny.request(PROMPTS[3], max_new_tokens=5),
+        ]
+    )
     assert batch[1].token_ids == alone
     other = {tuple(tiny.generate_ids(PROMPTS[0], **dict(kw, seed=s))) for s in range(5)}
     assert len(other) > 1  # the seed matters: it is sampling
@@ -228,7 +244,6 @@ def test_vllm_serves_a_lora_run_without_merging_and_matches_hf(tiny_cfg):
 # ------------------------------------------------------------------ the llamacpp back end
 
 
-
 def _raw_llama_greedy(path, prompt_ids, n, stop_ids):
     """llama-cpp-python's own generate loop on the same file: what our loop must reproduce."""
     from llama_cpp import Llama
@@ -252,7 +267,10 @@ def test_llamacpp_backend_on_an_f16_gguf_of_the_run(tiny_model_dir):
     req = ll.request(PROMPTS[1], max_new_tokens=10)
     ids = ll.engine.generate([req])[0].token_ids
     assert ids == _raw_llama_greedy(ll.engine.path, req.prompt_ids, 10, ll.engine.stop_ids)
-    assert "".join(ll.stream(PROMPTS[1], max_new_tokens=10)) == ll.engine.generate([ll.request(PROMPTS[1], max_new_tokens=10)])[0].text
+    assert (
+        "".join(ll.stream(PROMPTS[1], max_new_tokens=10))
+        == ll.engine.generate([ll.request(PROMPTS[1], max_new_tokens=10)])[0].text
+    )
     kw = dict(max_new_tokens=10, temperature=1.0, seed=5)
     assert ll.generate_ids(PROMPTS[0], **kw) == ll.generate_ids(PROMPTS[0], **kw)
 

@@ -13,6 +13,7 @@ process, the run is resumed from its directory. Checked every time:
 
 By default a few deterministic cases run (``FORGE_KILL_TRIALS=N`` runs N random ones as well).
 """
+
 from __future__ import annotations
 
 import json
@@ -77,9 +78,18 @@ DEFAULT_CASES = [("mark_complete", 2), ("rmtree", 1), ("torch.save", 6)]
 
 
 def _config(tiny_model_dir, out):
-    return kit.RunConfig.from_kwargs(model=str(tiny_model_dir), output_dir=str(out), max_steps=MAX_STEPS,
-                                     batch_size=2, cutoff_len=64, max_samples=16, save_steps=1, save_total_limit=1,
-                                     learning_rate=1e-3, num_threads=2)
+    return kit.RunConfig.from_kwargs(
+        model=str(tiny_model_dir),
+        output_dir=str(out),
+        max_steps=MAX_STEPS,
+        batch_size=2,
+        cutoff_len=64,
+        max_samples=16,
+        save_steps=1,
+        save_total_limit=1,
+        learning_rate=1e-3,
+        num_threads=2,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +120,9 @@ def _kill_and_resume(cfg, reference, point: str, nth: int = 0, delay: float = 0.
         assert child.returncode == -signal.SIGKILL, f"not killed at {point} #{nth}: {log.read_text()[-2000:]}"
 
     # nothing complete was lost
-    announced = [e.step for e in read_events(rd.events_path) if e.kind == "checkpoint"] if rd.events_path.exists() else []
+    announced = (
+        [e.step for e in read_events(rd.events_path) if e.kind == "checkpoint"] if rd.events_path.exists() else []
+    )
     last = rd.last_checkpoint()
     if announced:
         assert last is not None and RunDir.checkpoint_step(last) >= max(announced), (point, nth, announced, last)
@@ -157,8 +169,10 @@ def test_kill_at_random_then_resume(tiny_model_dir, tmp_path, reference, trial):
     rng = random.Random(int(os.environ.get("FORGE_KILL_SEED", "0")) * 1000 + trial)
     point = rng.choice([*POINTS, "delay"])
     if point == "delay":
-        _kill_and_resume(_config(tiny_model_dir, tmp_path / "run"), reference, "delay", delay=rng.uniform(0, 3),
-                         must_die=False)  # it may finish first
+        _kill_and_resume(
+            _config(tiny_model_dir, tmp_path / "run"), reference, "delay", delay=rng.uniform(0, 3), must_die=False
+        )  # it may finish first
     else:
-        _kill_and_resume(_config(tiny_model_dir, tmp_path / "run"), reference, point, rng.randint(1, POINTS[point]),
-                         must_die=False)  # a call count past the library's own use lets it finish
+        _kill_and_resume(
+            _config(tiny_model_dir, tmp_path / "run"), reference, point, rng.randint(1, POINTS[point]), must_die=False
+        )  # a call count past the library's own use lets it finish

@@ -1,5 +1,6 @@
 """Who reads a knob: declared once on the field (kit.config), and the validator, the stage panel and the
 help texts all follow that declaration."""
+
 from __future__ import annotations
 
 import ast
@@ -23,8 +24,9 @@ from kit.config import (
     used_by,
 )
 
-DECLARED = [f"{g}.{f}" for g, cls in GROUPS.items() for f in cls.__dataclass_fields__
-            if knob_stages(f"{g}.{f}") is not None]
+DECLARED = [
+    f"{g}.{f}" for g, cls in GROUPS.items() for f in cls.__dataclass_fields__ if knob_stages(f"{g}.{f}") is not None
+]
 LOSSES = field_choices("stage.loss_type")
 
 # a valid value other than the default for every declared knob (with what it needs to be valid)
@@ -61,7 +63,10 @@ SETTINGS = {
     "stage.use_vllm": {"stage.use_vllm": True},
     "train.neftune_noise_alpha": {"train.neftune_noise_alpha": 5.0},
     "stage.ref_model_quantization_bit": {"stage.ref_model": "some/reference", "stage.ref_model_quantization_bit": 4},
-    "stage.reward_model_quantization_bit": {"stage.reward_model": "some/rm-run", "stage.reward_model_quantization_bit": 4},
+    "stage.reward_model_quantization_bit": {
+        "stage.reward_model": "some/rm-run",
+        "stage.reward_model_quantization_bit": 4,
+    },
     "model.shift_attn": {"model.shift_attn": True},
     "model.shift_attn_group": {"model.shift_attn": True, "model.shift_attn_group": 128},
 }
@@ -79,12 +84,13 @@ def base(stage: str, loss_type: str = "sigmoid") -> dict:
 
 def cases():
     for stage in STAGES:
-        for loss in (LOSSES if stage == LOSS_TYPE_STAGE else ["sigmoid"]):
+        for loss in LOSSES if stage == LOSS_TYPE_STAGE else ["sigmoid"]:
             yield stage, loss
 
 
 def test_declarations_name_real_stages_and_losses():
     from kit.stages import STAGE_MODULES
+
     assert set(STAGES) == set(STAGE_MODULES)
     assert DECLARED, "no knob declares its stages"
     for k in DECLARED:
@@ -121,10 +127,15 @@ def test_a_default_value_of_an_unread_knob_is_fine():
 
 
 def test_unread_knob_message_names_the_users():
-    with pytest.raises(ConfigError, match=r"stage.beta.*read only by stage\(s\) dpo, kto, grpo, ppo; stage 'sft' "
-                                          r"ignores it"):
+    with pytest.raises(
+        ConfigError,
+        match=r"stage.beta.*read only by stage\(s\) dpo, kto, grpo, ppo; stage 'sft' "
+        r"ignores it",
+    ):
         RunConfig.from_kwargs(beta=0.3)
-    with pytest.raises(ConfigError, match=r"stage.simpo_gamma.*dpo \(loss_type simpo\); dpo with loss_type 'sigmoid' ignores it"):
+    with pytest.raises(
+        ConfigError, match=r"stage.simpo_gamma.*dpo \(loss_type simpo\); dpo with loss_type 'sigmoid' ignores it"
+    ):
         RunConfig.from_kwargs(stage="dpo", simpo_gamma=1.0)
     with pytest.raises(ConfigError, match=r"stage.ref_model.*with loss_type 'orpo' ignores it"):
         RunConfig.from_kwargs(stage="dpo", loss_type="orpo", ref_model="x/y")
@@ -160,9 +171,9 @@ def test_panel_keeps_a_hidden_value_for_switching_back():
 
     panel = StagePanel(RunConfig.from_kwargs(stage="kto", beta=0.3))
     panel.form["stage.name"].widget.value = "sft"
-    assert panel.config().stage.beta == 0.1      # sft ignores beta: the default goes out
+    assert panel.config().stage.beta == 0.1  # sft ignores beta: the default goes out
     panel.form["stage.name"].widget.value = "kto"
-    assert panel.config().stage.beta == 0.3      # and the typed value comes back
+    assert panel.config().stage.beta == 0.3  # and the typed value comes back
 
 
 def test_help_texts_say_who_reads_a_knob():
@@ -197,8 +208,15 @@ def test_every_stage_knob_a_recipe_reads_is_declared_for_it():
 
     folder = Path(kit.stages.__file__).parent
     stage_fields = set(GROUPS["stage"].__dataclass_fields__) - {"name"}
-    modules = {"sft": ["sft"], "pt": ["pt", "sft"], "rm": ["rm"], "dpo": ["dpo"], "kto": ["kto"], "grpo": ["grpo"],
-               "ppo": ["ppo"]}
+    modules = {
+        "sft": ["sft"],
+        "pt": ["pt", "sft"],
+        "rm": ["rm"],
+        "dpo": ["dpo"],
+        "kto": ["kto"],
+        "grpo": ["grpo"],
+        "ppo": ["ppo"],
+    }
     for stage, files in modules.items():
         read = set().union(*(_recipe_reads(folder / f"{m}.py") for m in files)) & stage_fields
         for name in read:

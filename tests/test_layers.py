@@ -15,6 +15,7 @@ at module level, inside functions and methods, relative ones resolved, and
 
 A module the table does not place fails the test: a new module must say where it sits.
 """
+
 from __future__ import annotations
 
 import ast
@@ -28,14 +29,25 @@ KIT = Path(__file__).resolve().parent.parent / "kit"
 # lowest first; a dotted name covers the module and everything under it (kit.data -> kit.data.*),
 # the root package's name only kit/__init__.py
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("kit.errors", "kit.paths", "kit.config", "kit.config_rules", "kit.events", "kit.runtime", "kit.rundir",
-              "kit.launch")),   # kit.launch: distributed presets (checked by config_rules) and torchrun argv
+    (
+        "base",
+        (
+            "kit.errors",
+            "kit.paths",
+            "kit.config",
+            "kit.config_rules",
+            "kit.events",
+            "kit.runtime",
+            "kit.rundir",
+            "kit.launch",
+        ),
+    ),  # kit.launch: distributed presets (checked by config_rules) and torchrun argv
     ("data", ("kit.data",)),
     ("models", ("kit.models",)),
     ("adapters", ("kit.adapters", "kit.optimizers")),
-    ("stages", ("kit.stages", "kit.tracking")),   # kit.tracking: TrainingArguments' run name, tracker callbacks
-    ("memory", ("kit.memory",)),        # the estimate reads the stages' token budget and GaLore targets
-    ("engine", ("kit.engine", "kit.hooks", "kit.numerics")),   # the engine and its Trainer callbacks
+    ("stages", ("kit.stages", "kit.tracking")),  # kit.tracking: TrainingArguments' run name, tracker callbacks
+    ("memory", ("kit.memory",)),  # the estimate reads the stages' token budget and GaLore targets
+    ("engine", ("kit.engine", "kit.hooks", "kit.numerics")),  # the engine and its Trainer callbacks
     ("services", ("kit.infer", "kit.export", "kit.gguf", "kit.hub", "kit.evaluate", "kit.benchmarks", "kit.preview")),
     ("front ends", ("kit.boundary", "kit.cli", "kit.magics", "kit.widgets", "kit.i18n")),
     ("facade", ("kit",)),  # kit/__init__.py: the public names, on top of everything
@@ -72,7 +84,8 @@ def module_names(root: Path, package: str) -> dict[str, Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _literal_module(call: ast.Call) -> str | None:
@@ -112,7 +125,7 @@ def imports_of(name: str, path: Path, known: set[str], package: str) -> list[Edg
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = here.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
@@ -159,8 +172,11 @@ def layer_of(module: str, layers: list[tuple[str, tuple[str, ...]]]) -> int | No
 
 
 def layer_violations(known: set[str], edges: list[Edge], layers) -> list[str]:
-    problems = [f"{m} is in no layer: add it to LAYERS in tests/test_layers.py" for m in sorted(known)
-                if layer_of(m, layers) is None]
+    problems = [
+        f"{m} is in no layer: add it to LAYERS in tests/test_layers.py"
+        for m in sorted(known)
+        if layer_of(m, layers) is None
+    ]
     for e in edges:
         ls, ld = layer_of(e.src, layers), layer_of(e.dst, layers)
         if ls is not None and ld is not None and ld > ls:
@@ -241,8 +257,9 @@ def cycle_problems(known: set[str], edges: list[Edge], package: str) -> list[str
         hops = "; ".join(str(where[(a, b)]) for a, b in zip(cyc, cyc[1:]))
         problems.append(f"module cycle {' -> '.join(cyc)}: {hops}")
     units = {unit_of(m, package) for m in known}
-    unit_edges = [(unit_of(e.src, package), unit_of(e.dst, package)) for e in run
-                  if e.src != package and e.dst != package]  # the facade imports everything, by design
+    unit_edges = [
+        (unit_of(e.src, package), unit_of(e.dst, package)) for e in run if e.src != package and e.dst != package
+    ]  # the facade imports everything, by design
     by_unit: dict[tuple[str, str], Edge] = {}
     for e in run:
         by_unit.setdefault((unit_of(e.src, package), unit_of(e.dst, package)), e)
@@ -270,10 +287,10 @@ def test_the_graph_sees_function_level_and_relative_imports():
     known, edges = import_graph(KIT, "kit")
     pairs = {(e.src, e.dst) for e in edges}
     assert {"kit.engine", "kit.data.preview", "kit.rundir", "kit.cli", "kit.widgets.chat"} <= known
-    assert ("kit.engine", "kit.config") in pairs                          # from .config import RunConfig
+    assert ("kit.engine", "kit.config") in pairs  # from .config import RunConfig
     assert any(e.src == "kit.engine" and e.dst.startswith("kit.stages") and e.in_function for e in edges)
-    assert ("kit.infer.hf", "kit.rundir") in pairs                        # from ..rundir import ...
-    assert ("kit.data.preview", "kit.data.encode") in pairs               # from .encode import ...
+    assert ("kit.infer.hf", "kit.rundir") in pairs  # from ..rundir import ...
+    assert ("kit.data.preview", "kit.data.encode") in pairs  # from .encode import ...
 
 
 # ------------------------------------------------------------------ the checker fails on violations
@@ -288,33 +305,45 @@ def _fake(tmp_path: Path, files: dict[str, str]) -> Path:
     return root
 
 
-FAKE_LAYERS = [("base", ("fake.config",)), ("data", ("fake.data",)), ("stages", ("fake.stages",)),
-               ("engine", ("fake.engine",)), ("front ends", ("fake.widgets", "fake.cli")), ("facade", ("fake",))]
+FAKE_LAYERS = [
+    ("base", ("fake.config",)),
+    ("data", ("fake.data",)),
+    ("stages", ("fake.stages",)),
+    ("engine", ("fake.engine",)),
+    ("front ends", ("fake.widgets", "fake.cli")),
+    ("facade", ("fake",)),
+]
 
 
 def test_checker_passes_a_clean_fake_package(tmp_path):
-    root = _fake(tmp_path, {
-        "config.py": "X = 1\n",
-        "data/__init__.py": "from .rows import read\n",
-        "data/rows.py": "from ..config import X\n\ndef read():\n    return X\n",
-        "stages/__init__.py": "from ..data import read\n",
-        "engine.py": "def run():\n    from .stages import read\n    return read()\n",
-        "cli.py": "from .engine import run\n",
-        "widgets/__init__.py": "import fake.engine\n",
-    })
+    root = _fake(
+        tmp_path,
+        {
+            "config.py": "X = 1\n",
+            "data/__init__.py": "from .rows import read\n",
+            "data/rows.py": "from ..config import X\n\ndef read():\n    return X\n",
+            "stages/__init__.py": "from ..data import read\n",
+            "engine.py": "def run():\n    from .stages import read\n    return read()\n",
+            "cli.py": "from .engine import run\n",
+            "widgets/__init__.py": "import fake.engine\n",
+        },
+    )
     assert check(root, "fake", FAKE_LAYERS) == []
 
 
 def test_checker_reports_an_upward_import_inside_a_function(tmp_path):
-    root = _fake(tmp_path, {
-        "config.py": "",
-        "data/__init__.py": "",
-        "data/preview.py": "def preview():\n    from ..stages import recipe\n    return recipe\n",
-        "stages/__init__.py": "recipe = 1\n",
-        "engine.py": "",
-        "widgets/__init__.py": "",
-        "cli.py": "",
-    })
+    root = _fake(
+        tmp_path,
+        {
+            "config.py": "",
+            "data/__init__.py": "",
+            "data/preview.py": "def preview():\n    from ..stages import recipe\n    return recipe\n",
+            "stages/__init__.py": "recipe = 1\n",
+            "engine.py": "",
+            "widgets/__init__.py": "",
+            "cli.py": "",
+        },
+    )
     problems = check(root, "fake", FAKE_LAYERS)
     assert len(problems) == 1
     assert "data/preview.py:2 (in a function) fake.data.preview -> fake.stages" in problems[0]
@@ -322,32 +351,47 @@ def test_checker_reports_an_upward_import_inside_a_function(tmp_path):
 
 
 def test_checker_reports_the_engine_importing_a_front_end(tmp_path):
-    root = _fake(tmp_path, {"config.py": "", "engine.py": "import importlib\n\ndef show():\n"
-                            "    return importlib.import_module('fake.widgets.panel')\n",
-                            "widgets/__init__.py": "", "widgets/panel.py": ""})
+    root = _fake(
+        tmp_path,
+        {
+            "config.py": "",
+            "engine.py": "import importlib\n\ndef show():\n    return importlib.import_module('fake.widgets.panel')\n",
+            "widgets/__init__.py": "",
+            "widgets/panel.py": "",
+        },
+    )
     problems = check(root, "fake", FAKE_LAYERS)
     assert any("fake.engine -> fake.widgets.panel" in p and "front ends" in p for p in problems), problems
 
 
 def test_checker_reports_a_cycle_hidden_in_functions(tmp_path):
-    root = _fake(tmp_path, {
-        "config.py": "",
-        "stages/__init__.py": "",
-        "stages/common.py": "def f():\n    from .rm import head\n    return head\n",
-        "stages/rm.py": "from . import common\nhead = 1\n",
-    })
+    root = _fake(
+        tmp_path,
+        {
+            "config.py": "",
+            "stages/__init__.py": "",
+            "stages/common.py": "def f():\n    from .rm import head\n    return head\n",
+            "stages/rm.py": "from . import common\nhead = 1\n",
+        },
+    )
     problems = check(root, "fake", FAKE_LAYERS)
     assert len(problems) == 1 and problems[0].startswith("module cycle fake.stages.common -> fake.stages.rm"), problems
     assert "(in a function)" in problems[0] and "(at module level)" in problems[0]
 
 
 def test_checker_reports_a_package_cycle_and_an_unplaced_module(tmp_path):
-    root = _fake(tmp_path, {
-        "config.py": "",
-        "data/__init__.py": "", "data/a.py": "from ..stages.b import y\nx = 1\n",
-        "stages/__init__.py": "", "stages/b.py": "y = 2\n", "stages/c.py": "from ..data.a import x\n",
-        "tracking.py": "",
-    })
+    root = _fake(
+        tmp_path,
+        {
+            "config.py": "",
+            "data/__init__.py": "",
+            "data/a.py": "from ..stages.b import y\nx = 1\n",
+            "stages/__init__.py": "",
+            "stages/b.py": "y = 2\n",
+            "stages/c.py": "from ..data.a import x\n",
+            "tracking.py": "",
+        },
+    )
     problems = check(root, "fake", FAKE_LAYERS)
     assert any(p.startswith("fake.tracking is in no layer") for p in problems), problems
     assert any(p.startswith("package cycle fake.data -> fake.stages -> fake.data") for p in problems), problems
@@ -355,19 +399,30 @@ def test_checker_reports_a_package_cycle_and_an_unplaced_module(tmp_path):
 
 
 def test_type_checking_imports_count_for_layers_not_cycles(tmp_path):
-    root = _fake(tmp_path, {
-        "config.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .engine import Run\n",
-        "engine.py": "from .config import X\n",
-    })
+    root = _fake(
+        tmp_path,
+        {
+            "config.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .engine import Run\n",
+            "engine.py": "from .config import X\n",
+        },
+    )
     problems = check(root, "fake", FAKE_LAYERS)
     assert len(problems) == 1 and "the base layer imports the engine layer" in problems[0], problems
 
 
-@pytest.mark.parametrize("line,dst", [("from . import engine", "fake.engine"), ("from .data import rows", "fake.data.rows"),
-                                      ("from .data.rows import read", "fake.data.rows"), ("import fake.data", "fake.data"),
-                                      ("from fake.data import read", "fake.data")])
+@pytest.mark.parametrize(
+    "line,dst",
+    [
+        ("from . import engine", "fake.engine"),
+        ("from .data import rows", "fake.data.rows"),
+        ("from .data.rows import read", "fake.data.rows"),
+        ("import fake.data", "fake.data"),
+        ("from fake.data import read", "fake.data"),
+    ],
+)
 def test_import_forms_resolve_to_modules(tmp_path, line, dst):
-    root = _fake(tmp_path, {"cli.py": line + "\n", "engine.py": "", "data/__init__.py": "read = 1\n",
-                            "data/rows.py": ""})
+    root = _fake(
+        tmp_path, {"cli.py": line + "\n", "engine.py": "", "data/__init__.py": "read = 1\n", "data/rows.py": ""}
+    )
     known, edges = import_graph(root, "fake")
     assert [(e.src, e.dst) for e in edges] == [("fake.cli", dst)]

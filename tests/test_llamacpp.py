@@ -13,6 +13,7 @@ builds it; .ci/run does). What is checked:
   top-1 (argmax) agreement of llama.cpp's next-token logits with the merged model's, teacher-forced
   over each prompt and the merged model's own greedy continuation (every position counts).
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,9 @@ try:
     import llama_cpp
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 except ImportError as e:  # not marker-gated: absent llama.cpp is a skip with its reason, everywhere
-    pytest.skip(f"llama_cpp is not importable ({e}); build it with: bash scripts/install_llamacpp.sh",
-                allow_module_level=True)
+    pytest.skip(
+        f"llama_cpp is not importable ({e}); build it with: bash scripts/install_llamacpp.sh", allow_module_level=True
+    )
 
 import kit
 from kit.export import export
@@ -38,16 +40,26 @@ QUESTION = "What's the capital of France (the country, not the state)? Don't exp
 PROMPTS = [
     [{"role": "user", "content": QUESTION}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "List 3 primes: 2, 3, ..."}],
-    [{"role": "user", "content": "Write a Python one-liner that sums [1, 22, 333]."},
-     {"role": "assistant", "content": "print(sum([1, 22, 333]))"}, {"role": "user", "content": "And in C?"}],
+    [
+        {"role": "user", "content": "Write a Python one-liner that sums [1, 22, 333]."},
+        {"role": "assistant", "content": "print(sum([1, 22, 333]))"},
+        {"role": "user", "content": "And in C?"},
+    ],
 ]
 TEXTS = [
-    QUESTION, "\n\n1, 1, 2, 3, 5, 8, 13, 21", "3.14159 1,000,000 2026-12-01 v2.0.1 x=-12e3 ١٢٣",
-    "def f(x):\n    return {'a': [1, 2]}  # it's fine\n\n\n\tpass", "Hello,world!How's it going?? I'm OK -- you'll see...",
-    "  leading and   inner   spaces \t tabs\r\nand CRLF\n \n", "我想在apple工作1314151天～ 你好，世界！",
-    "emoji 🚀😶\u200d🌫️✅🦙🦙 flags 🇫🇷", "'s 'm 're 've 'll 'd 'S 'M He's I'm we're they've you'll she'd",
-    "\n\n# Title\n\n## Section 2\n\n- item", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
-    "naïve café résumé Ελληνικά русский ქართული", "```json\n{\"k\": [1, 2.5, null, true]}\n```",
+    QUESTION,
+    "\n\n1, 1, 2, 3, 5, 8, 13, 21",
+    "3.14159 1,000,000 2026-12-01 v2.0.1 x=-12e3 ١٢٣",
+    "def f(x):\n    return {'a': [1, 2]}  # it's fine\n\n\n\tpass",
+    "Hello,world!How's it going?? I'm OK -- you'll see...",
+    "  leading and   inner   spaces \t tabs\r\nand CRLF\n \n",
+    "我想在apple工作1314151天～ 你好，世界！",
+    "emoji 🚀😶\u200d🌫️✅🦙🦙 flags 🇫🇷",
+    "'s 'm 're 've 'll 'd 'S 'M He's I'm we're they've you'll she'd",
+    "\n\n# Title\n\n## Section 2\n\n- item",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+    "naïve café résumé Ελληνικά русский ქართული",
+    '```json\n{"k": [1, 2.5, null, true]}\n```',
 ]
 N_GREEDY = 16
 
@@ -66,6 +78,7 @@ def llama_log():
         yield lines
     finally:
         from llama_cpp import _logger
+
         llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
@@ -87,19 +100,32 @@ def warnings_of(lines: list[tuple[int, str]]) -> list[str]:
 def load(path, *, vocab_only: bool = False, n_ctx: int = 256, logits_all: bool = False):
     """A Llama on ``path`` and the warnings llama.cpp logged while loading it."""
     with llama_log() as lines:
-        llm = llama_cpp.Llama(model_path=str(path), vocab_only=vocab_only, n_ctx=n_ctx, n_threads=1, n_batch=256,
-                              logits_all=logits_all, verbose=False, seed=0)
+        llm = llama_cpp.Llama(
+            model_path=str(path),
+            vocab_only=vocab_only,
+            n_ctx=n_ctx,
+            n_threads=1,
+            n_batch=256,
+            logits_all=logits_all,
+            verbose=False,
+            seed=0,
+        )
     return llm, warnings_of(lines)
 
 
 def llama_prompt_tokens(llm, tok, msgs) -> tuple[str, list[int]]:
     """The prompt as llama.cpp builds it: the GGUF's own chat template, then llama.cpp's tokenizer."""
     meta = llm.metadata
-    fmt = Jinja2ChatFormatter(template=meta["tokenizer.chat_template"], eos_token=tok.eos_token,
-                              bos_token=tok.bos_token, add_generation_prompt=True)
+    fmt = Jinja2ChatFormatter(
+        template=meta["tokenizer.chat_template"],
+        eos_token=tok.eos_token,
+        bos_token=tok.bos_token,
+        add_generation_prompt=True,
+    )
     text = fmt(messages=msgs).prompt
-    return text, llm.tokenize(text.encode("utf-8"), add_bos=meta.get("tokenizer.ggml.add_bos_token") == "true",
-                              special=True)
+    return text, llm.tokenize(
+        text.encode("utf-8"), add_bos=meta.get("tokenizer.ggml.add_bos_token") == "true", special=True
+    )
 
 
 def chat_ids(tok, msgs) -> list[int]:
@@ -132,7 +158,7 @@ def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
 def llama_logits(llm, ids: list[int]) -> np.ndarray:
     llm.reset()
     llm.eval(ids)
-    return np.array(llm.scores[:len(ids)])
+    return np.array(llm.scores[: len(ids)])
 
 
 # ------------------------------------------------------------------ the model's own tokenizer
@@ -157,11 +183,27 @@ def test_our_tokenizer_equals_llamacpp_on_the_original_gguf(default_tokenizer):
 def _family_model(model_type: str, tok):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    kw = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tok.bos_token_id,
-              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, rms_norm_eps=1e-5)
-    kw.update({"gemma": dict(head_dim=16), "phi3": dict(original_max_position_embeddings=512),
-               "mistral": dict(sliding_window=None), "llama": dict(tie_word_embeddings=True)}.get(model_type, {}))
+    kw = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        rms_norm_eps=1e-5,
+    )
+    kw.update(
+        {
+            "gemma": dict(head_dim=16),
+            "phi3": dict(original_max_position_embeddings=512),
+            "mistral": dict(sliding_window=None),
+            "llama": dict(tie_word_embeddings=True),
+        }.get(model_type, {})
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **kw), dtype=torch.float32).eval()
     with torch.no_grad():  # weights large enough that greedy tokens are not near-ties of a random model
@@ -174,8 +216,14 @@ def _family_model(model_type: str, tok):
 
 
 # each family with a split rule llama.cpp knows: SmolLM2's, GPT-2's and Qwen2's (set on the SmolLM2 vocabulary)
-_FAMILY_PRE = {"llama": "smollm", "mistral": "gpt-2", "qwen2": "qwen2", "qwen3": "qwen2", "gemma": "smollm",
-               "phi3": "smollm"}
+_FAMILY_PRE = {
+    "llama": "smollm",
+    "mistral": "gpt-2",
+    "qwen2": "qwen2",
+    "qwen3": "qwen2",
+    "gemma": "smollm",
+    "phi3": "smollm",
+}
 
 
 @pytest.mark.parametrize("model_type", sorted(ARCHS))
@@ -189,13 +237,14 @@ def test_each_family_runs_in_llamacpp_like_transformers(default_tokenizer, tmp_p
     assert warns == [], warns
     assert llm.metadata["tokenizer.ggml.pre"] == _FAMILY_PRE[model_type]
     for text in TEXTS[:6]:
-        assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) == \
-            tok.encode(text, add_special_tokens=False), (model_type, text)
+        assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) == tok.encode(
+            text, add_special_tokens=False
+        ), (model_type, text)
     ids = chat_ids(tok, PROMPTS[0])
     want, logits = hf_greedy(model, ids, 8)
     assert llama_greedy(llm, ids, 8) == want
     got = llama_logits(load(path, logits_all=True)[0], ids)
-    ref = logits[:len(ids)].numpy()
+    ref = logits[: len(ids)].numpy()
     assert np.abs(got - ref).max() < 2e-2 * max(1.0, np.abs(ref).max())
 
 
@@ -208,13 +257,27 @@ def default_export(tmp_path_factory):
     from kit.models import load_model
 
     root = tmp_path_factory.mktemp("llamacpp")
-    run = kit.train(model="smollm2-135m-instruct", dataset="demo_sft", output_dir=str(root / "run"), max_steps=1,
-                    batch_size=2, cutoff_len=64, max_samples=4, save_steps=0, learning_rate=1e-3, lora_rank=8,
-                    num_threads=2)
+    run = kit.train(
+        model="smollm2-135m-instruct",
+        dataset="demo_sft",
+        output_dir=str(root / "run"),
+        max_steps=1,
+        batch_size=2,
+        cutoff_len=64,
+        max_samples=4,
+        save_steps=0,
+        learning_rate=1e-3,
+        lora_rank=8,
+        num_threads=2,
+    )
     assert run.status == "finished", run.traceback
     res = export(run, root / "out", gguf=list(EXPORT_KINDS))
-    merged = load_model(run.config.replace(model__name=res["out_dir"], model__adapter_path=None, model__dtype="float32",
-                                           model__device="cpu"), with_adapter=False)
+    merged = load_model(
+        run.config.replace(
+            model__name=res["out_dir"], model__adapter_path=None, model__dtype="float32", model__device="cpu"
+        ),
+        with_adapter=False,
+    )
     model, tok = merged.model.eval(), merged.tokenizer
     # the merged model's greedy continuation and logits on the first prompts, computed once for every type
     refs = [(ids, *hf_greedy(model, ids, N_GREEDY)) for ids in (chat_ids(tok, m) for m in PROMPTS[:2])]
@@ -228,8 +291,9 @@ def test_default_export_prompt_tokens_and_template_equal_ours(default_export):
     meta = llm.metadata
     assert meta["tokenizer.ggml.pre"] == "smollm" and meta["general.quantization_version"] == "2"
     assert meta["tokenizer.ggml.add_bos_token"] == "false" and meta["tokenizer.ggml.add_space_prefix"] == "false"
-    assert [llm._model.token_get_attr(i) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL for i in range(18)] == \
-        [llama_cpp.LLAMA_TOKEN_ATTR_CONTROL] * 17 + [0]
+    assert [llm._model.token_get_attr(i) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL for i in range(18)] == [
+        llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+    ] * 17 + [0]
     for msgs in PROMPTS:
         text, ids = llama_prompt_tokens(llm, tok, msgs)
         assert text == tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
@@ -237,10 +301,19 @@ def test_default_export_prompt_tokens_and_template_equal_ours(default_export):
     assert len(llama_prompt_tokens(llm, tok, PROMPTS[0])[1]) == 54  # the issue saw 59 with the old metadata
 
 
-# the lowest top-1 agreement each type may show. Measured here (1-step run, 2 prompts, 16 greedy tokens; the
-# figures of every CI run are in test-artifacts/export-fidelity.json): see the closing note; the bounds leave room
-# for other CPUs' float paths. f16 and bf16 must also reproduce the merged model's greedy tokens exactly.
-EXPORT_KINDS = {"f16": 1.0, "bf16": 0.95, "q8_0": 0.9, "q5_1": 0.8, "q5_0": 0.8, "q4_1": 0.6, "q4_0": 0.6, "q4_k_m": 0.6}
+# the lowest top-1 agreement each type may show (1-step run, 2 prompts, 16 greedy tokens; every CI run writes
+# its figures to test-artifacts/export-fidelity.json); the bounds leave room for other CPUs' float paths.
+# f16 and bf16 must also reproduce the merged model's greedy tokens exactly.
+EXPORT_KINDS = {
+    "f16": 1.0,
+    "bf16": 0.95,
+    "q8_0": 0.9,
+    "q5_1": 0.8,
+    "q5_0": 0.8,
+    "q4_1": 0.6,
+    "q4_0": 0.6,
+    "q4_k_m": 0.6,
+}
 FIDELITY: dict[str, dict] = {}
 
 
@@ -255,16 +328,24 @@ def test_default_export_runs_like_the_merged_model(default_export, kind, min_top
     llm, warns = load(path, logits_all=True)
     assert warns == [], warns
     agree, total, same_greedy = 0, 0, 0
+    # greedy decoding token by token only for the float types: the quantized ones are compared teacher-forced
+    # (one batched pass), which also keeps this test off llama.cpp's one-token quantized kernels that crash
+    # on AMX CPUs in native builds (see scripts/install_llamacpp.sh)
+    float_type = kind in ("f16", "bf16")
     for ids, want, logits in refs:
-        greedy = llama_greedy(llm, ids, N_GREEDY)
-        same_greedy += int(greedy == want)
-        if kind == "f16":
-            assert greedy == want, tok.decode(want)
+        if float_type:
+            greedy = llama_greedy(llm, ids, N_GREEDY)
+            same_greedy += int(greedy == want)
+            assert greedy == want, (kind, tok.decode(want))
         got = llama_logits(llm, ids + want)
         agree += int((got.argmax(-1) == logits.numpy().argmax(-1)).sum())
         total += len(ids + want)
-    FIDELITY[kind] = {"bytes": path.stat().st_size, "top1_agreement": round(agree / total, 4),
-                      "greedy_equal_prompts": f"{same_greedy}/{len(refs)}", "positions": total}
+    FIDELITY[kind] = {
+        "bytes": path.stat().st_size,
+        "top1_agreement": round(agree / total, 4),
+        "greedy_equal_prompts": f"{same_greedy}/{len(refs)}" if float_type else None,
+        "positions": total,
+    }
     out = Path(__file__).resolve().parent.parent / "test-artifacts"
     out.mkdir(exist_ok=True)
     (out / "export-fidelity.json").write_text(json.dumps(FIDELITY, indent=1))

@@ -1,4 +1,5 @@
 """IPython magics: %load_ext kit, %%forge_train (YAML body, overrides, --wait), YAML error messages."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,9 +15,11 @@ def shell():
 
 def test_cell_magic_trains_and_returns_the_run(shell, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("FORGE_PLOT_BACKEND", "static")
-    body = (f"model: {tiny_model_dir}\n"
-            "data:\n  cutoff_len: 64\n  max_samples: 16\n"
-            f"train:\n  max_steps: 2\n  batch_size: 2\n  save_steps: 2\n  num_threads: 2\n  output_dir: {tmp_path / 'run'}\n")
+    body = (
+        f"model: {tiny_model_dir}\n"
+        "data:\n  cutoff_len: 64\n  max_samples: 16\n"
+        f"train:\n  max_steps: 2\n  batch_size: 2\n  save_steps: 2\n  num_threads: 2\n  output_dir: {tmp_path / 'run'}\n"
+    )
     run = shell.run_cell_magic("forge_train", "train.learning_rate=0.001 --wait", body)
     assert run is not None and run.status == "finished"
     assert run.global_step == 2 and run.config.train.learning_rate == 0.001
@@ -46,6 +49,7 @@ def test_line_magic_reads_a_yaml_file(shell, tmp_path, capsys):
 
 def test_forge_chat_uses_a_notebook_variable(shell, tiny_model_dir):
     from kit.widgets.chat import ChatPanel
+
     shell.user_ns["my_model"] = str(tiny_model_dir)
     panel = shell.run_line_magic("forge_chat", "my_model")
     assert isinstance(panel, ChatPanel) and panel.source() == str(tiny_model_dir)
@@ -66,6 +70,7 @@ def test_unexpected_error_is_one_line_naming_a_bug(shell, tiny_model_dir, tmp_pa
 
     def start(self, wait=False):
         raise RuntimeError("boom in the panel")
+
     monkeypatch.setattr(TrainPanel, "start", start)
     assert shell.run_cell_magic("forge_train", "", f"model: {tiny_model_dir}\n") is None
     err = capsys.readouterr().err
@@ -84,10 +89,12 @@ def test_a_run_that_fails_under_wait_is_reported_in_one_line(shell, tiny_model_d
     monkeypatch.setenv("FORGE_PLOT_BACKEND", "static")
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"instruction": "hi", "output": "hello"}\n{"instruction": "x", "output": \n')
-    body = (f"model: {tiny_model_dir}\ndata:\n  dataset: {bad}\n"
-            f"train:\n  max_steps: 1\n  num_threads: 1\n  output_dir: {tmp_path / 'run'}\n")
+    body = (
+        f"model: {tiny_model_dir}\ndata:\n  dataset: {bad}\n"
+        f"train:\n  max_steps: 1\n  num_threads: 1\n  output_dir: {tmp_path / 'run'}\n"
+    )
     run = shell.run_cell_magic("forge_train", "--wait", body)
-    assert run is not None and run.status == "failed"        # returned, to inspect
+    assert run is not None and run.status == "failed"  # returned, to inspect
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("forge: ")]
     assert len(lines) == 1 and "broken.jsonl" in lines[0] and "Traceback" not in err

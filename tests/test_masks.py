@@ -3,6 +3,7 @@
 The template is the source of truth: input ids must equal ``apply_chat_template`` token for
 token, and the trained tokens must be exactly each answer plus its end-of-turn marker.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -38,7 +39,7 @@ def test_default_mask_trains_every_answer_only(default_tokenizer):
     trained = [tok.decode(e["input_ids"][s:t]) for s, t in spans(e["labels"])]
     assert trained == ["4.<|im_end|>\n", "6, of course.<|im_end|>\n"]
     # trained labels are the input ids themselves (the model shifts), nothing else is trained
-    for (s, t) in spans(e["labels"]):
+    for s, t in spans(e["labels"]):
         assert e["labels"][s:t] == e["input_ids"][s:t]
     # the untrained text is exactly the template's prompt part, role headers included
     untrained = tok.decode([i for i, lab in zip(e["input_ids"], e["labels"]) if lab == IGNORE])
@@ -83,7 +84,7 @@ def test_preference_prompt_is_the_generation_prompt(default_tokenizer):
     full = tok.apply_chat_template(prompt + chosen, tokenize=True, return_dict=False)
     assert full[: len(p)] == p
     assert tok.decode(p).endswith("<|im_start|>assistant\n")
-    assert tok.decode(full[len(p):]) == "6, of course.<|im_end|>\n"
+    assert tok.decode(full[len(p) :]) == "6, of course.<|im_end|>\n"
 
 
 def test_tool_calls_need_a_template_that_renders_them(default_tokenizer):
@@ -92,16 +93,30 @@ def test_tool_calls_need_a_template_that_renders_them(default_tokenizer):
     from kit.data.encode import TemplateError
     from kit.data.templates import CHATML_TOOLS
 
-    msgs = [{"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": "", "tool_calls": [
-                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
-            {"role": "tool", "content": "18C, sunny"},
-            {"role": "assistant", "content": "It is 18C and sunny."}]
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather",
-                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    msgs = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+        },
+        {"role": "tool", "content": "18C, sunny"},
+        {"role": "assistant", "content": "It is 18C and sunny."},
+    ]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     with pytest.raises(TemplateError, match="cannot render"):
         encode_chat(default_tokenizer, msgs, 512, tools=tools)
     import copy
+
     tok = copy.deepcopy(default_tokenizer)
     tok.chat_template = CHATML_TOOLS
     e = encode_chat(tok, msgs, 512, tools=tools)
@@ -129,15 +144,16 @@ def test_packed_row_logits_equal_unpacked(tiny_model_dir, default_tokenizer, att
     batch = coll(rows)
     assert batch["attention_mask"].dim() == 4
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"]).logits[0]
+        packed = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        ).logits[0]
         s = 0
         order = [examples.index(next(e for e in examples if len(e["input_ids"]) == n)) for n in rows[0]["seq_lens"]]
         for n, k in zip(rows[0]["seq_lens"], order):
-            ids = torch.tensor([rows[0]["input_ids"][s:s + n]])
+            ids = torch.tensor([rows[0]["input_ids"][s : s + n]])
             assert ids[0].tolist() == examples[k]["input_ids"]
             alone = model(input_ids=ids).logits[0]
-            torch.testing.assert_close(packed[s:s + n], alone, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(packed[s : s + n], alone, atol=1e-4, rtol=1e-4)
             s += n
     # the first token of each packed example is never a target of the one before it
     starts = [sum(rows[0]["seq_lens"][:i]) for i in range(len(rows[0]["seq_lens"]))]
@@ -162,8 +178,9 @@ def test_padding_free_batch_matches_examples_alone_forward_and_backward(tiny_mod
     assert batch["input_ids"].shape == (1, n_total) and "attention_mask" not in batch
     assert batch["cu_seq_lens_q"].tolist()[-1] == n_total and len(batch["cu_seq_lens_q"]) == 4
     assert int(batch["num_real_tokens"]) == n_total
-    order = [e for r in rows for e in ([x for x in examples if x["input_ids"] == r["input_ids"]] or
-                                       _split(r, examples))]
+    order = [
+        e for r in rows for e in ([x for x in examples if x["input_ids"] == r["input_ids"]] or _split(r, examples))
+    ]
     assert use_varlen(model) and model.config._attn_implementation == "forge_varlen"
     fwd = {k: v for k, v in batch.items() if k not in ("labels", "num_real_tokens", "num_trained_tokens")}
     flat = model(**fwd).logits[0]
@@ -173,7 +190,7 @@ def test_padding_free_batch_matches_examples_alone_forward_and_backward(tiny_mod
     for e in order:
         n = len(e["input_ids"])
         lo = model(input_ids=torch.tensor([e["input_ids"]])).logits[0]
-        torch.testing.assert_close(flat[s:s + n].detach(), lo.detach(), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(flat[s : s + n].detach(), lo.detach(), atol=1e-4, rtol=1e-4)
         loss_alone = loss_alone + lo.square().mean() * n
         s += n
     (g_alone,) = torch.autograd.grad(loss_alone, w)
@@ -188,7 +205,7 @@ def _split(row, examples):
     """The examples a packed row holds, in order."""
     out, s = [], 0
     for n in row["seq_lens"]:
-        out.append(next(e for e in examples if e["input_ids"] == row["input_ids"][s:s + n]))
+        out.append(next(e for e in examples if e["input_ids"] == row["input_ids"][s : s + n]))
         s += n
     return out
 
@@ -204,6 +221,6 @@ def test_packing_without_the_block_mask_would_leak(tiny_model_dir, default_token
     ids = torch.tensor([a["input_ids"] + b["input_ids"]])
     pos = torch.tensor([list(range(len(a["input_ids"]))) + list(range(len(b["input_ids"])))])
     with torch.no_grad():
-        leaky = model(input_ids=ids, position_ids=pos).logits[0, len(a["input_ids"]):]
+        leaky = model(input_ids=ids, position_ids=pos).logits[0, len(a["input_ids"]) :]
         alone = model(input_ids=torch.tensor([b["input_ids"]])).logits[0]
     assert (leaky - alone).abs().max() > 1e-3

@@ -2,6 +2,7 @@
 
 Cheap: the tiny random model of conftest, shapes on the meta device, and one 1-step run.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -43,6 +44,7 @@ def test_run_that_cannot_fit_fails_before_the_model_loads(tiny_cfg, monkeypatch)
 
     def no_load(*a, **k):
         raise AssertionError("the model was loaded although the pre-flight said it cannot fit")
+
     monkeypatch.setattr(kit.models, "load_model", no_load)
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1 << 20)  # 1 MiB free
     with pytest.raises(memory.WillNotFit, match="will not fit"):

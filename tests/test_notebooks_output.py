@@ -4,6 +4,7 @@ The quickstart runs with nbclient in a kernel of this Python, from a temporary d
 own folder), on the real default model with its CI settings (FORGE_NOTEBOOK_CI=1: 6 steps). Every stderr line must match an entry of
 ``notebook_runner.ALLOWED_STDERR`` (each says why it is allowed); everything else fails with the lines.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,15 @@ pytestmark = pytest.mark.e2e
 
 def notebook_env(forge_home: Path, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    env.update({"FORGE_HOME": str(forge_home), "FORGE_NOTEBOOK_CI": "1", "HF_HUB_OFFLINE": "1",
-                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"), **extra})
+    env.update(
+        {
+            "FORGE_HOME": str(forge_home),
+            "FORGE_NOTEBOOK_CI": "1",
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+            **extra,
+        }
+    )
     # a learner's machine: none of the test suite's silencing
     for k in ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "PYTHONWARNINGS", "TOKENIZERS_PARALLELISM"):
         env.pop(k, None)
@@ -35,7 +43,7 @@ def test_quickstart_shows_no_unexpected_stderr(tmp_path, forge_home, default_mod
     shutil.copy(QUICKSTART, work / QUICKSTART.name)
     nb = run_notebook(work / QUICKSTART.name, cwd=work, env=notebook_env(forge_home))
     install = next(c for c in nb.cells if c.cell_type == "code")
-    assert "ready" in cell_text(install), cell_text(install)   # the install cell had nothing to do
+    assert "ready" in cell_text(install), cell_text(install)  # the install cell had nothing to do
     bad = unexpected_stderr(nb)
     assert not bad, "unexpected stderr in the quickstart notebook:\n" + "\n".join(bad[:40])
     # the check reads real output: the notebook did print (answers, the run's status)

@@ -1,6 +1,7 @@
 """The numerics guard on the tiny model: a NaN loss or a collapse ends the run as failed at the
 step where it happened, nothing of the bad state is saved, and ``on_nonfinite=skip`` leaves the
 weights untouched by such a step. Also: non-finite numbers survive the JSONL event stream."""
+
 from __future__ import annotations
 
 import json
@@ -31,6 +32,7 @@ def _poison_after(run: Run, step: int, steps: int | None = None):
             state["left"] -= 1
             if state["left"] == 0:
                 state["hook"].remove()
+
     run.subscribe(on_event)
 
 
@@ -64,6 +66,7 @@ def test_skip_leaves_the_weights_of_a_nan_step_unchanged(tiny_cfg):
     def snapshot(ev):
         if ev.kind == "step" and ev.step in (2, 3):
             seen[ev.step] = {n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad}
+
     run.subscribe(snapshot)
     run.start()
     assert run.status == "finished", run.traceback
@@ -82,8 +85,9 @@ def test_huge_learning_rate_collapse_fails_the_cli(tiny_cfg, tmp_path):
     cfg = tiny_cfg(max_steps=10, save_steps=0, learning_rate=1e6, lr_scheduler="constant")
     path = cfg.save(tmp_path / "c.yaml")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "kit.cli", "train", str(path)], env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kit.cli", "train", str(path)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode != 0, proc.stdout[-2000:]
     events = RunDir(cfg.train.output_dir).events()
     failed = events[-1]
@@ -95,8 +99,18 @@ def test_huge_learning_rate_collapse_fails_the_cli(tiny_cfg, tmp_path):
 
 
 def test_non_finite_numbers_round_trip_through_json():
-    ev = Event("step", 1.0, {"step": 3, "loss": float("nan"), "grad_norm": float("inf"), "lr": 1e-3,
-                             "memory_estimate": {"total": float("-inf"), "weights": 5}, "ok": torch.tensor(2.5)})
+    ev = Event(
+        "step",
+        1.0,
+        {
+            "step": 3,
+            "loss": float("nan"),
+            "grad_norm": float("inf"),
+            "lr": 1e-3,
+            "memory_estimate": {"total": float("-inf"), "weights": 5},
+            "ok": torch.tensor(2.5),
+        },
+    )
     line = ev.to_json()
     d = json.loads(line)  # strict JSON: no NaN/Infinity literals
     assert d["loss"] is None and d["nonfinite"] == {"loss": "nan", "grad_norm": "inf", "memory_estimate.total": "-inf"}

@@ -15,6 +15,7 @@ range (rather than ``--no-deps``, which would install it whatever its dependenci
 cell is left with nothing to do (it prints "ready"), as on Binder or a set-up machine; its install
 branch is tested in tests/test_notebooks.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,9 @@ pytestmark = pytest.mark.e2e
 
 def _run(argv, **kw):
     r = subprocess.run(argv, capture_output=True, text=True, timeout=kw.pop("timeout", 900), check=False, **kw)
-    assert r.returncode == 0, f"{' '.join(map(str, argv))} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert r.returncode == 0, (
+        f"{' '.join(map(str, argv))} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    )
     return r
 
 
@@ -71,6 +74,7 @@ def test_wheel_holds_real_data_files_and_metadata(dist):
         entry_points = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert "Name: forge-kit" in metadata
     import kit
+
     assert f"Version: {kit.__version__}" in metadata and dist["wheel"].name.startswith(f"forge_kit-{kit.__version__}-")
     for bounded in ("transformers<", "trl<", "peft<", "accelerate<", "datasets<", "bitsandbytes<"):
         assert any(line.startswith("Requires-Dist: " + bounded) for line in metadata.splitlines()), bounded
@@ -101,8 +105,18 @@ def test_wheel_outside_the_checkout_runs_the_quickstart(dist, tmp_path, forge_ho
     _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], timeout=300)
     python = str(venv / "bin" / "python")
     # pip comes from the system site-packages too; --no-index: resolve against what is installed, offline
-    _run([python, "-m", "pip", "install", "--no-index", "--disable-pip-version-check", "--no-warn-conflicts",
-          f"{dist['wheel']}[notebook]"])
+    _run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--no-warn-conflicts",
+            f"{dist['wheel']}[notebook]",
+        ]
+    )
     site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
 
     work = tmp_path / "learner"
@@ -110,16 +124,27 @@ def test_wheel_outside_the_checkout_runs_the_quickstart(dist, tmp_path, forge_ho
     nb_path = work / "00_quickstart_board.ipynb"
     shutil.copy(ROOT / "notebooks" / nb_path.name, nb_path)
     import nbformat
+
     nb = nbformat.read(str(nb_path), as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(
-        "import kit, sys\nfrom kit.paths import repo_data_dir\n"
-        "print('KIT', kit.__file__)\nprint('DATA', repo_data_dir())\nprint('PREFIX', sys.prefix)"))
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            "import kit, sys\nfrom kit.paths import repo_data_dir\n"
+            "print('KIT', kit.__file__)\nprint('DATA', repo_data_dir())\nprint('PREFIX', sys.prefix)"
+        )
+    )
     nbformat.write(nb, str(nb_path))
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_CURRENT_TEST", "VIRTUAL_ENV")}
-    env.update({"FORGE_HOME": str(forge_home), "FORGE_NOTEBOOK_CI": "1", "HF_HUB_OFFLINE": "1",
-                "FORGE_KIT_SOURCE": str(dist["wheel"]), "PIP_NO_INDEX": "1",
-                "PATH": os.pathsep.join([str(venv / "bin"), os.environ.get("PATH", "")])})
+    env.update(
+        {
+            "FORGE_HOME": str(forge_home),
+            "FORGE_NOTEBOOK_CI": "1",
+            "HF_HUB_OFFLINE": "1",
+            "FORGE_KIT_SOURCE": str(dist["wheel"]),
+            "PIP_NO_INDEX": "1",
+            "PATH": os.pathsep.join([str(venv / "bin"), os.environ.get("PATH", "")]),
+        }
+    )
     for k in ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "PYTHONWARNINGS"):
         env.pop(k, None)
     ran = run_notebook(nb_path, cwd=work, env=env, python=python)

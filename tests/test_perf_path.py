@@ -1,4 +1,5 @@
 """The fast SFT path: defaults, token accounting, packed loss == unpacked loss, bench CLIs."""
+
 from __future__ import annotations
 
 import subprocess
@@ -16,14 +17,18 @@ from kit.data.collator import block_causal_mask
 ROOT = Path(__file__).resolve().parent.parent
 
 ROWS = [
-    {"instruction": f"Repeat the word number {i} {'and add detail ' * (i % 4)}", "input": "",
-     "output": f"Word {i}. " + "More text here. " * (1 + i % 5)}
+    {
+        "instruction": f"Repeat the word number {i} {'and add detail ' * (i % 4)}",
+        "input": "",
+        "output": f"Word {i}. " + "More text here. " * (1 + i % 5),
+    }
     for i in range(12)
 ]
 
 
 def test_defaults_take_the_fast_path():
     from kit.stages.common import forward_token_budget, micro_batching
+
     cfg = RunConfig()
     # a step is batch_size examples, back to back without padding, split into passes of at most
     # cutoff_len tokens on CPU; no recomputation
@@ -39,9 +44,12 @@ def test_defaults_take_the_fast_path():
 def test_split_flat_packs_whole_examples_into_the_budget():
     from kit.data import ForgeCollator
     from kit.data.collator import split_flat
+
     lens = [153, 500, 179, 30, 700, 12]
-    rows = [{"input_ids": [1000 * k + i for i in range(n)], "labels": [IGNORE] * 3 + [7] * (n - 3)}
-            for k, n in enumerate(lens)]
+    rows = [
+        {"input_ids": [1000 * k + i for i in range(n)], "labels": [IGNORE] * 3 + [7] * (n - 3)}
+        for k, n in enumerate(lens)
+    ]
     batch = ForgeCollator(pad_token_id=0, padding_free=True)(rows)
     assert split_flat(batch, None) == [batch] and split_flat(batch, 10_000) == [batch]
     pieces = split_flat(batch, 512)
@@ -50,16 +58,16 @@ def test_split_flat_packs_whole_examples_into_the_budget():
         cu = p["cu_seq_lens_q"].tolist()
         sizes = [b - a for a, b in zip(cu, cu[1:])]
         assert cu[-1] == p["input_ids"].shape[1] == int(p["num_real_tokens"]) and cu[0] == 0
-        assert cu[-1] <= 512 or len(sizes) == 1                      # only a lone long example exceeds it
+        assert cu[-1] <= 512 or len(sizes) == 1  # only a lone long example exceeds it
         assert p["max_length_q"] == max(sizes)
-        for a, n in zip(cu, sizes):                                   # whole examples, positions restart
-            ids = p["input_ids"][0, a:a + n].tolist()
+        for a, n in zip(cu, sizes):  # whole examples, positions restart
+            ids = p["input_ids"][0, a : a + n].tolist()
             k = ids[0] // 1000
-            assert ids == rows[k]["input_ids"] and p["position_ids"][0, a:a + n].tolist() == list(range(n))
+            assert ids == rows[k]["input_ids"] and p["position_ids"][0, a : a + n].tolist() == list(range(n))
             assert p["labels"][0, a] == IGNORE
             seen.append(k)
         assert int(p["num_trained_tokens"]) == int((p["labels"] != IGNORE).sum())
-    assert sorted(seen) == list(range(len(lens)))                     # every example exactly once
+    assert sorted(seen) == list(range(len(lens)))  # every example exactly once
     assert sum(int(p["num_trained_tokens"]) for p in pieces) == int(batch["num_trained_tokens"])
     assert [p["input_ids"].shape[1] for p in pieces] == [700, 500 + 12, 179 + 153 + 30]  # first fit, largest first
 
@@ -76,6 +84,7 @@ def test_packed_step_counts_tokens_and_matches_unpacked_loss(tiny_cfg):
     step-1 loss (packed, 4D block mask) == mean-token loss of the same examples run one by one."""
     cfg = _cfg(tiny_cfg, batch_size=64, max_steps=1, packing=True)  # one batch holds every packed row
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(cfg.model.name)
     packed, _, _ = build_tokenized(cfg, tok, "sft")
     assert any(len(r["seq_lens"]) > 1 for r in packed), "the data must actually pack"
@@ -147,8 +156,9 @@ def test_block_mask_equals_the_rule_position_by_position(dtype):
 
 @pytest.mark.parametrize("script", ["train_throughput.py", "generate_throughput.py"])
 def test_bench_help(script):
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert "usage" in out.stdout and "--" in out.stdout
 
@@ -159,13 +169,18 @@ def test_micro_batches_give_the_same_updates(tiny_cfg, tmp_path, packing):
     accumulated one-row passes: same losses, same weights."""
     from safetensors.torch import load_file
 
-    ways = {"whole": dict(micro_batch_tokens=100_000), "tokens": dict(micro_batch_tokens=40),
-            "rows": dict(micro_batch_size=1, micro_batch_tokens=100_000)}
+    ways = {
+        "whole": dict(micro_batch_tokens=100_000),
+        "tokens": dict(micro_batch_tokens=40),
+        "rows": dict(micro_batch_size=1, micro_batch_tokens=100_000),
+    }
     runs, passes = {}, {}
     for name, kw in ways.items():
-        cfg = _cfg(tiny_cfg, batch_size=4, max_steps=3, cutoff_len=64, packing=packing,
-                   output_dir=str(tmp_path / name), **kw)
+        cfg = _cfg(
+            tiny_cfg, batch_size=4, max_steps=3, cutoff_len=64, packing=packing, output_dir=str(tmp_path / name), **kw
+        )
         from transformers import Trainer
+
         calls = []
         orig = Trainer.training_step
         Trainer.training_step = lambda self, m, inputs, *a, **k: calls.append(1) or orig(self, m, inputs, *a, **k)  # noqa: B023 (used inside this iteration)
@@ -204,10 +219,14 @@ def test_trained_positions_loss_equals_trls_fused_head(tiny_cfg):
     from kit.models import load_model
     from kit.stages.common import StageContext
     from kit.stages.sft import build_sft_trainer
+
     loaded = load_model(cfg, with_adapter=False)
     model = apply_adapter(loaded.model, cfg)
-    trainer = build_sft_trainer(StageContext(cfg=cfg, model=model, tokenizer=loaded.tokenizer,
-                                             run_dir=run.run_dir, device="cpu", dtype=torch.float32))
+    trainer = build_sft_trainer(
+        StageContext(
+            cfg=cfg, model=model, tokenizer=loaded.tokenizer, run_dir=run.run_dir, device="cpu", dtype=torch.float32
+        )
+    )
     assert trainer.data_collator.padding_free
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
     n_items = (batch["labels"] != IGNORE).sum()
@@ -225,6 +244,7 @@ def test_trained_positions_loss_equals_trls_fused_head(tiny_cfg):
         b.pop("num_real_tokens"), b.pop("num_trained_tokens")
         out = model(**b, use_cache=False, fused_lm_head=True)
         return -out.log_probs.sum() / n_items
+
     theirs, g_theirs = grads_and_loss(trl_path)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     for k in g_ours:
@@ -241,12 +261,14 @@ def test_training_allocator_applies_on_cpu_only(monkeypatch):
         assert applied is False
     monkeypatch.delenv("FORGE_KEEP_MALLOC")
     import sys as _sys
+
     with training_allocator("cpu") as applied:
         assert applied is (_sys.platform.startswith("linux") and _glibc_present())
 
 
 def _glibc_present() -> bool:
     import platform
+
     return platform.libc_ver()[0] == "glibc"
 
 
@@ -288,6 +310,7 @@ def test_garbage_collector_is_paused_only_while_a_run_sets_up(tiny_cfg):
     import gc
 
     from kit.engine import Run
+
     seen = []
     run = Run(tiny_cfg(max_steps=2, save_steps=0))
     run.subscribe(lambda e: seen.append((e.kind, e.get("status"), gc.isenabled())))

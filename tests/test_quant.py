@@ -1,4 +1,5 @@
 """Pre-quantized checkpoints and the memory-saving optimizers (8-bit AdamW, GaLore)."""
+
 import json
 import shutil
 import sys
@@ -13,6 +14,7 @@ from kit.models.loading import PREQUANT_LIBS, check_prequantized
 @pytest.mark.parametrize("method,extra", [("gptq", "gptq"), ("awq", "awq")])
 def test_prequantized_checkpoint_names_the_missing_extra(tiny_model_dir, tmp_path, method, extra):
     import importlib.util
+
     if importlib.util.find_spec(PREQUANT_LIBS[method][0]) is not None:
         pytest.skip(f"{method} library installed here: the missing-extra error cannot occur")
     d = tmp_path / method
@@ -34,14 +36,30 @@ def test_adamw_8bit_from_bitsandbytes_trains(tiny_cfg):
     assert all(l == l for _, l in run.losses())
 
 
-GALORE_TARGETS = {f"model.layers.{i}.{m}.weight" for i in range(2) for m in
-                  ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+GALORE_TARGETS = {
+    f"model.layers.{i}.{m}.weight"
+    for i in range(2)
+    for m in (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    )
+}
 
 
 def _galore_cfg(tiny_cfg, **kw):
-    base = dict(finetuning_type="full", optim="galore_adamw", max_samples=8, cutoff_len=64,
-                learning_rate=1e-2, lr_scheduler="constant")
+    base = dict(
+        finetuning_type="full",
+        optim="galore_adamw",
+        max_samples=8,
+        cutoff_len=64,
+        learning_rate=1e-2,
+        lr_scheduler="constant",
+    )
     base.update(kw)
     return tiny_cfg(**base)
 
@@ -96,6 +114,7 @@ def test_galore_missing_package_names_the_extra(tiny_cfg, monkeypatch):
 
 def test_galore_refuses_lora():
     from kit import ConfigError, RunConfig
+
     with pytest.raises(ConfigError, match=r"train.optim.*GaLore.*adapter.type=full"):
         RunConfig.from_kwargs(optim="galore_adamw")  # the default adapter is LoRA
     assert RunConfig.from_kwargs(optim="galore_adamw", finetuning_type="full").train.optim == "galore_adamw"

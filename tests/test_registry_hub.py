@@ -3,6 +3,7 @@
 The Hub cannot be reached here: Hub ids are tested up to the download, with
 ``kit.data.hub._load_dataset`` (the one call that reaches the Hub) replaced to check its arguments.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ ALPACA = [{"instruction": f"Say {i}", "input": "", "output": f"{i}"} for i in ra
 
 
 def _cfg(tiny_model_dir, **data):
-    return RunConfig.from_kwargs(model=str(tiny_model_dir), **{f"data__{k}" if not k.startswith("train__") else k: v
-                                                                 for k, v in data.items()})
+    return RunConfig.from_kwargs(
+        model=str(tiny_model_dir), **{f"data__{k}" if not k.startswith("train__") else k: v for k, v in data.items()}
+    )
 
 
 def test_parquet_shard_folder_reads_the_split(tmp_path):
@@ -37,8 +39,9 @@ def test_parquet_shard_folder_reads_the_split(tmp_path):
 
 def test_save_to_disk_folder_and_its_splits(tmp_path, tiny_model_dir):
     d = tmp_path / "saved"
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(ALPACA),
-                          "validation": datasets.Dataset.from_list(ALPACA[:3])}).save_to_disk(str(d))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ALPACA), "validation": datasets.Dataset.from_list(ALPACA[:3])}
+    ).save_to_disk(str(d))
     info = validate_dataset(_cfg(tiny_model_dir, dataset=str(d), split="validation"))
     assert info["train_rows"] == 3
     with pytest.raises(DataError, match=r"no split 'dev' \(it has train, validation\)"):
@@ -63,11 +66,21 @@ def test_hub_id_passes_subset_split_revision_and_files(monkeypatch, tiny_model_d
         return datasets.Dataset.from_list(ALPACA)
 
     monkeypatch.setattr(hub_mod, "_load_dataset", fake)
-    cfg = _cfg(tiny_model_dir, dataset="someone/some-set", subset="en", split="train[:50%]", revision="v1.0",
-               data_files={"train": "a.parquet"})
+    cfg = _cfg(
+        tiny_model_dir,
+        dataset="someone/some-set",
+        subset="en",
+        split="train[:50%]",
+        revision="v1.0",
+        data_files={"train": "a.parquet"},
+    )
     assert validate_dataset(cfg)["train_rows"] == 6
-    assert calls == [("someone/some-set", {"split": "train[:50%]", "name": "en", "data_files": {"train": "a.parquet"},
-                                            "revision": "v1.0"})]
+    assert calls == [
+        (
+            "someone/some-set",
+            {"split": "train[:50%]", "name": "en", "data_files": {"train": "a.parquet"}, "revision": "v1.0"},
+        )
+    ]
 
 
 def test_streaming_reads_only_what_max_steps_needs(monkeypatch, tiny_model_dir):
@@ -78,8 +91,14 @@ def test_streaming_reads_only_what_max_steps_needs(monkeypatch, tiny_model_dir):
         return datasets.Dataset.from_list(ALPACA * 10).to_iterable_dataset()
 
     monkeypatch.setattr(hub_mod, "_load_dataset", fake)
-    cfg = _cfg(tiny_model_dir, dataset="someone/big", streaming=True, train__max_steps=3, train__batch_size=2,
-               train__grad_accum=1)
+    cfg = _cfg(
+        tiny_model_dir,
+        dataset="someone/big",
+        streaming=True,
+        train__max_steps=3,
+        train__batch_size=2,
+        train__grad_accum=1,
+    )
     assert validate_dataset(cfg)["train_rows"] == 6 and seen["streaming"] is True
     with pytest.raises(DataError, match="max_steps"):
         validate_dataset(_cfg(tiny_model_dir, dataset="someone/big", streaming=True, train__max_steps=-1))
@@ -102,37 +121,78 @@ def test_hub_failures_name_the_dataset_and_split(monkeypatch):
 def _lf_dir(tmp_path):
     d = tmp_path / "lf"
     d.mkdir()
-    (d / "alpaca_zh.json").write_text(json.dumps([
-        {"q": "Hello", "ctx": "world", "a": "Hi!", "sys": "Be kind.", "hist": [["first", "one"]]}]))
-    (d / "chat.jsonl").write_text("\n".join(json.dumps(r) for r in [
-        {"dialog": [{"speaker": "me", "text": "2+2?"}, {"speaker": "bot", "text": "4"}], "persona": "math"},
-        {"dialog": [{"speaker": "me", "text": "Hi"}, {"speaker": "bot", "text": "Hello"}]}]))
-    (d / "pref.json").write_text(json.dumps([
-        {"instruction": "Pick", "input": "", "chosen": "good", "rejected": "bad"}]))
-    (d / "pref_chat.json").write_text(json.dumps([
-        {"conversations": [{"from": "human", "value": "Q?"}], "chosen": {"from": "gpt", "value": "yes"},
-         "rejected": {"from": "gpt", "value": "no"}}]))
-    (d / "kto.json").write_text(json.dumps([
-        {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], "tag": True},
-        {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "B"}], "tag": False}]))
+    (d / "alpaca_zh.json").write_text(
+        json.dumps([{"q": "Hello", "ctx": "world", "a": "Hi!", "sys": "Be kind.", "hist": [["first", "one"]]}])
+    )
+    (d / "chat.jsonl").write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"dialog": [{"speaker": "me", "text": "2+2?"}, {"speaker": "bot", "text": "4"}], "persona": "math"},
+                {"dialog": [{"speaker": "me", "text": "Hi"}, {"speaker": "bot", "text": "Hello"}]},
+            ]
+        )
+    )
+    (d / "pref.json").write_text(
+        json.dumps([{"instruction": "Pick", "input": "", "chosen": "good", "rejected": "bad"}])
+    )
+    (d / "pref_chat.json").write_text(
+        json.dumps(
+            [
+                {
+                    "conversations": [{"from": "human", "value": "Q?"}],
+                    "chosen": {"from": "gpt", "value": "yes"},
+                    "rejected": {"from": "gpt", "value": "no"},
+                }
+            ]
+        )
+    )
+    (d / "kto.json").write_text(
+        json.dumps(
+            [
+                {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], "tag": True},
+                {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "B"}], "tag": False},
+            ]
+        )
+    )
     (d / "c4.jsonl").write_text(json.dumps({"text": "plain text"}) + "\n")
-    (d / "dataset_info.json").write_text(json.dumps({
-        "my_alpaca": {"file_name": "alpaca_zh.json",
-                      "columns": {"prompt": "q", "query": "ctx", "response": "a", "system": "sys", "history": "hist"}},
-        "my_chat": {"file_name": "chat.jsonl", "formatting": "sharegpt",
+    (d / "dataset_info.json").write_text(
+        json.dumps(
+            {
+                "my_alpaca": {
+                    "file_name": "alpaca_zh.json",
+                    "columns": {"prompt": "q", "query": "ctx", "response": "a", "system": "sys", "history": "hist"},
+                },
+                "my_chat": {
+                    "file_name": "chat.jsonl",
+                    "formatting": "sharegpt",
                     "columns": {"messages": "dialog", "system": "persona"},
-                    "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "me", "assistant_tag": "bot"}},
-        "my_pref": {"file_name": "pref.json", "ranking": True},
-        "my_pref_chat": {"file_name": "pref_chat.json", "formatting": "sharegpt", "ranking": True,
-                         "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}},
-        "my_kto": {"file_name": "kto.json", "formatting": "openai",
-                   "columns": {"messages": "messages", "kto_tag": "tag"}},
-        "my_c4": {"file_name": "c4.jsonl", "columns": {"prompt": "text"}},
-        "three": {"file_name": "chat.jsonl", "formatting": "sharegpt", "num_samples": 3,
-                  "columns": {"messages": "dialog"},
-                  "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "me", "assistant_tag": "bot"}},
-        "from_hub": {"hf_hub_url": "someone/lf-set", "subset": "zh", "split": "test", "folder": "v2"},
-    }))
+                    "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "me", "assistant_tag": "bot"},
+                },
+                "my_pref": {"file_name": "pref.json", "ranking": True},
+                "my_pref_chat": {
+                    "file_name": "pref_chat.json",
+                    "formatting": "sharegpt",
+                    "ranking": True,
+                    "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"},
+                },
+                "my_kto": {
+                    "file_name": "kto.json",
+                    "formatting": "openai",
+                    "columns": {"messages": "messages", "kto_tag": "tag"},
+                },
+                "my_c4": {"file_name": "c4.jsonl", "columns": {"prompt": "text"}},
+                "three": {
+                    "file_name": "chat.jsonl",
+                    "formatting": "sharegpt",
+                    "num_samples": 3,
+                    "columns": {"messages": "dialog"},
+                    "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "me", "assistant_tag": "bot"},
+                },
+                "from_hub": {"hf_hub_url": "someone/lf-set", "subset": "zh", "split": "test", "folder": "v2"},
+            }
+        )
+    )
     return d
 
 
@@ -141,9 +201,12 @@ def test_llamafactory_entries_read_unchanged(tmp_path):
     hub = hub_mod.HubOptions(dataset_dir=str(d))
     rows, kind = load_rows("my_alpaca", hub=hub)
     assert kind == "sft" and rows[0]["messages"] == [
-        {"role": "system", "content": "Be kind."}, {"role": "user", "content": "first"},
-        {"role": "assistant", "content": "one"}, {"role": "user", "content": "Hello\n\nworld"},
-        {"role": "assistant", "content": "Hi!"}]
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "one"},
+        {"role": "user", "content": "Hello\n\nworld"},
+        {"role": "assistant", "content": "Hi!"},
+    ]
     rows, kind = load_rows("my_chat", hub=hub)
     assert kind == "sft" and rows[0]["messages"][0] == {"role": "system", "content": "math"}
     assert rows[0]["messages"][-1] == {"role": "assistant", "content": "4"}
@@ -162,8 +225,9 @@ def test_llamafactory_entries_read_unchanged(tmp_path):
 def test_llamafactory_hub_entry_reaches_load_dataset(tmp_path, monkeypatch):
     d = _lf_dir(tmp_path)
     calls = []
-    monkeypatch.setattr(hub_mod, "_load_dataset", lambda path, **kw: calls.append((path, kw)) or
-                        datasets.Dataset.from_list(ALPACA))
+    monkeypatch.setattr(
+        hub_mod, "_load_dataset", lambda path, **kw: calls.append((path, kw)) or datasets.Dataset.from_list(ALPACA)
+    )
     rows, kind = load_rows("from_hub", hub=hub_mod.HubOptions(dataset_dir=str(d)))
     assert len(rows) == 6 and calls == [("someone/lf-set", {"split": "test", "name": "zh", "data_dir": "v2"})]
 

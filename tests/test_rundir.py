@@ -1,4 +1,5 @@
 """RunDir: the one reader of a run directory's layout; the model cache that notices a retrained run."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,11 @@ from kit.rundir import MODELS, ModelCache, RunDir, RunDirError, Weights, find_ad
 
 def _run_dir(tmp_path, adapter_type="lora", model="smollm2-135m-instruct", name="run") -> RunDir:
     rd = RunDir(tmp_path / name)
-    rd.save_config(RunConfig.from_dict({"model": {"name": str(model)}, "adapter": {"type": adapter_type},
-                                        "train": {"output_dir": str(rd.path)}}))
+    rd.save_config(
+        RunConfig.from_dict(
+            {"model": {"name": str(model)}, "adapter": {"type": adapter_type}, "train": {"output_dir": str(rd.path)}}
+        )
+    )
     return rd
 
 
@@ -119,12 +123,12 @@ def test_find_adapter_dir(tmp_path):
     with pytest.raises(RunDirError, match="no LoRA adapter"):
         find_adapter_dir(rd.path)
     _fake_adapter(rd.checkpoint_dir(2))
-    _fake_adapter(rd.checkpoint_dir(4))   # newer, but its save never finished
+    _fake_adapter(rd.checkpoint_dir(4))  # newer, but its save never finished
     RunDir.mark_complete(rd.checkpoint_dir(2), 2)
     assert find_adapter_dir(rd.path) == rd.checkpoint_dir(2)
     _fake_adapter(rd.adapter_dir)
     assert find_adapter_dir(rd.path) == rd.adapter_dir
-    assert find_adapter_dir(rd.checkpoint_dir(4)) == rd.checkpoint_dir(4)   # named directly: taken as it is
+    assert find_adapter_dir(rd.checkpoint_dir(4)) == rd.checkpoint_dir(4)  # named directly: taken as it is
 
 
 def test_the_rest_of_kit_reads_run_dirs_through_rundir(tmp_path, tiny_model_dir):
@@ -139,7 +143,7 @@ def test_the_rest_of_kit_reads_run_dirs_through_rundir(tmp_path, tiny_model_dir)
     _fake_adapter(lora.adapter_dir)
     with pytest.raises(ModelNotFoundError, match="LoRA run"):
         resolve_model_path(str(lora.path))
-    assert local_model_dir(str(lora.path)) == str(tiny_model_dir)   # the estimate uses the base's shapes
+    assert local_model_dir(str(lora.path)) == str(tiny_model_dir)  # the estimate uses the base's shapes
 
 
 # ------------------------------------------------------------------ the cache
@@ -154,7 +158,7 @@ def _touch(f, data: bytes):
 def test_fingerprint_follows_the_weights(tmp_path):
     assert fingerprint("smollm2-135m-instruct") == () and fingerprint(None) == ()
     rd = _run_dir(tmp_path)
-    assert fingerprint(rd.path) == ()    # no weights yet
+    assert fingerprint(rd.path) == ()  # no weights yet
     _fake_adapter(rd.adapter_dir)
     before = fingerprint(rd.path)
     assert {os.path.basename(f) for f, _, _ in before} == {"adapter_config.json", "adapter_model.safetensors"}
@@ -176,11 +180,11 @@ def test_cache_reloads_a_retrained_run_and_nothing_else(tmp_path):
         return object()
 
     a = cache.get("chat", rd.path, load)
-    assert cache.get("chat", str(rd.path), load) is a and len(loads) == 1   # str and Path: the same key
+    assert cache.get("chat", str(rd.path), load) is a and len(loads) == 1  # str and Path: the same key
     assert cache.get("reward", rd.path, load) is not a and len(loads) == 2  # another kind, another entry
-    _touch(rd.adapter_dir / "adapter_model.safetensors", b"\2" * 16)    # retrained into the same folder
+    _touch(rd.adapter_dir / "adapter_model.safetensors", b"\2" * 16)  # retrained into the same folder
     b = cache.get("chat", rd.path, load)
-    assert b is not a and len(loads) == 3 and len(cache) == 2             # the stale entry was replaced
+    assert b is not a and len(loads) == 3 and len(cache) == 2  # the stale entry was replaced
     assert cache.get("chat", rd.path, load) is b
     assert cache.get("chat", "smollm2-135m-instruct", load) is cache.get("chat", "smollm2-135m-instruct", load)
     cache.forget("reward")
@@ -206,7 +210,7 @@ def test_kit_chat_notices_a_retrained_run(tmp_path, tiny_model_dir):
     assert MODELS._entries[key][1] is cm
     model = AutoModelForCausalLM.from_pretrained(str(rd.model_dir))
     with torch.no_grad():
-        model.model.embed_tokens.weight.mul_(-1.0)    # "retrained": different weights, same folder
+        model.model.embed_tokens.weight.mul_(-1.0)  # "retrained": different weights, same folder
     model.save_pretrained(str(rd.model_dir), safe_serialization=True)
     chat(str(rd.path), "Hi", max_new_tokens=2)
     again = MODELS._entries[key][1]
@@ -232,7 +236,7 @@ def test_chat_panel_shares_the_one_model_cache(tmp_path, tiny_model_dir):
     key = ("chat", str(rd.path.resolve()))
     cached = MODELS._entries[key][1]
     panel = ChatPanel(source=str(rd.path), max_new_tokens=2)
-    assert panel.model() is cached and len(MODELS) == 1       # nothing loaded twice
+    assert panel.model() is cached and len(MODELS) == 1  # nothing loaded twice
     model = AutoModelForCausalLM.from_pretrained(str(rd.model_dir))
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(-1.0)
@@ -241,4 +245,3 @@ def test_chat_panel_shares_the_one_model_cache(tmp_path, tiny_model_dir):
     assert fresh is not cached and fresh is MODELS._entries[key][1]
     assert panel.model() is fresh
     MODELS.forget("chat")
-

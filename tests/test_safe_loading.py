@@ -1,5 +1,6 @@
 """Safe by default (issue #13): safetensors only unless model.allow_pickle, no checkpoint code without
 model.trust_remote_code, and a device that is not there -- each refused as a ConfigError naming the key."""
+
 from __future__ import annotations
 
 import json
@@ -42,6 +43,7 @@ def test_a_pickled_adapter_is_refused_without_the_opt_in(tiny_cfg, tmp_path):
     folder = tmp_path / "adapter"
     peft_model.save_pretrained(str(folder))  # safetensors, then turned into a pickle
     from safetensors.torch import load_file
+
     state = load_file(str(folder / "adapter_model.safetensors"))
     (folder / "adapter_model.safetensors").unlink()
     torch.save(state, folder / "adapter_model.bin")

@@ -5,6 +5,7 @@ Streaming and not, usage counts, several clients at once (distinct prompts, no m
 calls, the API key on every route, bad requests (each gets its 4xx in OpenAI's error shape and the
 server keeps answering), a vanished client, and the remote (openai-client) back end of ChatModel.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,14 @@ from kit.infer.server import BackgroundServer, Limits, ServeError, build, check_
 
 NAME = "tiny"
 KEY = "sk-test-0123456789"
-PROMPTS = ["Hello there", "What is the capital of France?", "Count to five.", "Name a colour.",
-           "Write a haiku about rain.", "What is 2+2?"]
+PROMPTS = [
+    "Hello there",
+    "What is the capital of France?",
+    "Count to five.",
+    "Name a colour.",
+    "Write a haiku about rain.",
+    "What is 2+2?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +43,12 @@ def tiny(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def server(tiny):
-    app = create_app(tiny.engine, name=NAME, limits=Limits(max_body_bytes=64 * 1024, max_messages=8, max_tokens=64),
-                     defaults=tiny.settings(max_new_tokens=16))
+    app = create_app(
+        tiny.engine,
+        name=NAME,
+        limits=Limits(max_body_bytes=64 * 1024, max_messages=8, max_tokens=64),
+        defaults=tiny.settings(max_new_tokens=16),
+    )
     with BackgroundServer(app) as srv:
         yield srv
 
@@ -72,8 +83,15 @@ def test_models_chat_and_completions(tiny, client):
     assert r.usage.prompt_tokens == want.prompt_tokens and r.usage.completion_tokens == len(want.token_ids)
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
-    chunks = list(client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": PROMPTS[1]}],
-                                                 max_tokens=12, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=NAME,
+            messages=[{"role": "user", "content": PROMPTS[1]}],
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == want.text
@@ -82,25 +100,36 @@ def test_models_chat_and_completions(tiny, client):
     assert len({c.id for c in chunks}) == 1
 
     c = client.completions.create(model=NAME, prompt=["Once upon a time", "The sky is"], max_tokens=5)
-    solo = [tiny.engine.generate([ChatRequest(prompt=p, settings=tiny.settings(max_new_tokens=5))])[0]
-            for p in ("Once upon a time", "The sky is")]
+    solo = [
+        tiny.engine.generate([ChatRequest(prompt=p, settings=tiny.settings(max_new_tokens=5))])[0]
+        for p in ("Once upon a time", "The sky is")
+    ]
     assert [ch.text for ch in c.choices] == [s.text for s in solo] and [ch.index for ch in c.choices] == [0, 1]
     assert c.usage.completion_tokens == sum(len(s.token_ids) for s in solo)
-    streamed = "".join(ch.choices[0].text for ch in client.completions.create(
-        model=NAME, prompt="Once upon a time", max_tokens=5, stream=True) if ch.choices)
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in client.completions.create(model=NAME, prompt="Once upon a time", max_tokens=5, stream=True)
+        if ch.choices
+    )
     assert streamed == solo[0].text
 
 
 def test_settings_reach_the_model(tiny, client):
     full = tiny.engine.generate([tiny.request(PROMPTS[4], max_new_tokens=20)])[0]
     mid = len(full.token_ids) // 2
-    stop = tiny.tokenizer.decode(full.token_ids[mid:mid + 1])  # surely in the answer
-    r = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": PROMPTS[4]}],
-                                       max_tokens=20, stop=[stop])
-    assert r.choices[0].message.content == full.text[:full.text.find(stop)] and r.choices[0].finish_reason == "stop"
-    a, b = (client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": PROMPTS[0]}],
-                                           max_tokens=10, temperature=1.0, seed=7).choices[0].message.content
-            for _ in range(2))
+    stop = tiny.tokenizer.decode(full.token_ids[mid : mid + 1])  # surely in the answer
+    r = client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": PROMPTS[4]}], max_tokens=20, stop=[stop]
+    )
+    assert r.choices[0].message.content == full.text[: full.text.find(stop)] and r.choices[0].finish_reason == "stop"
+    a, b = (
+        client.chat.completions.create(
+            model=NAME, messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=10, temperature=1.0, seed=7
+        )
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    )
     assert a == b  # seeded sampling repeats
 
 
@@ -112,12 +141,16 @@ def test_concurrent_clients_get_their_own_answers(tiny, client):
     def ask(i: int, p: str) -> None:
         try:
             if i % 2:
-                s = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": p}],
-                                                   max_tokens=12, stream=True)
+                s = client.chat.completions.create(
+                    model=NAME, messages=[{"role": "user", "content": p}], max_tokens=12, stream=True
+                )
                 got[p] = "".join(c.choices[0].delta.content or "" for c in s if c.choices)
             else:
-                got[p] = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": p}],
-                                                        max_tokens=12).choices[0].message.content
+                got[p] = (
+                    client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": p}], max_tokens=12)
+                    .choices[0]
+                    .message.content
+                )
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -136,30 +169,57 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_answering(server, c
     url = server.url
     post = lambda body, **kw: httpx.post(f"{url}/chat/completions", json=body, timeout=60, **kw)  # noqa: E731
     user = [{"role": "user", "content": "hi"}]
-    _assert_error(httpx.post(f"{url}/chat/completions", content=b'{"model": "tiny", "messages": [', timeout=60,
-                             headers={"content-type": "application/json"}), 400, code="invalid_json", words="not valid JSON")
+    _assert_error(
+        httpx.post(
+            f"{url}/chat/completions",
+            content=b'{"model": "tiny", "messages": [',
+            timeout=60,
+            headers={"content-type": "application/json"},
+        ),
+        400,
+        code="invalid_json",
+        words="not valid JSON",
+    )
     _assert_error(post([1, 2]), 400, words="JSON object")
-    _assert_error(post({"model": NAME, "messages": [{"role": "wizard", "content": "hi"}]}), 400,
-                  param="messages[0].role", words="allowed: system")
+    _assert_error(
+        post({"model": NAME, "messages": [{"role": "wizard", "content": "hi"}]}),
+        400,
+        param="messages[0].role",
+        words="allowed: system",
+    )
     _assert_error(post({"model": NAME, "messages": [{"role": "user", "content": 5}]}), 400, param="messages[0].content")
     _assert_error(post({"model": NAME, "messages": []}), 400, param="messages")
     _assert_error(post({"model": NAME, "messages": user * 9}), 400, param="messages", words="max_messages")
-    _assert_error(post({"model": NAME, "messages": user, "max_tokens": 65}), 400, param="max_tokens",
-                  words="max_tokens limit")
+    _assert_error(
+        post({"model": NAME, "messages": user, "max_tokens": 65}), 400, param="max_tokens", words="max_tokens limit"
+    )
     _assert_error(post({"model": NAME, "messages": user, "temperature": -1}), 400, param="temperature")
     _assert_error(post({"model": NAME, "messages": user, "n": 2}), 400, param="n")
     _assert_error(post({"model": NAME, "messages": user, "stop": ["a"] * 5}), 400, param="stop", words="max_stop")
     _assert_error(post({"messages": user}), 400, param="model")
     _assert_error(post({"model": "gpt-4", "messages": user}), 404, param="model", code="model_not_found")
-    _assert_error(post({"model": NAME, "messages": [{"role": "user", "content": "x" * 70000}]}), 413,
-                  code="request_too_large", words="max_body_bytes")
+    _assert_error(
+        post({"model": NAME, "messages": [{"role": "user", "content": "x" * 70000}]}),
+        413,
+        code="request_too_large",
+        words="max_body_bytes",
+    )
     # a body without Content-Length is counted as it arrives
     chunks = (b"x" * 8192 for _ in range(10))
     _assert_error(httpx.post(f"{url}/chat/completions", content=chunks, timeout=60), 413, code="request_too_large")
-    _assert_error(post({"model": NAME, "messages": [{"role": "user", "content": "word " * 1100}]}), 400,
-                  param="messages", code="context_length_exceeded", words="context is 1024 tokens")
-    _assert_error(post({"model": NAME, "messages": [{"role": "user", "content": "word " * 1000}], "max_tokens": 60}),
-                  400, param="max_tokens", code="context_length_exceeded")
+    _assert_error(
+        post({"model": NAME, "messages": [{"role": "user", "content": "word " * 1100}]}),
+        400,
+        param="messages",
+        code="context_length_exceeded",
+        words="context is 1024 tokens",
+    )
+    _assert_error(
+        post({"model": NAME, "messages": [{"role": "user", "content": "word " * 1000}], "max_tokens": 60}),
+        400,
+        param="max_tokens",
+        code="context_length_exceeded",
+    )
     _assert_error(httpx.get(f"{url}/nothing/here", timeout=60), 404, code="not_found")
     _assert_error(httpx.get(f"{url}/chat/completions", timeout=60), 405, code="method_not_allowed")
     with pytest.raises(openai.NotFoundError):
@@ -172,9 +232,17 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_answering(server, c
 
 def test_a_vanished_streaming_client_is_cancelled(server):
     service = server.app.state.service
-    with httpx.stream("POST", f"{server.url}/chat/completions", timeout=60,
-                      json={"model": NAME, "messages": [{"role": "user", "content": "Tell me everything."}],
-                            "max_tokens": 64, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        f"{server.url}/chat/completions",
+        timeout=60,
+        json={
+            "model": NAME,
+            "messages": [{"role": "user", "content": "Tell me everything."}],
+            "max_tokens": 64,
+            "stream": True,
+        },
+    ) as r:
         for line in r.iter_lines():
             if line.startswith("data:") and "content" in line:
                 break  # read one piece, then hang up
@@ -229,6 +297,7 @@ class ScriptedEngine:
 
     def prepare(self, request):
         from kit.infer.engine import prompt_ids
+
         return prompt_ids(self.tokenizer, request)
 
     def stream(self, request) -> Iterator[Delta]:
@@ -236,16 +305,24 @@ class ScriptedEngine:
         self.seen.append(request)
         ids = self.tokenizer(self.answer, add_special_tokens=False)["input_ids"]
         for i, t in enumerate(ids):
-            yield Delta(self.tokenizer.decode([t]), [t], len(request.prompt_ids), i + 1,
-                        "stop" if i == len(ids) - 1 else None)
+            yield Delta(
+                self.tokenizer.decode([t]), [t], len(request.prompt_ids), i + 1, "stop" if i == len(ids) - 1 else None
+            )
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         return [Completion(self.answer, [], len(self.prepare(r)), "stop") for r in requests]
 
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather of a city.",
-                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                                                          "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather of a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 
 
 def test_tools_are_rendered_and_tool_calls_come_back(tiny):
@@ -265,8 +342,10 @@ def test_tools_are_rendered_and_tool_calls_come_back(tiny):
         assert text == "Let me check.\n" and "<tool_call>" not in text
         assert calls[0].function.name == "get_weather" and chunks[-1].choices[0].finish_reason == "tool_calls"
         # the call and its result go back in as the next turn's history
-        follow = msgs + [r.choices[0].message.model_dump(exclude_none=True),
-                         {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 18}'}]
+        follow = msgs + [
+            r.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 18}'},
+        ]
         c.chat.completions.create(model="scripted", messages=follow, tools=TOOLS)
         rendered = tiny.tokenizer.decode(engine.seen[-1].prompt_ids)
         assert '"city": "Paris"' in rendered and "<tool_response>" in rendered and "temp_c" in rendered
@@ -278,8 +357,11 @@ def test_tools_are_rendered_and_tool_calls_come_back(tiny):
 def test_tools_on_a_template_that_cannot_render_them_are_refused(tiny_model_dir):
     plain = ChatModel.load(str(tiny_model_dir))  # SmolLM2's own template drops tools
     with BackgroundServer(create_app(plain.engine, name=NAME)) as srv:
-        r = httpx.post(f"{srv.url}/chat/completions", json={"model": NAME, "tools": TOOLS,
-                                                            "messages": [{"role": "user", "content": "hi"}]}, timeout=60)
+        r = httpx.post(
+            f"{srv.url}/chat/completions",
+            json={"model": NAME, "tools": TOOLS, "messages": [{"role": "user", "content": "hi"}]},
+            timeout=60,
+        )
         _assert_error(r, 400, param="tools", words="does not render tools")
 
 
@@ -292,7 +374,9 @@ def test_chat_model_connects_to_a_running_server(tiny, server):
     want = tiny.generate(PROMPTS[2], max_new_tokens=10)
     assert remote.generate(PROMPTS[2], max_new_tokens=10) == want
     assert "".join(remote.stream(PROMPTS[2], max_new_tokens=10)).strip() == want
-    assert remote.generate_many(PROMPTS[:3], max_new_tokens=6) == [tiny.generate(p, max_new_tokens=6) for p in PROMPTS[:3]]
+    assert remote.generate_many(PROMPTS[:3], max_new_tokens=6) == [
+        tiny.generate(p, max_new_tokens=6) for p in PROMPTS[:3]
+    ]
     from kit.infer.remote import RemoteError
 
     with pytest.raises(RemoteError, match="max_tokens"):
@@ -323,5 +407,7 @@ def test_the_boards_chat_tab_talks_to_a_running_server(tiny, server):
 
     panel = ChatPanel(url=server.url, max_new_tokens=8)
     got = panel.send("Hello there", wait=True)
-    want = tiny.engine.generate([tiny.request("Hello there", max_new_tokens=8)])[0].text  # the streamed text, unstripped
+    want = tiny.engine.generate([tiny.request("Hello there", max_new_tokens=8)])[
+        0
+    ].text  # the streamed text, unstripped
     assert got["tuned"] == want and panel.model().backend == "remote"

@@ -3,6 +3,7 @@
 The token-for-token comparison with llama.cpp's tokenization of the original GGUF is in
 tests/test_llamacpp.py (it needs llama-cpp-python); these run everywhere.
 """
+
 from __future__ import annotations
 
 import copy
@@ -63,8 +64,15 @@ def test_upgrade_rewrites_a_stale_cache_once(default_model_dir, tmp_path, monkey
     from transformers import AutoTokenizer
 
     stale = _stale_copy(default_model_dir, tmp_path / "model")
-    facts = T.GGUFTokenizerFacts(pre="smollm", model="gpt2", control_ids=list(range(17)), add_bos=False,
-                                 add_space_prefix=False, context_length=8192, general={"license": "apache-2.0"})
+    facts = T.GGUFTokenizerFacts(
+        pre="smollm",
+        model="gpt2",
+        control_ids=list(range(17)),
+        add_bos=False,
+        add_space_prefix=False,
+        context_length=8192,
+        general={"license": "apache-2.0"},
+    )
     reads = []
     monkeypatch.setattr(T, "read_gguf_tokenizer_facts", lambda p: reads.append(p) or facts)
     assert AutoTokenizer.from_pretrained(str(stale)).tokenize("\n\n1") == ["Ċ", "Ċ", "1"]  # split as never in training
@@ -82,10 +90,18 @@ def test_upgrade_rewrites_a_stale_cache_once(default_model_dir, tmp_path, monkey
 def test_apply_facts_marks_control_tokens_and_flags(default_tokenizer):
     tok = copy.deepcopy(default_tokenizer)
     from tokenizers import AddedToken
+
     tok.backend_tokenizer.add_tokens([AddedToken("<repo_name>", special=False, normalized=False)])
     tok.backend_tokenizer.pre_tokenizer = T.PRE_TOKENIZERS["gpt-2"](False)
-    facts = T.GGUFTokenizerFacts(pre="smollm", model="gpt2", control_ids=list(range(17)), add_bos=True,
-                                 add_eos=False, add_space_prefix=False, context_length=4096)
+    facts = T.GGUFTokenizerFacts(
+        pre="smollm",
+        model="gpt2",
+        control_ids=list(range(17)),
+        add_bos=True,
+        add_eos=False,
+        add_space_prefix=False,
+        context_length=4096,
+    )
     T.apply_gguf_tokenizer_facts(tok, facts)
     assert T.llama_cpp_pre_name(tok) == "smollm" and tok.added_tokens_decoder[3].special
     assert tok("hi")["input_ids"][0] == tok.bos_token_id and tok.model_max_length == 4096

@@ -1,4 +1,5 @@
 """Trackers: a short run with report_to=[tensorboard, trackio], read back from what they wrote."""
+
 from __future__ import annotations
 
 import os
@@ -13,6 +14,7 @@ from kit.tracking import flat_config, installed_trackers
 def test_forge_env_lists_trackers_and_the_board_has_a_tracker_field(capsys):
     from kit.cli import main
     from kit.widgets.train import TrainPanel
+
     assert main(["env"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("trackers"))
     have = [n for n, ok in installed_trackers().items() if ok]
@@ -21,8 +23,10 @@ def test_forge_env_lists_trackers_and_the_board_has_a_tracker_field(capsys):
     assert "train.report_to" in panel.keys and panel.form["train.report_to"] is not None  # the tracker field
 
 
-needs_trackers = pytest.mark.skipif(not all(installed_trackers()[n] for n in ("tensorboard", "trackio")),
-                                    reason="needs tensorboard and trackio (scripts/setup.sh installs them)")
+needs_trackers = pytest.mark.skipif(
+    not all(installed_trackers()[n] for n in ("tensorboard", "trackio")),
+    reason="needs tensorboard and trackio (scripts/setup.sh installs them)",
+)
 
 
 def test_unknown_tracker_is_refused_with_a_suggestion(tiny_model_dir):
@@ -43,6 +47,7 @@ def test_tensorboard_and_trackio_get_metrics_config_and_run_name(tiny_cfg, tmp_p
     if "trackio" not in sys.modules:  # trackio reads TRACKIO_DIR when first imported
         monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
     from kit import Run
+
     cfg = tiny_cfg(report_to=["tensorboard", "trackio"], max_steps=3, save_steps=0, val_size=2, eval_steps=3)
     run = Run(cfg).start(blocking=True)
     assert run.status == "finished"
@@ -50,6 +55,7 @@ def test_tensorboard_and_trackio_get_metrics_config_and_run_name(tiny_cfg, tmp_p
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
+
     acc = EventAccumulator(str(run.run_dir / "tensorboard"), size_guidance={"tensors": 0})
     acc.Reload()
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
@@ -61,6 +67,7 @@ def test_tensorboard_and_trackio_get_metrics_config_and_run_name(tiny_cfg, tmp_p
     assert "forge_config/text_summary" in acc.Tags()["tensors"]
 
     from trackio.sqlite_storage import SQLiteStorage
+
     logs = SQLiteStorage.get_logs("forge-kit", run_name)
     assert [r["train/loss"] for r in logs if "train/loss" in r]
     assert any("eval/loss" in r for r in logs)

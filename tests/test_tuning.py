@@ -3,6 +3,7 @@
 NEFTune, OFT, additional_target (peft modules_to_save), freeze_extra_modules, Muon (with resume),
 RoPE scaling, LLaMA Pro block expansion and the quantized reference model.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,15 +41,18 @@ FAST = dict(max_samples=16, save_steps=0, lr_scheduler="constant")
 # ------------------------------------------------------------------ constraint checks
 
 
-@pytest.mark.parametrize("kw, key", [
-    (dict(stage="dpo", neftune_noise_alpha=5.0), "train.neftune_noise_alpha"),
-    (dict(optim="muon", quant__bits=4), "train.optim"),
-    (dict(optim="muon", stage="dpo"), "train.optim"),
-    (dict(llama_pro_blocks=1), "adapter.llama_pro_blocks"),
-    (dict(oft_block_size=16), "adapter.oft_block_size"),
-    (dict(stage="dpo", ref_model_quantization_bit=4), "stage.ref_model_quantization_bit"),
-    (dict(rope_scaling="cubic"), "model.rope_scaling"),
-])
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        (dict(stage="dpo", neftune_noise_alpha=5.0), "train.neftune_noise_alpha"),
+        (dict(optim="muon", quant__bits=4), "train.optim"),
+        (dict(optim="muon", stage="dpo"), "train.optim"),
+        (dict(llama_pro_blocks=1), "adapter.llama_pro_blocks"),
+        (dict(oft_block_size=16), "adapter.oft_block_size"),
+        (dict(stage="dpo", ref_model_quantization_bit=4), "stage.ref_model_quantization_bit"),
+        (dict(rope_scaling="cubic"), "model.rope_scaling"),
+    ],
+)
 def test_tuning_knobs_are_checked(kw, key):
     with pytest.raises(ConfigError) as e:
         RunConfig.from_kwargs(**kw)
@@ -77,6 +81,7 @@ def test_neftune_noises_embeddings_in_training_only(tiny_cfg):
     def record(mod, args, kwargs):
         h = kwargs.get("hidden_states", args[0] if args else None)
         seen.append((mod.training, not torch.allclose(h, embed.weight[ids["x"]].detach(), atol=1e-6)))
+
     first.register_forward_pre_hook(record, with_kwargs=True)
     run._train(trainer)
     assert seen and all(noisy for training, noisy in seen if training), seen
@@ -117,8 +122,15 @@ def test_additional_target_trained_and_saved(tiny_cfg):
 
 
 def test_freeze_extra_modules_train_the_embeddings(tiny_cfg):
-    run = Run(tiny_cfg(finetuning_type="freeze", freeze_trainable_layers=1, freeze_extra_modules=["embed_tokens"],
-                       max_steps=3, **FAST))
+    run = Run(
+        tiny_cfg(
+            finetuning_type="freeze",
+            freeze_trainable_layers=1,
+            freeze_extra_modules=["embed_tokens"],
+            max_steps=3,
+            **FAST,
+        )
+    )
     trainer = run._setup()
     before = _weights(run.model)
     run._train(trainer)
@@ -151,6 +163,7 @@ def test_muon_state_round_trip():
     def make():
         mats = [p for p in net.parameters() if p.dim() == 2]
         return MuonWithAdamW(mats, [p for p in net.parameters() if p.dim() != 2], lr=1e-2)
+
     opt = make()
     net(torch.randn(4, 8)).sum().backward()
     opt.step()
@@ -186,8 +199,7 @@ def test_rope_scaling_trains_past_the_context(tiny_cfg, tmp_path):
     long_row = {"instruction": "Repeat the words. " + "alpha beta gamma delta " * 300, "output": "ok " * 50}
     data = tmp_path / "long.jsonl"
     data.write_text(json.dumps(long_row) + "\n" + json.dumps(long_row) + "\n")
-    cfg = tiny_cfg(dataset=str(data), cutoff_len=2048, rope_scaling="linear", max_steps=4, batch_size=1,
-                   **FAST)
+    cfg = tiny_cfg(dataset=str(data), cutoff_len=2048, rope_scaling="linear", max_steps=4, batch_size=1, **FAST)
     loaded = load_model(cfg, with_adapter=False)
     c = loaded.model.config
     assert c.rope_parameters["rope_type"] == "linear" and c.rope_parameters["factor"] == 2.0
@@ -241,6 +253,7 @@ def test_llama_pro_expands_and_trains_only_new_blocks(tiny_cfg):
 def test_ref_model_quantization_bit(tiny_cfg, tiny_model_dir):
     pytest.importorskip("bitsandbytes")
     from kit.stages.common import StageContext, ref_model_config, reference_model
+
     cfg = tiny_cfg(stage="dpo", dataset="demo_pref", ref_model=str(tiny_model_dir), ref_model_quantization_bit=4)
     assert ref_model_config(cfg).quant.bits == 4
     ctx = StageContext(cfg=cfg, model=None, tokenizer=None, run_dir=tmp_dir(cfg), device="cpu", dtype=torch.float32)
@@ -251,6 +264,7 @@ def test_ref_model_quantization_bit(tiny_cfg, tiny_model_dir):
 
 def tmp_dir(cfg):
     from pathlib import Path
+
     return Path(cfg.train.output_dir)
 
 
@@ -261,8 +275,14 @@ def test_new_tokens_trained_and_saved_with_the_adapter(tiny_cfg, tmp_path):
     rows = [{"instruction": "Think first.", "output": "<think> ok </think> done"}] * 4
     data = tmp_path / "think.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = tiny_cfg(dataset=str(data), new_special_tokens=["<think>", "</think>"], lora_rank=4, lora_target="q_proj",
-                   max_steps=3, **FAST)
+    cfg = tiny_cfg(
+        dataset=str(data),
+        new_special_tokens=["<think>", "</think>"],
+        lora_rank=4,
+        lora_target="q_proj",
+        max_steps=3,
+        **FAST,
+    )
     run = Run(cfg)
     trainer = run._setup()
     tok = run.tokenizer
@@ -291,15 +311,22 @@ def _qkv(t=24, heads=4, d=8, seed=0):
 
 def test_s2attn_without_shift_is_full_attention_within_examples():
     from kit.models.s2attn import s2_attention
+
     q, k, v = _qkv()
     cu = [0, 10, 24]
-    full = torch.cat([torch.nn.functional.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e],
-                                                                       is_causal=True) for s, e in zip(cu, cu[1:])], 2)
+    full = torch.cat(
+        [
+            torch.nn.functional.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True)
+            for s, e in zip(cu, cu[1:])
+        ],
+        2,
+    )
     assert torch.allclose(s2_attention(q, k, v, cu, g=16, shift=False), full, atol=1e-6)  # groups >= examples
 
 
 def test_s2attn_shift_stays_within_groups():
     from kit.models.s2attn import s2_attention
+
     q, k, v = _qkv(t=16)
     cu, g = [0, 16], 8
     out = s2_attention(q, k, v, cu, g=g)
@@ -308,8 +335,8 @@ def test_s2attn_shift_stays_within_groups():
     k2[:, :, 3] += 5.0
     v2[:, :, 3] += 5.0
     moved = (s2_attention(q, k2, v2, cu, g=g) - out).abs().amax(-1)[0]  # (heads, T)
-    assert moved[:2, 8:].max() == 0 and moved[:2, 3:8].min() > 0      # heads 0-1: groups [0,8), [8,16)
-    assert moved[2:, 4:].max() == 0 and moved[2:, 3:4].min() > 0      # heads 2-3: groups [0,4), [4,12), [12,16)
+    assert moved[:2, 8:].max() == 0 and moved[:2, 3:8].min() > 0  # heads 0-1: groups [0,8), [8,16)
+    assert moved[2:, 4:].max() == 0 and moved[2:, 3:4].min() > 0  # heads 2-3: groups [0,4), [4,12), [12,16)
     # the shift changes the answer (it is not full attention)
     assert not torch.allclose(out, s2_attention(q, k, v, cu, g=g, shift=False))
 
@@ -333,8 +360,9 @@ def test_apollo_trains_and_resumes(tiny_cfg, tmp_path):
     pytest.importorskip("apollo_torch")
     with pytest.raises(ConfigError):
         RunConfig.from_kwargs(optim="apollo_adamw")  # the default adapter is LoRA
-    common = dict(finetuning_type="full", optim="apollo_adamw", learning_rate=3e-3, max_samples=16,
-                  lr_scheduler="constant")
+    common = dict(
+        finetuning_type="full", optim="apollo_adamw", learning_rate=3e-3, max_samples=16, lr_scheduler="constant"
+    )
     ref = kit.train(tiny_cfg(max_steps=4, save_steps=0, output_dir=str(tmp_path / "ref"), **common))
     opt = ref.trainer.optimizer.optimizer
     assert type(opt).__module__.startswith("apollo_torch") and any("rank" in g for g in opt.param_groups)
@@ -345,14 +373,17 @@ def test_apollo_trains_and_resumes(tiny_cfg, tmp_path):
 # ------------------------------------------------------------------ Adam-mini and BAdam (the optimizers extra)
 
 
-@pytest.mark.parametrize("kw, key", [
-    (dict(optim="adam_mini"), "train.optim"),                          # the default adapter is LoRA
-    (dict(optim="badam", finetuning_type="freeze"), "train.optim"),
-    (dict(optim="badam", finetuning_type="full", quant__bits=4), "adapter.type"),
-    (dict(optim="badam", finetuning_type="full", stage="dpo"), "train.optim"),
-    (dict(badam_switch_every=5), "train.badam_switch_every"),          # read only with optim=badam
-    (dict(pure_bf16=True, dtype="float32", finetuning_type="full"), "train.pure_bf16"),
-])
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        (dict(optim="adam_mini"), "train.optim"),  # the default adapter is LoRA
+        (dict(optim="badam", finetuning_type="freeze"), "train.optim"),
+        (dict(optim="badam", finetuning_type="full", quant__bits=4), "adapter.type"),
+        (dict(optim="badam", finetuning_type="full", stage="dpo"), "train.optim"),
+        (dict(badam_switch_every=5), "train.badam_switch_every"),  # read only with optim=badam
+        (dict(pure_bf16=True, dtype="float32", finetuning_type="full"), "train.pure_bf16"),
+    ],
+)
 def test_new_optimizers_are_checked(kw, key):
     with pytest.raises(ConfigError) as e:
         RunConfig.from_kwargs(**kw)
@@ -361,8 +392,9 @@ def test_new_optimizers_are_checked(kw, key):
 
 def test_adam_mini_trains_and_resumes(tiny_cfg, tmp_path):
     adam_mini = pytest.importorskip("adam_mini")
-    common = dict(finetuning_type="full", optim="adam_mini", learning_rate=3e-3, max_samples=16,
-                  lr_scheduler="constant")
+    common = dict(
+        finetuning_type="full", optim="adam_mini", learning_rate=3e-3, max_samples=16, lr_scheduler="constant"
+    )
     ref = kit.train(tiny_cfg(max_steps=4, save_steps=0, output_dir=str(tmp_path / "ref"), **common))
     opt = ref.trainer.optimizer.optimizer
     assert isinstance(opt, adam_mini.Adam_mini)
@@ -390,8 +422,14 @@ def test_badam_trains_one_layer_at_a_time_and_resumes(tiny_cfg, tmp_path):
     layer = sum(p.numel() for n, p in whole.named_parameters() if n.startswith("model.layers.0."))
     assert optimizer_state_bytes(whole, "badam") == 12 * layer < optimizer_state_bytes(whole, "adamw_torch") / 2
     # switching every step: the checkpoint must restore the block schedule and the active block's moments
-    common = dict(finetuning_type="full", optim="badam", badam_switch_every=1, learning_rate=3e-3, max_samples=16,
-                  lr_scheduler="constant")
+    common = dict(
+        finetuning_type="full",
+        optim="badam",
+        badam_switch_every=1,
+        learning_rate=3e-3,
+        max_samples=16,
+        lr_scheduler="constant",
+    )
     ref = kit.train(tiny_cfg(max_steps=4, save_steps=0, output_dir=str(tmp_path / "ref"), **common))
     _assert_resume_matches(tiny_cfg, tmp_path, common, ref)
 
@@ -420,6 +458,7 @@ def test_pure_bf16_full_tuning(tiny_cfg):
 def test_reward_model_quantization_bit_for_ppo(tiny_cfg, tmp_path, monkeypatch):
     pytest.importorskip("bitsandbytes")
     from kit.stages import rm as rm_stage
+
     rows = [{"prompt": f"Say yes {i}.", "chosen": "yes", "rejected": "no no no no"} for i in range(8)]
     pref = tmp_path / "pref.jsonl"
     pref.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -435,11 +474,23 @@ def test_reward_model_quantization_bit_for_ppo(tiny_cfg, tmp_path, monkeypatch):
     def spy(*a, **kw):
         loaded.append(real(*a, **kw))
         return loaded[-1]
+
     import kit.stages.ppo as ppo_stage
+
     monkeypatch.setattr(ppo_stage, "load_reward_model", spy)
-    run = kit.train(tiny_cfg(stage="ppo", dataset=str(prompts), reward_model=str(rm.run_dir),
-                             reward_model_quantization_bit=4, stage__max_new_tokens=4, num_generations=2,
-                             max_steps=1, save_steps=0, output_dir=str(tmp_path / "ppo")))
+    run = kit.train(
+        tiny_cfg(
+            stage="ppo",
+            dataset=str(prompts),
+            reward_model=str(rm.run_dir),
+            reward_model_quantization_bit=4,
+            stage__max_new_tokens=4,
+            num_generations=2,
+            max_steps=1,
+            save_steps=0,
+            output_dir=str(tmp_path / "ppo"),
+        )
+    )
     assert run.status == "finished"
     reward = [e.get("reward") for e in run.events if e.kind == "step"]
     assert reward and all(r == r for r in reward)  # scored by the quantized model: finite

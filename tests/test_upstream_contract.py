@@ -7,6 +7,7 @@ learner's notebook. Each test here names one member, where we use it, and fails 
 When one fails after an upgrade: adapt the code named in the test, then raise the pin in
 constraints.txt and the bound in pyproject.toml.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -37,11 +38,27 @@ def sft_trainer(tiny_model_dir, tmp_path_factory):
     from kit.stages.sft import build_sft_trainer
 
     run_dir = tmp_path_factory.mktemp("contract-run")
-    cfg = RunConfig.from_kwargs(model=str(tiny_model_dir), output_dir=str(run_dir), max_steps=1, batch_size=2,
-                                cutoff_len=64, max_samples=4, save_steps=0, adapter__type="full", num_threads=1)
+    cfg = RunConfig.from_kwargs(
+        model=str(tiny_model_dir),
+        output_dir=str(run_dir),
+        max_steps=1,
+        batch_size=2,
+        cutoff_len=64,
+        max_samples=4,
+        save_steps=0,
+        adapter__type="full",
+        num_threads=1,
+    )
     loaded = load_model(cfg, with_adapter=False)
-    ctx = StageContext(cfg=cfg, model=loaded.model, tokenizer=loaded.tokenizer, run_dir=run_dir,
-                       device=loaded.device, dtype=loaded.dtype, loaded=loaded)
+    ctx = StageContext(
+        cfg=cfg,
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        run_dir=run_dir,
+        device=loaded.device,
+        dtype=loaded.dtype,
+        loaded=loaded,
+    )
     return build_sft_trainer(ctx)
 
 
@@ -56,6 +73,7 @@ def test_trl_sft_total_train_tokens(sft_trainer):
     """sft.py keeps TRL's token counter ``SFTTrainer._total_train_tokens`` right for packed/padding-free batches."""
     assert sft_trainer._total_train_tokens == 0
     from trl import SFTTrainer
+
     assert "self._total_train_tokens" in inspect.getsource(SFTTrainer.compute_loss)
 
 
@@ -63,6 +81,7 @@ def test_trl_sft_overridden_methods():
     """sft.py overrides ``compute_loss`` and ``training_step`` and calls them through ``super()``."""
     from transformers import Trainer
     from trl import SFTTrainer
+
     assert params(SFTTrainer.compute_loss) == ["model", "inputs", "return_outputs", "num_items_in_batch"]
     assert params(Trainer.training_step)[:3] == ["model", "inputs", "num_items_in_batch"]
 
@@ -81,13 +100,16 @@ def test_trainer_private_methods_ppo_overrides():
     """ppo.py overrides ``Trainer._save`` / ``_load_from_checkpoint`` (the value head) and calls
     ``_prepare_inputs`` and ``log(logs, start_time)``."""
     from transformers import Trainer
+
     assert params(Trainer._save) == ["output_dir", "state_dict"]
     assert params(Trainer._load_from_checkpoint) == ["resume_from_checkpoint", "model"]
     assert params(Trainer._prepare_inputs) == ["inputs"]
     assert params(Trainer.log) == ["logs", "start_time"]
     # the trainer still routes checkpoint saving and resuming through them
     assert "self._save(" in inspect.getsource(Trainer.save_model)
-    assert "self._load_from_checkpoint(" in inspect.getsource(Trainer.train) + inspect.getsource(Trainer._inner_training_loop)
+    assert "self._load_from_checkpoint(" in inspect.getsource(Trainer.train) + inspect.getsource(
+        Trainer._inner_training_loop
+    )
 
 
 # ------------------------------------------------------------------ transformers attention (kit/models/attention.py)
@@ -105,6 +127,7 @@ def test_sdpa_attention_forward_signature_and_shape():
     class M(torch.nn.Module):
         is_causal = True
         num_key_value_groups = 1
+
     q = torch.randn(1, 2, 5, 8)
     out, _ = sdpa_attention_forward(M(), q, q, q, None, dropout=0.0, scaling=None, is_causal=True)
     assert out.shape == (1, 5, 2, 8)
@@ -118,6 +141,7 @@ def test_config_attn_implementation_and_registries(tiny_model_dir):
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     from kit.models.attention import NAME, register
+
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attn_implementation="sdpa")
     assert model.config._attn_implementation == "sdpa"
     register()
@@ -145,8 +169,16 @@ def test_cu_seq_lens_reach_the_attention_function(tiny_model_dir):
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     cu = torch.tensor([0, 2, 5], dtype=torch.int32)
     with torch.no_grad():
-        out = model(input_ids=ids, position_ids=torch.tensor([[0, 1, 0, 1, 2]]), cu_seq_lens_q=cu, cu_seq_lens_k=cu,
-                    max_length_q=3, max_length_k=3, use_cache=False, logits_to_keep=torch.tensor([0, 3]))
+        out = model(
+            input_ids=ids,
+            position_ids=torch.tensor([[0, 1, 0, 1, 2]]),
+            cu_seq_lens_q=cu,
+            cu_seq_lens_k=cu,
+            max_length_q=3,
+            max_length_k=3,
+            use_cache=False,
+            logits_to_keep=torch.tensor([0, 3]),
+        )
     assert len(seen) == model.config.num_hidden_layers and all(s is not None and torch.equal(s, cu) for s in seen)
     assert out.logits.shape[:2] == (1, 2)
 
@@ -159,6 +191,7 @@ def test_cached_bitsandbytes_probes():
     its ``hasattr(fn, "cache_clear")`` guard would otherwise skip them silently."""
     import peft.import_utils as peft_imports
     import transformers.utils.import_utils as hf_imports
+
     for fn in (peft_imports.is_bnb_available, peft_imports.is_bnb_4bit_available, hf_imports.is_bitsandbytes_available):
         assert callable(getattr(fn, "cache_clear", None)), fn
 
@@ -170,6 +203,7 @@ def test_gguf_loader_progress_is_a_module_global():
     """loading._conversion_progress swaps ``transformers.modeling_gguf_pytorch_utils.tqdm`` for our
     own progress line; the GGUF tensor loop must still call that module global."""
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
     assert hasattr(gguf_utils, "tqdm")
     assert "tqdm(" in inspect.getsource(gguf_utils.load_gguf_checkpoint)
 
@@ -179,6 +213,7 @@ def test_conversion_progress_replaces_and_restores(capsys):
     from transformers.utils import logging as hf_logging
 
     from kit.models.loading import _conversion_progress
+
     before = gguf_utils.tqdm
     bars = hf_logging.is_progress_bar_enabled()
     with _conversion_progress("tiny"):
@@ -196,6 +231,7 @@ def test_conversion_progress_replaces_and_restores(capsys):
 def test_hub_default_ignore_patterns():
     """hub.py filters uploads with ``huggingface_hub.utils._paths.DEFAULT_IGNORE_PATTERNS``."""
     from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
+
     assert isinstance(DEFAULT_IGNORE_PATTERNS, list) and all(isinstance(p, str) for p in DEFAULT_IGNORE_PATTERNS)
     assert any(".git" in p for p in DEFAULT_IGNORE_PATTERNS)
 
@@ -207,11 +243,14 @@ def test_ipywidgets7_titles_trait():
     """compat.set_titles writes ipywidgets 7's private ``_titles`` dict (one state message for all
     titles). Checked in the widgets-7 environment that scripts/make_widgets7_env.sh builds."""
     from widgets7_env import widgets7_python
+
     py = widgets7_python()
-    code = ("import ipywidgets as W, json; t = W.Tab(children=[W.Label('a'), W.Label('b')]); "
-            "t._titles = {'0': 'A', '1': 'B'}; "
-            "print(json.dumps([W.__version__, t.has_trait('_titles'), t.get_title(0), t.get_title(1), "
-            "t.get_state()['_titles']]))")
+    code = (
+        "import ipywidgets as W, json; t = W.Tab(children=[W.Label('a'), W.Label('b')]); "
+        "t._titles = {'0': 'A', '1': 'B'}; "
+        "print(json.dumps([W.__version__, t.has_trait('_titles'), t.get_title(0), t.get_title(1), "
+        "t.get_state()['_titles']]))"
+    )
     r = subprocess.run([py, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     version, has, a, b, state = json.loads(r.stdout.strip().splitlines()[-1])

@@ -1,5 +1,6 @@
 """Notebook widgets: panels <-> RunConfig, Board round trip through YAML, Start/Stop buttons on a real run,
 and the Board on ipywidgets 8 (in this process) and 7.7.1 (Colab's; in a subprocess)."""
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,14 @@ from kit.widgets.plot import plot_backend
 
 
 def test_panels_build_the_config(tiny_model_dir):
-    m, q, a, s, d, t = ModelPanel(), QuantPanel(), AdapterPanel(), StagePanel(), DataPanel(), TrainPanel(backend="static")
+    m, q, a, s, d, t = (
+        ModelPanel(),
+        QuantPanel(),
+        AdapterPanel(),
+        StagePanel(),
+        DataPanel(),
+        TrainPanel(backend="static"),
+    )
     m.form["model.name"].widget.value = str(tiny_model_dir)
     q.form["quant.bits"].value = 4
     a.form["adapter.lora_rank"].widget.value = 4
@@ -65,16 +73,26 @@ def test_adapter_panel_counts_trainable_params(tiny_cfg):
 
 
 def test_board_yaml_round_trip(tiny_model_dir):
-    b = Board(RunConfig.from_kwargs(model=str(tiny_model_dir), lora_rank=8, max_steps=7, cutoff_len=256,
-                                    stage="kto", beta=0.2, generate__temperature=0.5), backend="static")
+    b = Board(
+        RunConfig.from_kwargs(
+            model=str(tiny_model_dir),
+            lora_rank=8,
+            max_steps=7,
+            cutoff_len=256,
+            stage="kto",
+            beta=0.2,
+            generate__temperature=0.5,
+        ),
+        backend="static",
+    )
     text = b.show_yaml()
     assert b.show_magic() == "%%forge_train\n" + text
     cfg = RunConfig.from_yaml_text(text, source="board")
     assert (cfg.adapter.lora_rank, cfg.train.max_steps, cfg.stage.name, cfg.stage.beta) == (8, 7, "kto", 0.2)
-    assert cfg.generate.temperature == 0.5       # fields no panel shows survive too
+    assert cfg.generate.temperature == 0.5  # fields no panel shows survive too
     b2 = Board.from_config(cfg, backend="static")
     assert b2.config().to_dict() == b.config().to_dict() == cfg.to_dict()
-    b2.adapter.form["adapter.lora_rank"].widget.value = 3   # an edit in a tab reaches the config
+    b2.adapter.form["adapter.lora_rank"].widget.value = 3  # an edit in a tab reaches the config
     assert b2.config().adapter.lora_rank == 3
 
 
@@ -123,7 +141,7 @@ def test_static_plot_renders_after_two_steps(monkeypatch):
 
 def test_plot_backend_choice(monkeypatch):
     monkeypatch.delenv("FORGE_PLOT_BACKEND", raising=False)
-    assert plot_backend() == "static"          # no Jupyter kernel here: static
+    assert plot_backend() == "static"  # no Jupyter kernel here: static
     set_plot_backend("plotly")
     try:
         p = LossPlot()
@@ -138,19 +156,21 @@ def test_plot_backend_choice(monkeypatch):
 
 def test_throttle_coalesces_and_always_delivers_the_last_event():
     from kit.widgets.train import Throttle
+
     batches = []
     th = Throttle(batches.append, interval=0.25)
     t0 = time.time()
-    for i in range(200):                   # a burst of step events from the training thread
+    for i in range(200):  # a burst of step events from the training thread
         th.push(i)
-    th.push("finished", urgent=True)       # the terminal event goes out at once
+    th.push("finished", urgent=True)  # the terminal event goes out at once
     assert time.time() - t0 < 0.25
     assert len(batches) <= 2 and batches[-1][-1] == "finished"
-    assert [x for b in batches for x in b] == list(range(200)) + ["finished"]   # nothing lost, order kept
+    assert [x for b in batches for x in b] == list(range(200)) + ["finished"]  # nothing lost, order kept
 
 
 def test_data_preview_button(tiny_cfg, tmp_path):
     from kit.data import register_dataset
+
     register_dataset("widget_preview_rows", [{"instruction": "Say hi", "input": "", "output": "Hello there"}])
     cfg = tiny_cfg(dataset="widget_preview_rows", cutoff_len=64)
     p = DataPanel(cfg, context=lambda: cfg)
@@ -158,7 +178,7 @@ def test_data_preview_button(tiny_cfg, tmp_path):
     assert "Hello there" in p.preview_html.value
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"instruction": "x"}\n')
-    p.form["data.dataset"].widget.value = str(bad)     # a file path typed into the dataset box
+    p.form["data.dataset"].widget.value = str(bad)  # a file path typed into the dataset box
     p.preview_button.click()
     assert "broken.jsonl" in p.preview_html.value and "#b00020" in p.preview_html.value
 
@@ -178,13 +198,14 @@ def test_background_job_disables_the_button_and_shows_result_or_error():
     gate = threading.Event()
     job.start(lambda: (gate.wait(10), 42)[1], lambda r: f"got {r}")
     assert button.disabled and out.value == "working" and job.running
-    with pytest.raises(RuntimeError, match="still running"):     # a second click cannot start it twice
+    with pytest.raises(RuntimeError, match="still running"):  # a second click cannot start it twice
         job.start(lambda: 0, str)
     gate.set()
     assert job.wait(10) == 42 and out.value == "got 42" and not button.disabled and job.error is None
 
     def boom():
         raise ValueError("bad input, row 3")
+
     assert job.start(boom, str, wait=True) is None
     assert isinstance(job.error, ValueError) and "bad input, row 3" in out.value and not button.disabled
 
@@ -192,9 +213,21 @@ def test_background_job_disables_the_button_and_shows_result_or_error():
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_model_dir):
     import kit
+
     out = tmp_path_factory.mktemp("panel-run") / "run"
-    run = kit.train(model=str(tiny_model_dir), dataset="demo_sft", output_dir=str(out), max_steps=2, batch_size=2,
-                    cutoff_len=64, max_samples=8, save_steps=0, learning_rate=5e-3, lora_rank=4, num_threads=2)
+    run = kit.train(
+        model=str(tiny_model_dir),
+        dataset="demo_sft",
+        output_dir=str(out),
+        max_steps=2,
+        batch_size=2,
+        cutoff_len=64,
+        max_samples=8,
+        save_steps=0,
+        learning_rate=5e-3,
+        lora_rank=4,
+        num_threads=2,
+    )
     assert run.status == "finished", run.traceback
     return run
 
@@ -204,13 +237,13 @@ def test_export_panel_confirms_then_merges_a_lora_run(lora_run, tmp_path):
 
     panel = ExportPanel(source=lambda: None)
     panel.dry_run.value = True
-    panel.export_button.click()                  # nothing trained yet: said so, no job
+    panel.export_button.click()  # nothing trained yet: said so, no job
     panel.job.wait(10)
     assert "train a run first" in panel.output.value and panel.job.thread is None
 
     out = tmp_path / "merged"
     panel = ExportPanel(source=lambda: lora_run, out_dir=str(out))
-    panel.export_button.click()                  # merging writes a full copy: asks first
+    panel.export_button.click()  # merging writes a full copy: asks first
     assert panel.confirm_box.layout.display is None and "merging" in panel.confirm_text.value
     assert panel.job.thread is None and not out.exists()
     panel.confirm_button.click()
@@ -234,8 +267,12 @@ def test_evaluate_panel_scores_the_tiny_model(tiny_model_dir, tmp_path):
     from kit.widgets.tools import EvaluatePanel
 
     f = tmp_path / "mc.jsonl"
-    f.write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n"
-                         for q, c, a in [("Capital of France?", ["Paris", "Rome"], 0), ("2+2?", ["5", "4"], 1)]))
+    f.write_text(
+        "".join(
+            json.dumps({"question": q, "choices": c, "answer": a}) + "\n"
+            for q, c, a in [("Capital of France?", ["Paris", "Rome"], 0), ("2+2?", ["5", "4"], 1)]
+        )
+    )
     panel = EvaluatePanel(source=lambda: str(tiny_model_dir), dataset=str(f))
     assert panel.available and not panel.run_button.disabled
     panel.run_button.click()
@@ -251,9 +288,9 @@ def test_evaluate_panel_scores_the_tiny_model(tiny_model_dir, tmp_path):
     panel.metrics.value = "rouge"
     assert panel.options() == {"dataset": "demo_sft", "mode": "auto", "metrics": ["rouge"], "max_samples": 2}
     panel.mode.value = "mc"
-    assert panel.evaluate(wait=True) is None     # errors land in the output, not in the kernel
+    assert panel.evaluate(wait=True) is None  # errors land in the output, not in the kernel
     assert "not available in mc mode" in panel.output.value
-    panel.metrics.value = ""                     # demo_sft has no questions/choices: the row error is shown
+    panel.metrics.value = ""  # demo_sft has no questions/choices: the row error is shown
     assert panel.evaluate(wait=True) is None
     assert "question" in panel.output.value and "row 0" in panel.output.value and not panel.run_button.disabled
 
@@ -283,27 +320,44 @@ def board_probe() -> dict:
             board = kit.Board(lang=lang)
             fields = [f for p in board.config_panels for f in p.form.fields.values()]
             buttons = [board.train.start_button, board.train.stop_button, board.train.resume_button]
-            standalone = kit.widgets.TrainPanel(lang=lang)      # what %forge_train shows: an accordion
-            out[lang] = {"tabs": titles(board.tabs), "accordion": titles(standalone.widget.children[0]),
-                         "tooltips": {f.key: tooltip(f.widget) for f in fields},
-                         "helps": {f.key: f.help for f in fields},
-                         "buttons": [tooltip(b) for b in buttons], "plot": board.train.plot.backend}
+            standalone = kit.widgets.TrainPanel(lang=lang)  # what %forge_train shows: an accordion
+            out[lang] = {
+                "tabs": titles(board.tabs),
+                "accordion": titles(standalone.widget.children[0]),
+                "tooltips": {f.key: tooltip(f.widget) for f in fields},
+                "helps": {f.key: f.help for f in fields},
+                "buttons": [tooltip(b) for b in buttons],
+                "plot": board.train.plot.backend,
+            }
         svg = kit.widgets.LossPlot("svg")
         svg.add_step(1, 2.0, 1e-3)
         out["svg_points"] = svg.widget.value.count('class="forge-point"')
     # traitlets' "Passing unrecognized arguments" (titles=/tooltip= on 7), ipywidgets 8's deprecations; not
     # ipywidgets 7's own use of ipykernel's old Comm class (the kernel here is newer than Colab's)
-    out["warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught
-                       if ("unrecognized argument" in str(w.message) or "ipywidgets" in str(w.filename)
-                           or "tooltip" in str(w.message)) and "ipykernel.comm.Comm" not in str(w.message)]
+    out["warnings"] = [
+        f"{w.category.__name__}: {w.message}"
+        for w in caught
+        if ("unrecognized argument" in str(w.message) or "ipywidgets" in str(w.filename) or "tooltip" in str(w.message))
+        and "ipykernel.comm.Comm" not in str(w.message)
+    ]
     return out
 
 
 def _check_probe(out: dict, version: str) -> None:
     assert out["version"].startswith(version), out["version"]
     assert out["warnings"] == []
-    assert out["en"]["tabs"] == ["Model", "Quantization", "Adapter", "Stage", "Data", "Train", "Chat", "Export",
-                                 "Evaluate", "YAML"]
+    assert out["en"]["tabs"] == [
+        "Model",
+        "Quantization",
+        "Adapter",
+        "Stage",
+        "Data",
+        "Train",
+        "Chat",
+        "Export",
+        "Evaluate",
+        "YAML",
+    ]
     assert out["zh"]["tabs"][:3] == ["模型", "量化", "适配器"] and all(out["zh"]["tabs"])
     assert out["en"]["accordion"] == ["Hyperparameters"] and out["zh"]["accordion"] == ["超参数"]
     for lang in ("en", "zh"):
@@ -315,6 +369,7 @@ def _check_probe(out: dict, version: str) -> None:
 
 def test_board_on_ipywidgets_8():
     import ipywidgets
+
     if not ipywidgets.__version__.startswith("8"):
         pytest.skip(f"this environment has ipywidgets {ipywidgets.__version__}")
     _check_probe(board_probe(), "8")
@@ -326,8 +381,18 @@ def widgets7_dir(request) -> Path:
     target = Path(request.config.cache.mkdir("ipywidgets-7.7.1"))
     done = target / ".complete"
     if not done.exists():
-        argv = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade", "--target", str(target),
-                *WIDGETS_7]
+        argv = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--upgrade",
+            "--target",
+            str(target),
+            *WIDGETS_7,
+        ]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
         if r.returncode != 0:
             pytest.skip(f"pip could not fetch ipywidgets 7.7.1 (exit {r.returncode}): {r.stderr.strip()[-300:]}")
@@ -338,20 +403,23 @@ def widgets7_dir(request) -> Path:
 def test_board_on_ipywidgets_7(widgets7_dir, forge_home):
     """Colab's ipywidgets: every tab title and field tooltip shows, with no traitlets warning."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(widgets7_dir), str(ROOT)]), "FORGE_HOME": str(forge_home)}
-    code = ("import json, sys; sys.path.insert(0, 'tests'); from test_widgets import board_probe; "
-            "print('PROBE' + json.dumps(board_probe()))")
-    r = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), env=env, capture_output=True, text=True,
-                       timeout=600, check=False)
+    code = (
+        "import json, sys; sys.path.insert(0, 'tests'); from test_widgets import board_probe; "
+        "print('PROBE' + json.dumps(board_probe()))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.split("PROBE", 1)[1])
     _check_probe(out, "7.7.1")
-    assert out["en"]["plot"] == "static"   # no kernel here; in a widgets-7 kernel auto picks svg
+    assert out["en"]["plot"] == "static"  # no kernel here; in a widgets-7 kernel auto picks svg
 
 
 def test_plot_backend_on_ipywidgets_7_is_svg(monkeypatch):
     from kit.widgets import plot
 
-    class ZMQInteractiveShell:   # what a Jupyter kernel's shell is called
+    class ZMQInteractiveShell:  # what a Jupyter kernel's shell is called
         pass
 
     monkeypatch.delenv("FORGE_PLOT_BACKEND", raising=False)
@@ -396,6 +464,7 @@ def test_board_errors_are_one_clear_message(tiny_model_dir):
 def test_public_refresh_and_flush_replace_private_calls():
     assert not hasattr(AdapterPanel, "_schedule")
     from kit.widgets.train import Throttle
+
     assert not hasattr(Throttle(lambda b: None), "calls")
     for path in (ROOT / "kit").rglob("*.py"):
         text = path.read_text()

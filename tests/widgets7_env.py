@@ -1,6 +1,7 @@
 """The widgets-7 virtual environment (ipywidgets 7.7.1 + classic Notebook 6.5), built by
 scripts/make_widgets7_env.sh (``.ci/run`` builds it once). Tests that need it skip with the command
 that builds it when it is missing."""
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ test_packing_without_the_block_mask_would_leak in tests/test_masks.py), and a 4D
 works with sdpa. A float mask with 0 where attention is allowed and the dtype's minimum
 elsewhere works with both.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ def block_causal_mask(seq_lens_per_row: list[list[int]], length: int, dtype: tor
     for b, lens in enumerate(seq_lens_per_row):
         s = 0
         for n in lens:
-            blk = mask[b, 0, s:s + n, s:s + n]
+            blk = mask[b, 0, s : s + n, s : s + n]
             blk.masked_fill_(causal[:n, :n], 0.0)
             s += n
         if s < length:  # padding rows attend to themselves only, so softmax stays finite
@@ -73,15 +74,18 @@ class ForgeCollator:
         for b, r in enumerate(rows):
             n = len(r["input_ids"])
             ids[b, :n] = torch.as_tensor(r["input_ids"])
-            labels[b, :n] = _starts_ignored(r["labels"], r["seq_lens"]) if packed and r.get("seq_lens") \
+            labels[b, :n] = (
+                _starts_ignored(r["labels"], r["seq_lens"])
+                if packed and r.get("seq_lens")
                 else torch.as_tensor(r["labels"])
+            )
         batch = {"input_ids": ids, "labels": labels}
         real = sum(len(r["input_ids"]) for r in rows)
         if packed:
             lens = [list(r.get("seq_lens") or [len(r["input_ids"])]) for r in rows]
             pos = torch.zeros((len(rows), length), dtype=torch.long)
             for b, ls in enumerate(lens):
-                pos[b, :sum(ls)] = _restart_positions(ls)
+                pos[b, : sum(ls)] = _restart_positions(ls)
             batch["position_ids"] = pos
             batch["attention_mask"] = block_causal_mask(lens, length, self.mask_dtype)
         else:
@@ -112,10 +116,17 @@ class ForgeCollator:
         cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
         cu[1:] = seq_lens.cumsum(0)
         max_len = int(seq_lens.max())
-        return {"input_ids": ids_t, "labels": lab_t, "position_ids": _restart_positions(lens)[None],
-                "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len,
-                "num_real_tokens": torch.tensor(ids_t.shape[1]),
-                "num_trained_tokens": (lab_t != IGNORE).sum()}
+        return {
+            "input_ids": ids_t,
+            "labels": lab_t,
+            "position_ids": _restart_positions(lens)[None],
+            "cu_seq_lens_q": cu,
+            "cu_seq_lens_k": cu,
+            "max_length_q": max_len,
+            "max_length_k": max_len,
+            "num_real_tokens": torch.tensor(ids_t.shape[1]),
+            "num_trained_tokens": (lab_t != IGNORE).sum(),
+        }
 
 
 def split_flat(batch: dict[str, Any], max_tokens: int | None) -> list[dict[str, Any]]:
@@ -152,10 +163,17 @@ def split_flat(batch: dict[str, Any], max_tokens: int | None) -> list[dict[str, 
         piece_cu[1:] = piece_lens.cumsum(0)
         labels = take(batch["labels"])
         max_len = int(piece_lens.max())
-        pieces.append({"input_ids": take(batch["input_ids"]), "labels": labels,
-                       "position_ids": take(batch["position_ids"]),
-                       "cu_seq_lens_q": piece_cu, "cu_seq_lens_k": piece_cu.clone(),
-                       "max_length_q": max_len, "max_length_k": max_len,
-                       "num_real_tokens": torch.tensor(int(piece_cu[-1])),
-                       "num_trained_tokens": (labels != IGNORE).sum()})
+        pieces.append(
+            {
+                "input_ids": take(batch["input_ids"]),
+                "labels": labels,
+                "position_ids": take(batch["position_ids"]),
+                "cu_seq_lens_q": piece_cu,
+                "cu_seq_lens_k": piece_cu.clone(),
+                "max_length_q": max_len,
+                "max_length_k": max_len,
+                "num_real_tokens": torch.tensor(int(piece_cu[-1])),
+                "num_trained_tokens": (labels != IGNORE).sum(),
+            }
+        )
     return pieces

@@ -13,6 +13,7 @@ exactly how the prompt is tokenized at inference (it ends with the header), so t
 to continue the tokens it will be given. Templates whose text is not prefix-consistent (they
 rewrite earlier turns, e.g. strip reasoning) get a clear error instead of a wrong mask.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -31,8 +32,14 @@ class TemplateError(ForgeError, ValueError):
         super().__init__(with_place(message, source, row))
 
 
-def _render(tok, messages: list[dict], *, add_generation_prompt: bool = False, tools: Optional[list] = None,
-            tokenize: bool = True):
+def _render(
+    tok,
+    messages: list[dict],
+    *,
+    add_generation_prompt: bool = False,
+    tools: Optional[list] = None,
+    tokenize: bool = True,
+):
     kw: dict[str, Any] = {"tokenize": tokenize, "add_generation_prompt": add_generation_prompt}
     if tokenize:
         kw["return_dict"] = False
@@ -82,14 +89,15 @@ def _spans_by_text(tok, messages: list[dict], tools: Optional[list]) -> tuple[li
         if not (full.startswith(upto) and upto.startswith(prefix) and len(prefix) >= cuts[-1]):
             raise TemplateError(
                 "the chat template is not prefix-consistent (rendering a conversation changes earlier turns), "
-                "so answer spans cannot be located; set model.template to a consistent template")
+                "so answer spans cannot be located; set model.template to a consistent template"
+            )
         cuts += [len(prefix), len(upto)]
     cuts.append(len(full))
     ids: list[int] = []
     spans = []
     for k in range(len(cuts) - 1):
         start = len(ids)
-        piece = full[cuts[k]: cuts[k + 1]]
+        piece = full[cuts[k] : cuts[k + 1]]
         if piece:
             ids += tok(piece, add_special_tokens=False)["input_ids"]
         if k % 2 == 1:  # pieces alternate: prompt, answer, prompt, answer, ..., rest
@@ -103,13 +111,23 @@ def check_tool_support(tok, messages: list[dict], tools: Optional[list]) -> None
     if not (tools or any(m.get("tool_calls") for m in messages)):
         return
     from .templates import renders_tools
+
     if not renders_tools(tok.chat_template):
-        raise TemplateError("this row has tool calls but the tokenizer's chat template cannot render them; "
-                            "set model.template to one that does (e.g. 'chatml_tools')")
+        raise TemplateError(
+            "this row has tool calls but the tokenizer's chat template cannot render them; "
+            "set model.template to one that does (e.g. 'chatml_tools')"
+        )
 
 
-def encode_chat(tok, messages: list[dict], cutoff_len: int, *, train_on_prompt: bool = False,
-                mask_history: bool = False, tools: Optional[list] = None) -> dict:
+def encode_chat(
+    tok,
+    messages: list[dict],
+    cutoff_len: int,
+    *,
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+    tools: Optional[list] = None,
+) -> dict:
     """``{"input_ids", "labels"}`` for one conversation, truncated to ``cutoff_len``."""
     check_tool_support(tok, messages, tools)
     ids, spans = assistant_spans(tok, messages, tools)
@@ -120,7 +138,7 @@ def encode_chat(tok, messages: list[dict], cutoff_len: int, *, train_on_prompt: 
     labels = []
     for t, k in zip(ids, span_of):
         if k is None:
-            keep = train_on_prompt                  # system / user / tool tokens and role headers
+            keep = train_on_prompt  # system / user / tool tokens and role headers
         else:
             # mask_history: earlier answers are part of the prompt (trained only with train_on_prompt)
             keep = not mask_history or k == last or train_on_prompt
@@ -143,7 +161,7 @@ def encode_text_stream(tok, texts: list[str], cutoff_len: int) -> list[dict]:
             stream.append(eos)
     blocks = []
     for s in range(0, len(stream), cutoff_len):
-        chunk = stream[s: s + cutoff_len]
+        chunk = stream[s : s + cutoff_len]
         if len(chunk) >= 2:
             blocks.append({"input_ids": chunk, "labels": list(chunk)})
     return blocks

@@ -12,6 +12,7 @@ Every problem raises :class:`DataError` naming the file, the row index and the f
 the wrong type is refused, never dropped or guessed at (``"input": 0`` is an error, not an empty
 input), and so is a turn that would train on nothing (an empty user or assistant turn).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,14 @@ class DataError(ForgeError, ValueError):
     """A bad file or row: the message names the source file, the 0-based row index and the field
     (and the 1-based ``line`` of the file where that differs from the row, e.g. JSONL or CSV)."""
 
-    def __init__(self, message: str, source: str = "<data>", row: Optional[int] = None, field: Optional[str] = None,
-                 line: Optional[int] = None):
+    def __init__(
+        self,
+        message: str,
+        source: str = "<data>",
+        row: Optional[int] = None,
+        field: Optional[str] = None,
+        line: Optional[int] = None,
+    ):
         self.source, self.row, self.field, self.line = source, row, field, line
         self.reason = message
         super().__init__(with_place(message, source, row, field, line))
@@ -47,12 +54,27 @@ def origin_of(row: dict) -> tuple[str, Optional[int]]:
 
 
 ROLES = ("system", "user", "assistant", "tool")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
-                  "function_call": "assistant", "observation": "tool", "tool": "tool"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+}
 
 # which internal kind each format produces
-FORMAT_KIND = {"alpaca": "sft", "messages": "sft", "sharegpt": "sft", "text": "text",
-               "preference": "preference", "kto": "kto", "prompt": "prompt"}
+FORMAT_KIND = {
+    "alpaca": "sft",
+    "messages": "sft",
+    "sharegpt": "sft",
+    "text": "text",
+    "preference": "preference",
+    "kto": "kto",
+    "prompt": "prompt",
+}
 
 # The formats' schema for files that store cells as text (CSV) or flat columns (Parquet strings):
 # these columns always hold lists or objects, stored as JSON text ...
@@ -84,7 +106,9 @@ def detect_format(columns: list[str], source: str = "<data>") -> str:
     raise DataError(
         f"cannot tell the format from the columns {sorted(map(str, cols))}. Expected one of: alpaca (instruction, "
         "input, output), messages (messages), sharegpt (conversations), preference (prompt, chosen, rejected), "
-        "kto (messages, label), text (text), prompt (prompt). Set data.format to be explicit.", source)
+        "kto (messages, label), text (text), prompt (prompt). Set data.format to be explicit.",
+        source,
+    )
 
 
 def _tname(v: Any) -> str:
@@ -126,8 +150,12 @@ def _check_tool_calls(calls: Any, source: str, idx: int, field: str) -> Optional
         if not isinstance(fn.get("name"), str) or not fn["name"].strip():
             raise DataError("a tool call needs a non-empty name (a string)", source, idx, f + ".name")
         if not isinstance(fn.get("arguments"), (dict, str)):
-            raise DataError(f"a tool call needs arguments (an object or JSON text), got {_tname(fn.get('arguments'))}",
-                            source, idx, f + ".arguments")
+            raise DataError(
+                f"a tool call needs arguments (an object or JSON text), got {_tname(fn.get('arguments'))}",
+                source,
+                idx,
+                f + ".arguments",
+            )
     return calls
 
 
@@ -139,8 +167,9 @@ def _check_message(m: Any, source: str, idx: int, f: str) -> dict:
         raise DataError(f"role {role!r} is not one of {', '.join(ROLES)}", source, idx, f + ".role")
     calls = _check_tool_calls(m.get("tool_calls"), source, idx, f + ".tool_calls")
     if calls and role != "assistant":
-        raise DataError(f"only an assistant message can make tool calls, not a {role} message", source, idx,
-                        f + ".tool_calls")
+        raise DataError(
+            f"only an assistant message can make tool calls, not a {role} message", source, idx, f + ".tool_calls"
+        )
     content = m.get("content")
     if content is None and not calls:
         raise DataError("missing content", source, idx, f + ".content")
@@ -157,8 +186,9 @@ def _check_message(m: Any, source: str, idx: int, f: str) -> dict:
     return msg
 
 
-def check_messages(msgs: Any, source: str, idx: int, field: str = "messages", *, need_answer: bool = True,
-                   prefix: list[dict] = ()) -> list[dict]:
+def check_messages(
+    msgs: Any, source: str, idx: int, field: str = "messages", *, need_answer: bool = True, prefix: list[dict] = ()
+) -> list[dict]:
     """Validate a chat: optional system first, then user/assistant alternating (tool turns after an
     assistant tool call), no empty user turn, ending with a non-empty assistant answer when
     ``need_answer``.
@@ -167,11 +197,20 @@ def check_messages(msgs: Any, source: str, idx: int, field: str = "messages", *,
     ``chosen``); the role order is checked across both, and errors index into ``field``.
     """
     if isinstance(msgs, str):
-        raise DataError("expected a list of messages, got text (in CSV or Parquet, write the list as JSON: "
-                        '[{"role": "user", "content": "..."}, ...])', source, idx, field)
+        raise DataError(
+            "expected a list of messages, got text (in CSV or Parquet, write the list as JSON: "
+            '[{"role": "user", "content": "..."}, ...])',
+            source,
+            idx,
+            field,
+        )
     if not isinstance(msgs, list) or not msgs:
-        raise DataError(f"expected a non-empty list of messages, got {_tname(msgs) if msgs != [] else 'an empty list'}",
-                        source, idx, field)
+        raise DataError(
+            f"expected a non-empty list of messages, got {_tname(msgs) if msgs != [] else 'an empty list'}",
+            source,
+            idx,
+            field,
+        )
     out = [_check_message(m, source, idx, f"{field}[{j}]") for j, m in enumerate(msgs)]
     chat, n0 = list(prefix) + out, len(prefix)
 
@@ -193,8 +232,12 @@ def check_messages(msgs: Any, source: str, idx: int, field: str = "messages", *,
             expected = "assistant"
             continue
         if role != expected and not (role == "assistant" and prev == "tool"):
-            raise DataError(f"expected role '{expected}' here (turns must alternate user/assistant), got '{role}'",
-                            source, idx, at(j))
+            raise DataError(
+                f"expected role '{expected}' here (turns must alternate user/assistant), got '{role}'",
+                source,
+                idx,
+                at(j),
+            )
         if role == "user" and j >= n0 and not chat[j]["content"].strip():
             raise DataError("empty user turn", source, idx, at(j, "content"))
         expected = "assistant" if role == "user" else "user"
@@ -217,7 +260,9 @@ def check_tools(tools: Any, source: str, idx: int, field: str = "tools") -> Opti
         try:
             tools = json.loads(tools)
         except (ValueError, RecursionError) as e:
-            raise DataError(f"expected a list of tool definitions; this text is not JSON ({e})", source, idx, field) from None
+            raise DataError(
+                f"expected a list of tool definitions; this text is not JSON ({e})", source, idx, field
+            ) from None
         if tools == [] or tools is None:
             return None
     if not isinstance(tools, list):
@@ -225,8 +270,12 @@ def check_tools(tools: Any, source: str, idx: int, field: str = "tools") -> Opti
     for k, t in enumerate(tools):
         fn = t.get("function", t) if isinstance(t, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"].strip():
-            raise DataError("expected a tool definition {type: function, function: {name, description, parameters}}",
-                            source, idx, f"{field}[{k}]")
+            raise DataError(
+                "expected a tool definition {type: function, function: {name, description, parameters}}",
+                source,
+                idx,
+                f"{field}[{k}]",
+            )
     return tools
 
 
@@ -281,8 +330,13 @@ def norm_messages(row: dict, source: str, idx: int) -> dict:
 
 def sharegpt_to_messages(conv: Any, source: str, idx: int, field: str = "conversations") -> list[dict]:
     if isinstance(conv, str):
-        raise DataError("expected a list of turns, got text (in CSV or Parquet, write the list as JSON: "
-                        '[{"from": "human", "value": "..."}, ...])', source, idx, field)
+        raise DataError(
+            "expected a list of turns, got text (in CSV or Parquet, write the list as JSON: "
+            '[{"from": "human", "value": "..."}, ...])',
+            source,
+            idx,
+            field,
+        )
     if not isinstance(conv, list) or not conv:
         raise DataError("expected a non-empty list of turns", source, idx, field)
     msgs = []
@@ -291,8 +345,9 @@ def sharegpt_to_messages(conv: Any, source: str, idx: int, field: str = "convers
             raise DataError("expected a turn object with from/value", source, idx, f"{field}[{j}]")
         frm = t.get("from")
         if not isinstance(frm, str) or frm not in SHAREGPT_ROLES:
-            raise DataError(f"'from' is {frm!r}; expected one of {', '.join(SHAREGPT_ROLES)}", source, idx,
-                            f"{field}[{j}].from")
+            raise DataError(
+                f"'from' is {frm!r}; expected one of {', '.join(SHAREGPT_ROLES)}", source, idx, f"{field}[{j}].from"
+            )
         if not isinstance(t.get("value"), str):
             raise DataError("missing or non-string value", source, idx, f"{field}[{j}].value")
         msgs.append({"role": SHAREGPT_ROLES[frm], "content": t["value"]})
@@ -301,7 +356,9 @@ def sharegpt_to_messages(conv: Any, source: str, idx: int, field: str = "convers
 
 def norm_sharegpt(row: dict, source: str, idx: int) -> dict:
     msgs = sharegpt_to_messages(row.get("conversations"), source, idx)
-    out: dict[str, Any] = {"messages": check_messages(_with_system(msgs, row, source, idx), source, idx, "conversations")}
+    out: dict[str, Any] = {
+        "messages": check_messages(_with_system(msgs, row, source, idx), source, idx, "conversations")
+    }
     tools = check_tools(row.get("tools"), source, idx)
     if tools:
         out["tools"] = tools
@@ -346,9 +403,14 @@ def _answer(v: Any, prompt: list[dict], source: str, idx: int, field: str) -> li
     if v and isinstance(v[0], dict) and v[0].get("role") in ("system", "user"):
         full = check_messages(v, source, idx, field)
         if full[: len(prompt)] != prompt or len(full) == len(prompt):
-            raise DataError("a full conversation here must start with the prompt; or give only the answer "
-                            "(a list of assistant messages, or text)", source, idx, field)
-        return full[len(prompt):]
+            raise DataError(
+                "a full conversation here must start with the prompt; or give only the answer "
+                "(a list of assistant messages, or text)",
+                source,
+                idx,
+                field,
+            )
+        return full[len(prompt) :]
     return check_messages(v, source, idx, field, prefix=prompt)
 
 
@@ -374,11 +436,18 @@ def _implicit_prompt(row: dict, source: str, idx: int) -> dict:
     k = 0
     while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
         k += 1
-    while k > 0 and not (k < len(chosen) and k < len(rejected) and chosen[k]["role"] == rejected[k]["role"] == "assistant"):
+    while k > 0 and not (
+        k < len(chosen) and k < len(rejected) and chosen[k]["role"] == rejected[k]["role"] == "assistant"
+    ):
         k -= 1
     if k == 0:
-        raise DataError("chosen and rejected must share the conversation up to the answer where they differ "
-                        "(or give the prompt in its own column)", source, idx, "rejected")
+        raise DataError(
+            "chosen and rejected must share the conversation up to the answer where they differ "
+            "(or give the prompt in its own column)",
+            source,
+            idx,
+            "rejected",
+        )
     return {"prompt": chosen[:k], "chosen": chosen[k:], "rejected": rejected[k:]}
 
 
@@ -410,8 +479,13 @@ def norm_prompt(row: dict, source: str, idx: int) -> dict:
 
 
 NORMALISERS: dict[str, Callable[[dict, str, int], dict]] = {
-    "alpaca": norm_alpaca, "messages": norm_messages, "sharegpt": norm_sharegpt, "text": norm_text,
-    "preference": norm_preference, "kto": norm_kto, "prompt": norm_prompt,
+    "alpaca": norm_alpaca,
+    "messages": norm_messages,
+    "sharegpt": norm_sharegpt,
+    "text": norm_text,
+    "preference": norm_preference,
+    "kto": norm_kto,
+    "prompt": norm_prompt,
 }
 
 # U+D800..U+DFFF cannot be encoded as UTF-8: what invalid bytes become when a file is decoded with
@@ -428,8 +502,11 @@ def find_bad_text(row: Any) -> Optional[tuple[str, str]]:
             m = _SURROGATE.search(v)
             if m:
                 c = ord(m.group())
-                why = (f"invalid UTF-8 (byte 0x{c - 0xDC00:02X}): save the file as UTF-8" if 0xDC80 <= c <= 0xDCFF
-                       else f"an unpaired surrogate \\u{c:04x} is not valid text")
+                why = (
+                    f"invalid UTF-8 (byte 0x{c - 0xDC00:02X}): save the file as UTF-8"
+                    if 0xDC80 <= c <= 0xDCFF
+                    else f"an unpaired surrogate \\u{c:04x} is not valid text"
+                )
                 return path or "<row>", why
         elif isinstance(v, dict):
             for k, x in reversed(list(v.items())):

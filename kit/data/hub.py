@@ -15,6 +15,7 @@ errors name the dataset and split (``owner/name[train]``), and the row and field
 Hub access cannot be tested offline: the tests run every step up to the download on local folders
 and replace :func:`_load_dataset` (the one place the Hub is called) to check its arguments.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,10 +39,10 @@ class HubOptions:
     split: str = "train"
     revision: Optional[str] = None
     data_files: Union[str, list, dict, None] = None
-    data_dir: Optional[str] = None      # a folder inside the dataset repo (LLaMA-Factory's "folder")
+    data_dir: Optional[str] = None  # a folder inside the dataset repo (LLaMA-Factory's "folder")
     streaming: bool = False
-    take: Optional[int] = None          # streaming: rows to read
-    dataset_dir: Optional[str] = None   # a LLaMA-Factory dataset_info.json folder
+    take: Optional[int] = None  # streaming: rows to read
+    dataset_dir: Optional[str] = None  # a LLaMA-Factory dataset_info.json folder
 
     def key(self) -> tuple:
         df = self.data_files
@@ -55,7 +56,7 @@ class HubSource:
     ref: str
     options: HubOptions
     folder: Optional[str] = None
-    convert: Any = None      # rows -> rows in our formats (a LLaMA-Factory entry's columns and tags)
+    convert: Any = None  # rows -> rows in our formats (a LLaMA-Factory entry's columns and tags)
 
     def read_rows(self) -> tuple[list[dict], str]:
         rows, label = read_hub(self.ref, self.options, folder=self.folder)
@@ -67,13 +68,24 @@ def hub_options(cfg: Any) -> HubOptions:
     d, t = cfg.data, cfg.train
     take = None
     if d.streaming:
-        take = d.max_samples or (t.max_steps * t.batch_size * t.grad_accum * world_size() if t.max_steps and
-                                 t.max_steps > 0 else None)
+        take = d.max_samples or (
+            t.max_steps * t.batch_size * t.grad_accum * world_size() if t.max_steps and t.max_steps > 0 else None
+        )
         if not take:
-            raise DataError("data.streaming=true reads a stream with no length: set train.max_steps (or "
-                            "data.max_samples) so the run knows how many rows to read", "data.streaming")
-    return HubOptions(subset=d.subset, split=d.split, revision=d.revision, data_files=d.data_files,
-                      streaming=d.streaming, take=take, dataset_dir=d.dataset_dir)
+            raise DataError(
+                "data.streaming=true reads a stream with no length: set train.max_steps (or "
+                "data.max_samples) so the run knows how many rows to read",
+                "data.streaming",
+            )
+    return HubOptions(
+        subset=d.subset,
+        split=d.split,
+        revision=d.revision,
+        data_files=d.data_files,
+        streaming=d.streaming,
+        take=take,
+        dataset_dir=d.dataset_dir,
+    )
 
 
 def is_hub_id(ref: str) -> bool:
@@ -88,8 +100,11 @@ def is_hub_folder(path: Union[str, os.PathLike]) -> bool:
         return False
     if is_saved_folder(p):
         return True
-    return any(f.suffix.lower() in (".parquet", ".arrow", ".jsonl", ".json", ".csv") and f.name != "dataset_info.json"
-               for f in p.rglob("*") if f.is_file() and ".cache" not in f.parts)
+    return any(
+        f.suffix.lower() in (".parquet", ".arrow", ".jsonl", ".json", ".csv") and f.name != "dataset_info.json"
+        for f in p.rglob("*")
+        if f.is_file() and ".cache" not in f.parts
+    )
 
 
 def is_saved_folder(p: Path) -> bool:
@@ -99,6 +114,7 @@ def is_saved_folder(p: Path) -> bool:
 def _load_dataset(path: str, **kw):
     """The one call that reaches the Hub (tests replace it)."""
     import datasets
+
     return datasets.load_dataset(path, **kw)
 
 
@@ -129,8 +145,12 @@ def read_hub(ref: str, opts: HubOptions, *, folder: Optional[str] = None) -> tup
     except DataError:
         raise
     except FileNotFoundError as e:
-        hint = "" if folder is not None else " (a Hub id: check the name, and that you are logged in for a private " \
-                                             "or gated set: huggingface-cli login)"
+        hint = (
+            ""
+            if folder is not None
+            else " (a Hub id: check the name, and that you are logged in for a private "
+            "or gated set: huggingface-cli login)"
+        )
         raise DataError(f"dataset not found{hint}: {e}", label) from None
     except ValueError as e:  # unknown split / config name
         raise DataError(f"cannot read this split or subset: {e}", label) from None
@@ -141,6 +161,7 @@ def read_hub(ref: str, opts: HubOptions, *, folder: Optional[str] = None) -> tup
 
 def _from_disk(p: Path, split: str, label: str):
     import datasets
+
     try:
         ds = datasets.load_from_disk(str(p))
     except Exception as e:  # noqa: BLE001

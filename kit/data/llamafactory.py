@@ -11,6 +11,7 @@ then go through our row checks; errors name the file, row and the user's own col
 ``num_samples`` keeps that many rows (a seeded sample; repeated rows when it exceeds the set).
 A function-call turn (``function_tag``) becomes an assistant turn holding the call's text.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,15 +25,44 @@ from .formats import DataError, norm_alpaca
 from .hub import HubOptions, HubSource
 from .readers import read_file
 
-ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": None,
-                  "system": None, "tools": None, "chosen": None, "rejected": None, "kto_tag": None}
-SHAREGPT_COLUMNS = {"messages": "conversations", "system": None, "tools": None, "chosen": None, "rejected": None,
-                    "kto_tag": None}
+ALPACA_COLUMNS = {
+    "prompt": "instruction",
+    "query": "input",
+    "response": "output",
+    "history": None,
+    "system": None,
+    "tools": None,
+    "chosen": None,
+    "rejected": None,
+    "kto_tag": None,
+}
+SHAREGPT_COLUMNS = {
+    "messages": "conversations",
+    "system": None,
+    "tools": None,
+    "chosen": None,
+    "rejected": None,
+    "kto_tag": None,
+}
 TAGS = {
-    "sharegpt": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"},
-    "openai": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-               "observation_tag": "tool", "function_tag": "function", "system_tag": "system"},
+    "sharegpt": {
+        "role_tag": "from",
+        "content_tag": "value",
+        "user_tag": "human",
+        "assistant_tag": "gpt",
+        "observation_tag": "observation",
+        "function_tag": "function_call",
+        "system_tag": "system",
+    },
+    "openai": {
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+        "observation_tag": "tool",
+        "function_tag": "function",
+        "system_tag": "system",
+    },
 }
 FORMATTINGS = ("alpaca", "sharegpt", "openai")
 
@@ -79,8 +109,9 @@ def _entry_source(name: str, e: dict, info: Path, opts: HubOptions):
     where = str(info)
     formatting = e.get("formatting", "alpaca")
     if formatting not in FORMATTINGS:
-        raise DataError(f"formatting {formatting!r}: expected one of {', '.join(FORMATTINGS)}", where,
-                        field=f"{name}.formatting")
+        raise DataError(
+            f"formatting {formatting!r}: expected one of {', '.join(FORMATTINGS)}", where, field=f"{name}.formatting"
+        )
     ranking = bool(e.get("ranking", False))
     cols_given = e.get("columns") or {}
     tags_given = e.get("tags") or {}
@@ -89,8 +120,11 @@ def _entry_source(name: str, e: dict, info: Path, opts: HubOptions):
     defaults = ALPACA_COLUMNS if formatting == "alpaca" else SHAREGPT_COLUMNS
     unknown = sorted(set(cols_given) - set(defaults))
     if unknown:
-        raise DataError(f"unknown column keys {unknown} for {formatting} (known: {', '.join(defaults)})", where,
-                        field=f"{name}.columns")
+        raise DataError(
+            f"unknown column keys {unknown} for {formatting} (known: {', '.join(defaults)})",
+            where,
+            field=f"{name}.columns",
+        )
     # LLaMA-Factory's own entries name chosen/rejected explicitly; a ranking entry without them means these
     cols = {**defaults, **({"chosen": "chosen", "rejected": "rejected"} if ranking else {}), **cols_given}
     tags = {**TAGS.get(formatting, TAGS["sharegpt"]), **tags_given}
@@ -101,15 +135,27 @@ def _entry_source(name: str, e: dict, info: Path, opts: HubOptions):
     fmt = "preference" if ranking else ("kto" if cols.get("kto_tag") else "auto")  # auto: messages or text
     split = e.get("split") or "train"
     if e.get("hf_hub_url"):
-        o = replace(opts, subset=e.get("subset") or None, split=split, data_dir=e.get("folder") or None,
-                    data_files=None, revision=e.get("revision") or opts.revision)
+        o = replace(
+            opts,
+            subset=e.get("subset") or None,
+            split=split,
+            data_dir=e.get("folder") or None,
+            data_files=None,
+            revision=e.get("revision") or opts.revision,
+        )
         return HubSource(e["hf_hub_url"], o, convert=convert), fmt
     if e.get("ms_hub_url"):
-        raise DataError("ModelScope datasets (ms_hub_url) are not read here: give hf_hub_url, or download it and "
-                        "give file_name", where, field=name)
+        raise DataError(
+            "ModelScope datasets (ms_hub_url) are not read here: give hf_hub_url, or download it and give file_name",
+            where,
+            field=name,
+        )
     if e.get("script_url"):
-        raise DataError("loading scripts (script_url) run code and are not read: convert the data to a file and "
-                        "give file_name", where, field=name)
+        raise DataError(
+            "loading scripts (script_url) run code and are not read: convert the data to a file and give file_name",
+            where,
+            field=name,
+        )
     if not e.get("file_name"):
         raise DataError("needs file_name or hf_hub_url", where, field=name)
     path = Path(e["file_name"])
@@ -130,8 +176,14 @@ def _converter(name: str, formatting: str, ranking: bool, cols: dict, tags: dict
                 order += order[: n - len(order)]
             rows = [rows[i] for i in order[:n]]
         one = _alpaca_row if formatting == "alpaca" else _chat_row
-        text = formatting == "alpaca" and not ranking and rows and isinstance(rows[0], dict) \
-            and cols["response"] not in rows[0] and not cols.get("kto_tag")
+        text = (
+            formatting == "alpaca"
+            and not ranking
+            and rows
+            and isinstance(rows[0], dict)
+            and cols["response"] not in rows[0]
+            and not cols.get("kto_tag")
+        )
         out = []
         for i, r in enumerate(rows):
             if not isinstance(r, dict):
@@ -141,6 +193,7 @@ def _converter(name: str, formatting: str, ranking: bool, cols: dict, tags: dict
             else:
                 out.append(one(r, source, i, ranking, cols, tags))
         return out
+
     return convert
 
 
@@ -150,13 +203,22 @@ def _get(r: dict, cols: dict, key: str) -> Any:
 
 
 def _alpaca_row(r: dict, source: str, i: int, ranking: bool, cols: dict, tags: dict) -> dict:
-    ours = {"instruction": _get(r, cols, "prompt") or "", "input": _get(r, cols, "query") or "",
-            "system": _get(r, cols, "system"), "history": _get(r, cols, "history")}
+    ours = {
+        "instruction": _get(r, cols, "prompt") or "",
+        "input": _get(r, cols, "query") or "",
+        "system": _get(r, cols, "system"),
+        "history": _get(r, cols, "history"),
+    }
     if isinstance(ours["history"], str):  # CSV / Parquet cell
         ours["history"] = _json(ours["history"], source, i, cols["history"])
     ours["output"] = _get(r, cols, "chosen") if ranking else _get(r, cols, "response")
-    back = {"instruction": cols["prompt"], "input": cols["query"], "output": cols["chosen" if ranking else "response"],
-            "system": cols["system"], "history": cols["history"]}
+    back = {
+        "instruction": cols["prompt"],
+        "input": cols["query"],
+        "output": cols["chosen" if ranking else "response"],
+        "system": cols["system"],
+        "history": cols["history"],
+    }
     try:
         msgs = norm_alpaca({k: v for k, v in ours.items() if v is not None}, source, i)["messages"]
     except DataError as err:  # name the user's own column
@@ -178,14 +240,23 @@ def _json(v: str, source: str, i: int, field: str) -> Any:
 
 
 def _turn(t: Any, source: str, i: int, field: str, tags: dict) -> dict:
-    roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["observation_tag"]: "tool",
-             tags["function_tag"]: "assistant", tags["system_tag"]: "system"}
+    roles = {
+        tags["user_tag"]: "user",
+        tags["assistant_tag"]: "assistant",
+        tags["observation_tag"]: "tool",
+        tags["function_tag"]: "assistant",
+        tags["system_tag"]: "system",
+    }
     if not isinstance(t, dict):
         raise DataError(f"expected a turn object with {tags['role_tag']}/{tags['content_tag']}", source, i, field)
     role = t.get(tags["role_tag"])
     if role not in roles:
-        raise DataError(f"'{tags['role_tag']}' is {role!r}; this entry's tags allow {', '.join(map(repr, roles))}",
-                        source, i, f"{field}.{tags['role_tag']}")
+        raise DataError(
+            f"'{tags['role_tag']}' is {role!r}; this entry's tags allow {', '.join(map(repr, roles))}",
+            source,
+            i,
+            f"{field}.{tags['role_tag']}",
+        )
     content = t.get(tags["content_tag"])
     if not isinstance(content, str):
         raise DataError("missing or non-string content", source, i, f"{field}.{tags['content_tag']}")

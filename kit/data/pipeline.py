@@ -6,6 +6,7 @@ a dataset of another kind gets an error that says which kind the stage needs.
 :func:`validate_dataset` reads and checks every row with no tokenizer or model, so the engine can
 fail on a bad row in seconds, before it spends a minute loading the model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,13 +49,21 @@ _ROWS_CACHE: OrderedDict[tuple, tuple[list[dict], str]] = OrderedDict()
 _ROWS_CACHE_SIZE = 8
 
 
-def load_rows(ref: str, fmt: str = "auto", kind: Optional[str] = None, max_samples: Optional[int] = None,
-              hub: Optional[HubOptions] = None) -> tuple[list[dict], str]:
+def load_rows(
+    ref: str,
+    fmt: str = "auto",
+    kind: Optional[str] = None,
+    max_samples: Optional[int] = None,
+    hub: Optional[HubOptions] = None,
+) -> tuple[list[dict], str]:
     """Normalised rows of one dataset reference, and the kind they are (``hub``: kit.data.hub's options)."""
     spec = get_spec(ref, hub)
     if spec.purpose == "eval":
-        raise DataError(f"'{spec.name}' is an evaluation set (rows for kit.evaluate / forge eval in multiple-choice "
-                        "mode), not training data", str(spec.source) if isinstance(spec.source, str) else spec.name)
+        raise DataError(
+            f"'{spec.name}' is an evaluation set (rows for kit.evaluate / forge eval in multiple-choice "
+            "mode), not training data",
+            str(spec.source) if isinstance(spec.source, str) else spec.name,
+        )
     key = None
     if isinstance(spec.source, (str, os.PathLike)):
         try:
@@ -93,8 +102,10 @@ def _load_rows(spec, fmt: str, kind: Optional[str], max_samples: Optional[int]) 
             norm = [_convert(r, have, kind) for r in norm]
             have = kind
         else:
-            raise DataError(f"this stage needs {kind} data ({KIND_FORMATS[kind]}), but the dataset is {use_fmt} "
-                            f"({have} data)", source)
+            raise DataError(
+                f"this stage needs {kind} data ({KIND_FORMATS[kind]}), but the dataset is {use_fmt} ({have} data)",
+                source,
+            )
     return norm, have
 
 
@@ -185,8 +196,11 @@ def tokenizer_fingerprint(tok) -> str:
     h = hashlib.sha256()
     h.update(type(tok).__name__.encode())
     h.update(str(len(tok)).encode())
-    h.update((tok.chat_template or "").encode() if isinstance(tok.chat_template, (str, type(None))) else
-             json.dumps(tok.chat_template, sort_keys=True).encode())
+    h.update(
+        (tok.chat_template or "").encode()
+        if isinstance(tok.chat_template, (str, type(None)))
+        else json.dumps(tok.chat_template, sort_keys=True).encode()
+    )
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is not None:
         h.update(backend.to_str().encode())
@@ -208,8 +222,14 @@ def _encode_sft(rows: list[dict], tok, d: DataConfig, packing: bool) -> list[dic
     dropped = 0
     for r in rows:
         try:
-            e = encode_chat(tok, r["messages"], d.cutoff_len, train_on_prompt=d.train_on_prompt,
-                            mask_history=d.mask_history, tools=r.get("tools"))
+            e = encode_chat(
+                tok,
+                r["messages"],
+                d.cutoff_len,
+                train_on_prompt=d.train_on_prompt,
+                mask_history=d.mask_history,
+                tools=r.get("tools"),
+            )
         except TemplateError as err:
             if err.source is not None:
                 raise
@@ -219,15 +239,20 @@ def _encode_sft(rows: list[dict], tok, d: DataConfig, packing: bool) -> list[dic
             continue
         encoded.append(e)
     if dropped:
-        log.warning("%d examples had no trained tokens left after cutoff_len=%d and were skipped", dropped, d.cutoff_len)
+        log.warning(
+            "%d examples had no trained tokens left after cutoff_len=%d and were skipped", dropped, d.cutoff_len
+        )
     return pack(encoded, d.cutoff_len) if packing else encoded
 
 
 def _encode_text(rows: list[dict], tok, d: DataConfig, packing: bool) -> list[dict]:
     if packing:
         # pre-training packs documents one after another; each keeps its own attention block
-        docs = [{"input_ids": b["input_ids"], "labels": b["labels"]}
-                for r in rows for b in encode_text_stream(tok, [r["text"]], d.cutoff_len)]
+        docs = [
+            {"input_ids": b["input_ids"], "labels": b["labels"]}
+            for r in rows
+            for b in encode_text_stream(tok, [r["text"]], d.cutoff_len)
+        ]
         return pack(docs, d.cutoff_len)
     return encode_text_stream(tok, [r["text"] for r in rows], d.cutoff_len)
 
@@ -243,12 +268,23 @@ def build_tokenized(cfg: RunConfig, tok, kind: str, *, packing: Optional[bool] =
     packing = d.packing if packing is None else packing
     train_rows, eval_rows = load_splits(cfg, kind)
     enc = ENCODERS[kind]
-    key = content_hash("v2", kind, train_rows, eval_rows, tokenizer_fingerprint(tok),
-                       {"cutoff_len": d.cutoff_len, "train_on_prompt": d.train_on_prompt,
-                        "mask_history": d.mask_history, "packing": packing})
+    key = content_hash(
+        "v2",
+        kind,
+        train_rows,
+        eval_rows,
+        tokenizer_fingerprint(tok),
+        {
+            "cutoff_len": d.cutoff_len,
+            "train_on_prompt": d.train_on_prompt,
+            "mask_history": d.mask_history,
+            "packing": packing,
+        },
+    )
     cache = data_cache_dir() / key
     if d.cache and (cache / "DONE").exists():
         from datasets import load_from_disk
+
         train = load_from_disk(str(cache / "train"))
         ev = load_from_disk(str(cache / "eval")) if (cache / "eval").exists() else None
         log.info("tokenized data loaded from cache %s", cache)
@@ -295,5 +331,8 @@ def _as_dataset(Dataset, rows: list[dict]):
         return Dataset.from_list(rows)
     except (TypeError, ValueError) as e:  # pyarrow: one column holds values of different types across rows
         source = origin_of(rows[0])[0] if rows else "<data>"
-        raise DataError(f"the rows cannot be stored as one table: a field holds different types in different rows "
-                        f"({type(e).__name__}: {e})", source) from None
+        raise DataError(
+            f"the rows cannot be stored as one table: a field holds different types in different rows "
+            f"({type(e).__name__}: {e})",
+            source,
+        ) from None

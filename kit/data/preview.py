@@ -3,6 +3,7 @@
 This is the data layer's half of a preview: given rows of a *kind* and a tokenizer, encode and
 render them. Choosing the kind from the stage and loading the tokenizer is :func:`kit.preview.preview`.
 """
+
 from __future__ import annotations
 
 import html
@@ -43,12 +44,19 @@ def preview_examples(rows: list[dict], tok, cfg: RunConfig, kind: str, *, style:
     spans in ``[[...]]`` or highlighted HTML).
     """
     if kind in ENCODERS:
-        encoded = ENCODERS[kind](rows, tok, cfg.data, False)[:len(rows)]
+        encoded = ENCODERS[kind](rows, tok, cfg.data, False)[: len(rows)]
     else:
         encoded = [_encode_other(r, tok, cfg, kind) for r in rows]
-    return [{"input_ids": e["input_ids"], "labels": e["labels"], "n_tokens": len(e["input_ids"]),
-             "n_trained": sum(1 for x in e["labels"] if x != IGNORE),
-             "rendered": render_example(tok, e["input_ids"], e["labels"], style=style)} for e in encoded]
+    return [
+        {
+            "input_ids": e["input_ids"],
+            "labels": e["labels"],
+            "n_tokens": len(e["input_ids"]),
+            "n_trained": sum(1 for x in e["labels"] if x != IGNORE),
+            "rendered": render_example(tok, e["input_ids"], e["labels"], style=style),
+        }
+        for e in encoded
+    ]
 
 
 def _encode_other(row: dict, tok, cfg: RunConfig, kind: str) -> dict:

@@ -13,6 +13,7 @@ stays text.
 
 Row values are returned as read; checking them against a format is :mod:`kit.data.formats`' job.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -37,8 +38,9 @@ def read_file(path: str | os.PathLike) -> list[dict]:
     if p.is_dir():
         inside = sorted(x.name for x in p.iterdir() if x.suffix.lower() in SUFFIXES)[:5]
         hint = f" (it holds {', '.join(inside)})" if inside else ""
-        raise DataError(f"this is a folder, not a data file{hint}: give the path of a .jsonl, .json, .csv or "
-                        ".parquet file", src)
+        raise DataError(
+            f"this is a folder, not a data file{hint}: give the path of a .jsonl, .json, .csv or .parquet file", src
+        )
     suffix = p.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"unsupported file type '{suffix}' (use .json, .jsonl, .csv or .parquet)", src)
@@ -70,8 +72,12 @@ def _read_text(p: Path, src: str) -> str:
         return data.decode(encoding, errors="surrogateescape" if encoding == "utf-8-sig" else "strict")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"the file starts with a {encoding.upper()} byte-order mark but is not valid {encoding.upper()}"
-                        f" ({e.reason}): save it as UTF-8", src, line=line) from None
+        raise DataError(
+            f"the file starts with a {encoding.upper()} byte-order mark but is not valid {encoding.upper()}"
+            f" ({e.reason}): save it as UTF-8",
+            src,
+            line=line,
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------ JSON
@@ -169,8 +175,13 @@ def _check_duplicates(rows: list, src: str, lines: Optional[list[int]] = None) -
         found = _find_duplicates(row)
         if found:
             path, key = found
-            raise DataError(f"the key '{key}' appears more than once in one object (only the last would be kept)",
-                            src, i, path, line=lines[i] if lines else None)
+            raise DataError(
+                f"the key '{key}' appears more than once in one object (only the last would be kept)",
+                src,
+                i,
+                path,
+                line=lines[i] if lines else None,
+            )
     return rows
 
 
@@ -206,7 +217,7 @@ def _read_csv(text: str, src: str) -> list[dict]:
             raise DataError(f"the header names the column '{dup}' twice", src, line=1)
         start = reader.line_num + 1
         for cells in reader:
-            if not cells:          # a blank line
+            if not cells:  # a blank line
                 start = reader.line_num + 1
                 continue
             if len(cells) != len(header):
@@ -214,7 +225,10 @@ def _read_csv(text: str, src: str) -> list[dict]:
                 raise DataError(
                     f"{len(cells)} cells but the header has {len(header)} columns ({', '.join(header)})"
                     + ("; a value that contains a comma must be in double quotes" if extra else ""),
-                    src, len(rows), line=start)
+                    src,
+                    len(rows),
+                    line=start,
+                )
             rows.append(decode_cells(dict(zip(header, cells)), src, len(rows)))
             start = reader.line_num + 1
     except csv.Error as e:
@@ -240,8 +254,9 @@ def _read_parquet(p: Path, src: str) -> list[dict]:
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... on a damaged file
-        raise DataError(f"cannot read this Parquet file ({type(e).__name__}: {e}); is it a complete Parquet file?",
-                        src) from None
+        raise DataError(
+            f"cannot read this Parquet file ({type(e).__name__}: {e}); is it a complete Parquet file?", src
+        ) from None
     return [decode_cells(r, src, i) for i, r in enumerate(rows)]
 
 
@@ -270,8 +285,12 @@ def decode_cells(row: dict, src: str, idx: int) -> dict:
                 v = {"true": True, "false": False, "1": True, "0": False}.get(v.strip().lower(), v)
             found = _find_duplicates(v) if isinstance(v, (dict, list)) else None
             if found:
-                raise DataError(f"the key '{found[1]}' appears more than once in one object (only the last would be "
-                                "kept)", src, idx, f"{k}.{found[0]}" if found[0] else k)
+                raise DataError(
+                    f"the key '{found[1]}' appears more than once in one object (only the last would be kept)",
+                    src,
+                    idx,
+                    f"{k}.{found[0]}" if found[0] else k,
+                )
         out[k] = v
     return out
 

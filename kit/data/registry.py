@@ -5,6 +5,7 @@ shards or ``save_to_disk`` output), a Hub id ``owner/name`` (:mod:`kit.data.hub`
 LLaMA-Factory ``dataset_info.json`` in ``data.dataset_dir`` (:mod:`kit.data.llamafactory`).
 Files: ``.json`` (a list of objects, or JSON lines), ``.jsonl``, ``.csv``, ``.parquet``.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,19 +25,20 @@ from .readers import read_file
 @dataclass
 class DatasetSpec:
     name: str
-    source: Union[str, list, Any]          # file path, list of row dicts, or a datasets.Dataset
+    source: Union[str, list, Any]  # file path, list of row dicts, or a datasets.Dataset
     format: str = "auto"
     description: str = ""
-    split: Optional[str] = None            # for hub-style dicts of splits (unused for files)
-    purpose: str = "train"                 # "eval": rows only kit.evaluate reads (e.g. multiple choice)
+    split: Optional[str] = None  # for hub-style dicts of splits (unused for files)
+    purpose: str = "train"  # "eval": rows only kit.evaluate reads (e.g. multiple choice)
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
 _DEMO_LOADED = False
 
 
-def register_dataset(name: str, source: Any, format: str = "auto", description: str = "",
-                     purpose: str = "train") -> DatasetSpec:
+def register_dataset(
+    name: str, source: Any, format: str = "auto", description: str = "", purpose: str = "train"
+) -> DatasetSpec:
     """Register ``name`` for a file path, a list of rows or a ``datasets.Dataset``; ``purpose="eval"``
     marks a set only :mod:`kit.evaluate` reads (dataset pickers for training leave it out)."""
     if purpose not in ("train", "eval"):
@@ -66,8 +68,11 @@ def load_registry_file(path: str | os.PathLike) -> list[DatasetSpec]:
         f = Path(entry["file"])
         if not f.is_absolute():
             f = p.parent / f
-        out.append(register_dataset(name, str(f), entry.get("format", "auto"), entry.get("description", ""),
-                                    entry.get("purpose", "train")))
+        out.append(
+            register_dataset(
+                name, str(f), entry.get("format", "auto"), entry.get("description", ""), entry.get("purpose", "train")
+            )
+        )
     return out
 
 
@@ -97,6 +102,7 @@ def get_spec(ref: str, hub: Optional[HubOptions] = None) -> DatasetSpec:
     opts = hub or HubOptions()
     if opts.dataset_dir:
         from .llamafactory import load_dataset_info
+
         found = load_dataset_info(opts.dataset_dir, opts).get(ref)
         if found is not None:
             source, fmt, description = found
@@ -112,8 +118,10 @@ def get_spec(ref: str, hub: Optional[HubOptions] = None) -> DatasetSpec:
         return DatasetSpec(name=ref, source=HubSource(ref, opts))
     known = ", ".join(sorted(_REGISTRY))
     extra = f", not in {opts.dataset_dir}/dataset_info.json" if opts.dataset_dir else ""
-    raise DataError(f"unknown dataset '{ref}': not a registered name ({known}){extra}, no such file or folder, "
-                    "and not a Hub id (owner/name)")
+    raise DataError(
+        f"unknown dataset '{ref}': not a registered name ({known}){extra}, no such file or folder, "
+        "and not a Hub id (owner/name)"
+    )
 
 
 def read_spec(spec: DatasetSpec) -> tuple[list[dict], str]:

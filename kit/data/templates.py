@@ -3,6 +3,7 @@
 The tokenizer's own template is always preferred; these exist for base models without a
 template, and for the Ollama Modelfile export that needs a Go-template rendering.
 """
+
 from __future__ import annotations
 
 CHATML = (
@@ -16,7 +17,7 @@ CHATML_TOOLS = (
     "{%- if tools %}{{- '<|im_start|>system\n' }}{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\n\n' }}"
     "{%- endif %}{{- '# Tools\n\nYou may call one or more functions. Available functions:\n<tools>' }}"
     "{%- for tool in tools %}{{- '\n' + (tool | tojson) }}{%- endfor %}"
-    "{{- '\n</tools>\n\nFor each call, return <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call>.<|im_end|>\n' }}"
+    '{{- \'\n</tools>\n\nFor each call, return <tool_call>{"name": ..., "arguments": ...}</tool_call>.<|im_end|>\n\' }}'
     "{%- elif messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}{%- endif %}"
     "{%- for message in messages %}"
     "{%- if message['role'] == 'system' %}"
@@ -48,4 +49,6 @@ def resolve_template(name_or_jinja: str) -> str:
         return TEMPLATES[name_or_jinja]
     if "{%" in name_or_jinja or "{{" in name_or_jinja:
         return name_or_jinja
-    raise ValueError(f"unknown chat template '{name_or_jinja}'; registered: {', '.join(TEMPLATES)} (or give a Jinja string)")
+    raise ValueError(
+        f"unknown chat template '{name_or_jinja}'; registered: {', '.join(TEMPLATES)} (or give a Jinja string)"
+    )

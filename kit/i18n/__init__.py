@@ -22,6 +22,7 @@ time; :func:`missing` lists such keys, and the test suite fails on any.
 The language is ``lang`` when given, else :func:`set_language`'s, else the ``FORGE_LANG``
 environment variable, else English.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,21 @@ from ..config import GROUPS, used_by
 from ..config import field_help as _english_help
 from ..errors import ForgeError
 
-__all__ = ["LANGUAGES", "DEFAULT_LANGUAGE", "LanguageError", "language", "set_language", "text", "field_label",
-           "field_help", "config_fields", "missing", "unknown", "stale", "placeholder_mismatches"]
+__all__ = [
+    "LANGUAGES",
+    "DEFAULT_LANGUAGE",
+    "LanguageError",
+    "language",
+    "set_language",
+    "text",
+    "field_label",
+    "field_help",
+    "config_fields",
+    "missing",
+    "unknown",
+    "stale",
+    "placeholder_mismatches",
+]
 
 LANGUAGES = {"en": "English", "zh": "中文"}
 """Language code -> its name in that language (what the Board's language picker lists)."""
@@ -54,7 +68,7 @@ def language(lang: Optional[str] = None) -> str:
     code = lang or _chosen or os.environ.get("FORGE_LANG") or DEFAULT_LANGUAGE
     code = code.strip().lower().replace("_", "-")
     if code not in LANGUAGES:
-        code = code.split("-")[0]        # zh-CN, zh_Hans, en-US -> zh, en
+        code = code.split("-")[0]  # zh-CN, zh_Hans, en-US -> zh, en
     if code not in LANGUAGES:
         raise LanguageError(f"unknown language {lang or code!r}; choose one of {', '.join(LANGUAGES)}")
     return code
@@ -91,7 +105,7 @@ def field_help(dotted: str, lang: Optional[str] = None) -> str:
     """The documentation of config field ``group.field`` (the widget's tooltip), with the stages that read it."""
     code = language(lang)
     entry = getattr(_catalogue(code), "HELP", {}).get(dotted)
-    if entry is None:                     # English, or not translated yet
+    if entry is None:  # English, or not translated yet
         return _english_help(dotted)
     users = used_by(dotted)
     return entry[1] + (" " + text("field.used_by", code, stages=users) if users else "")

@@ -29,7 +29,7 @@ MESSAGES = {
     "error.bug_saved": "Run dir {run_dir}; the traceback is saved in {path}.",
     # ---------------------------------------------------------------- config fields
     "field.none": "none",
-    "field.used_by": "Used by: {stages}.",      # as kit.config.field_help appends it
+    "field.used_by": "Used by: {stages}.",  # as kit.config.field_help appends it
     # ---------------------------------------------------------------- model
     "model.name_placeholder": "registered name, hub id, directory or .gguf file",
     "model.info": "{model} &middot; device <b>{device}</b> &middot; precision <b>{dtype}</b>",
@@ -39,9 +39,9 @@ MESSAGES = {
     "model.source_hub": "from the hub",
     # ---------------------------------------------------------------- quantization, adapter, data
     "quant.needs_bitsandbytes": "<small>quantization needs <code>bitsandbytes</code> "
-                                "(pip install bitsandbytes)</small>",
+    "(pip install bitsandbytes)</small>",
     "adapter.estimate": "trainable <b>{trainable}</b> of {total} params ({pct}%) &middot; ~{memory} to train "
-                        "(weights {weights}, activations {activations})",
+    "(weights {weights}, activations {activations})",
     "adapter.estimate_na": "trainable params: n/a ({reason})",
     "adapter.estimate_not_on_disk": "the model is not on disk yet; the estimate appears after its first load",
     "data.dataset_placeholder": "registered name or file path (json/jsonl/csv/parquet)",
@@ -141,6 +141,6 @@ MESSAGES = {
     "evaluate.compare_base": "compare with base",
     "evaluate.compare_base_tooltip": "Also score the model the run started from, side by side.",
     "evaluate.busy": "evaluating&hellip;",
-    "evaluate.needs_extra": "BLEU / ROUGE need the eval extra: pip install \"forge-kit[eval]\" "
-                            "(multiple-choice accuracy works without it).",
+    "evaluate.needs_extra": 'BLEU / ROUGE need the eval extra: pip install "forge-kit[eval]" '
+    "(multiple-choice accuracy works without it).",
 }

@@ -8,9 +8,22 @@
 :class:`ChatModel` is what the front ends use; ``forge serve`` (:mod:`kit.infer.server`) serves any
 engine over an OpenAI-compatible HTTP API.
 """
+
 from .backends import engine_for_config
 from .engine import BACKENDS, ChatEngine, ChatRequest, Completion, Delta, GenerationSettings
 from .hf import ChatModel, as_messages, chat, load_engine, stop_token_ids
 
-__all__ = ["ChatModel", "chat", "stop_token_ids", "as_messages", "ChatEngine", "ChatRequest", "Completion", "Delta",
-           "GenerationSettings", "load_engine", "engine_for_config", "BACKENDS"]
+__all__ = [
+    "ChatModel",
+    "chat",
+    "stop_token_ids",
+    "as_messages",
+    "ChatEngine",
+    "ChatRequest",
+    "Completion",
+    "Delta",
+    "GenerationSettings",
+    "load_engine",
+    "engine_for_config",
+    "BACKENDS",
+]

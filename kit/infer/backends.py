@@ -1,4 +1,5 @@
 """Choosing a back end: ``generate.backend`` -> the engine, its optional library imported only here."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,11 +20,14 @@ def engine_for_config(cfg: RunConfig, live: Any = None) -> ChatEngine:
         raise ConfigError(f"unknown back end {chosen!r}; allowed: {', '.join(BACKENDS)}", "generate.backend")
     if chosen == "hf":
         from .batch import HFEngine
+
         if live is not None:
             return HFEngine(live.model, live.tokenizer, name=str(cfg.model.name))
         return HFEngine.from_config(cfg)
     if chosen == "vllm":
         from .vllm_engine import VLLMEngine
+
         return VLLMEngine.from_config(cfg)
     from .llamacpp import LlamaCppEngine
+
     return LlamaCppEngine.from_config(cfg)

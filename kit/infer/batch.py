@@ -18,6 +18,7 @@ How the rows share one forward pass (:class:`DecodeBatch`):
 * the KV cache appends in place into spare capacity (:class:`GrowingLayer`) instead of
   transformers' concatenation per token, which copies the whole cache at every step.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -40,6 +41,7 @@ DEFAULT_MAX_BATCH = 16
 
 def _cache_classes():
     from transformers.cache_utils import Cache, DynamicLayer
+
     return Cache, DynamicLayer
 
 
@@ -66,8 +68,8 @@ def _growing_layer_class():
                     k[..., : self._len, :] = self._buf_k[..., : self._len, :]
                     v[..., : self._len, :] = self._buf_v[..., : self._len, :]
                 self._buf_k, self._buf_v = k, v
-            self._buf_k[..., self._len:need, :] = key_states
-            self._buf_v[..., self._len:need, :] = value_states
+            self._buf_k[..., self._len : need, :] = key_states
+            self._buf_v[..., self._len : need, :] = value_states
             self._len = need
             self.keys = self._buf_k[..., :need, :]
             self.values = self._buf_v[..., :need, :]
@@ -119,7 +121,7 @@ class Row:
     max_new: int
     text: AnswerText
     generator: Optional[torch.Generator] = None
-    seen: Optional[torch.Tensor] = None      # ids for the repetition penalty (prompt + answer)
+    seen: Optional[torch.Tensor] = None  # ids for the repetition penalty (prompt + answer)
     generated: list[int] = field(default_factory=list)
     finish_reason: Optional[str] = None
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -134,8 +136,12 @@ class Row:
         self.cancelled.set()
 
     def completion(self) -> Completion:
-        return Completion(text=self.text.text, token_ids=list(self.generated), prompt_tokens=len(self.prompt),
-                          finish_reason=self.finish_reason or FINISH_CANCELLED)
+        return Completion(
+            text=self.text.text,
+            token_ids=list(self.generated),
+            prompt_tokens=len(self.prompt),
+            finish_reason=self.finish_reason or FINISH_CANCELLED,
+        )
 
 
 class DecodeBatch:
@@ -151,9 +157,9 @@ class DecodeBatch:
         self.model = engine.model
         self.rows: list[Row] = []
         self.cache = None
-        self.mask: Optional[torch.Tensor] = None      # [B, T] 1 = real token
+        self.mask: Optional[torch.Tensor] = None  # [B, T] 1 = real token
         self.next_pos: Optional[torch.Tensor] = None  # [B] position id of the next token
-        self.last: Optional[torch.Tensor] = None      # [B, 1] the token to feed next
+        self.last: Optional[torch.Tensor] = None  # [B, 1] the token to feed next
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -203,8 +209,12 @@ class DecodeBatch:
         width = max(t_old, t_new)
         kv = []
         for (k0, v0), (k1, v1) in zip(_kv(self.cache), _kv(cache)):
-            kv.append((torch.cat([_pad_left(k0, width - t_old, -2), _pad_left(k1, width - t_new, -2)]),
-                       torch.cat([_pad_left(v0, width - t_old, -2), _pad_left(v1, width - t_new, -2)])))
+            kv.append(
+                (
+                    torch.cat([_pad_left(k0, width - t_old, -2), _pad_left(k1, width - t_new, -2)]),
+                    torch.cat([_pad_left(v0, width - t_old, -2), _pad_left(v1, width - t_new, -2)]),
+                )
+            )
         self.cache = new_cache(kv)
         self.mask = torch.cat([_pad_left(self.mask, width - t_old, -1), _pad_left(mask, width - t_new, -1)])
         self.next_pos = torch.cat([self.next_pos, next_pos])
@@ -218,7 +228,9 @@ class DecodeBatch:
         out = self._drop([r for r in self.rows if r.cancelled.is_set()], FINISH_CANCELLED)
         if not self.rows:
             return out
-        self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=self.mask.dtype, device=self.device)], 1)
+        self.mask = torch.cat(
+            [self.mask, torch.ones((len(self.rows), 1), dtype=self.mask.dtype, device=self.device)], 1
+        )
         logits = self._forward(self.last, self.mask, self.next_pos[:, None], self.cache)
         self.next_pos = self.next_pos + 1
         return out + self._advance(list(self.rows), self._choose(logits, self.rows))
@@ -241,8 +253,18 @@ class DecodeBatch:
             if reason is not None:
                 r.finish_reason = reason
                 done.append(r)
-            out.append((r, Delta(text=text, token_ids=[tok], prompt_tokens=len(r.prompt),
-                                 completion_tokens=len(r.generated), finish_reason=reason)))
+            out.append(
+                (
+                    r,
+                    Delta(
+                        text=text,
+                        token_ids=[tok],
+                        prompt_tokens=len(r.prompt),
+                        completion_tokens=len(r.generated),
+                        finish_reason=reason,
+                    ),
+                )
+            )
         index = {r.id: i for i, r in enumerate(self.rows)}
         self.last[[index[r.id] for r in rows], 0] = torch.tensor(tokens, device=self.device)
         self._drop(done, None)
@@ -259,8 +281,18 @@ class DecodeBatch:
         for r in rows:
             if reason is not None:
                 r.finish_reason = reason
-                out.append((r, Delta(text="", token_ids=[], prompt_tokens=len(r.prompt),
-                                     completion_tokens=len(r.generated), finish_reason=reason)))
+                out.append(
+                    (
+                        r,
+                        Delta(
+                            text="",
+                            token_ids=[],
+                            prompt_tokens=len(r.prompt),
+                            completion_tokens=len(r.generated),
+                            finish_reason=reason,
+                        ),
+                    )
+                )
         self.rows = [self.rows[i] for i in keep]
         if not keep:
             self.cache = self.mask = self.next_pos = self.last = None
@@ -291,7 +323,9 @@ class HFEngine:
 
     backend = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: Optional[str] = None, max_batch_size: int = DEFAULT_MAX_BATCH):
+    def __init__(
+        self, model: Any, tokenizer: Any, *, name: Optional[str] = None, max_batch_size: int = DEFAULT_MAX_BATCH
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name or str(getattr(getattr(model, "config", None), "_name_or_path", "") or "model")
@@ -322,8 +356,14 @@ class HFEngine:
         check_fits(request, self.context_length)
         s = request.settings
         seen = torch.tensor(sorted(set(ids)), device=self.device) if s.repetition_penalty != 1.0 else None
-        return Row(request=request, prompt=ids, max_new=min(s.max_new_tokens, self.context_length - len(ids)),
-                         text=AnswerText(self.tokenizer, s.stop), generator=seeded_generator(s, self.device), seen=seen)
+        return Row(
+            request=request,
+            prompt=ids,
+            max_new=min(s.max_new_tokens, self.context_length - len(ids)),
+            text=AnswerText(self.tokenizer, s.stop),
+            generator=seeded_generator(s, self.device),
+            seen=seen,
+        )
 
     def new_batch(self) -> DecodeBatch:
         return DecodeBatch(self)

@@ -9,6 +9,7 @@
 * :class:`StopStrings`: stop strings, matched across piece boundaries; text that might be the start
   of a stop string is held back until it is known not to be, so a stream never shows part of one.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -42,7 +43,7 @@ class TextStream:
         self.skip = skip_special_tokens
         self.ids: list[int] = []
         self._prefix = 0  # start of the decoding window
-        self._read = 0    # tokens before this are already emitted
+        self._read = 0  # tokens before this are already emitted
         self._before: Optional[str] = ""  # the decoded text of ids[_prefix:_read] (None: not yet decoded)
         # a fast tokenizer's Rust decoder directly: the same text as tokenizer.decode without
         # clean-up, at a fraction of the per-call cost (this runs once per generated token)
@@ -56,25 +57,25 @@ class TextStream:
 
     def _window_start(self) -> str:
         if self._before is None:
-            self._before = self._decode(self.ids[self._prefix:self._read])
+            self._before = self._decode(self.ids[self._prefix : self._read])
         return self._before
 
     def push(self, ids: Sequence[int]) -> str:
         self.ids.extend(ids)
         before = self._window_start()
-        now = self._decode(self.ids[self._prefix:])
+        now = self._decode(self.ids[self._prefix :])
         if len(now) > len(before) and not now.endswith("\ufffd"):
             self._prefix, self._read, self._before = self._read, len(self.ids), None
-            return now[len(before):]
+            return now[len(before) :]
         return ""
 
     def flush(self) -> str:
         """Whatever is still held back (an incomplete character at the very end stays as U+FFFD)."""
         before = self._window_start()
-        now = self._decode(self.ids[self._prefix:])
+        now = self._decode(self.ids[self._prefix :])
         self._prefix = self._read = len(self.ids)
         self._before = ""
-        return now[len(before):]
+        return now[len(before) :]
 
 
 class StopStrings:
@@ -83,8 +84,8 @@ class StopStrings:
     def __init__(self, stops: Sequence[str] = ()):
         self.stops = [s for s in stops if s]
         self.longest = max((len(s) for s in self.stops), default=0)
-        self.text = ""       # the answer so far (cut at the stop string once one is found)
-        self._sent = 0       # how much of it was handed out
+        self.text = ""  # the answer so far (cut at the stop string once one is found)
+        self._sent = 0  # how much of it was handed out
         self.stopped = False
 
     def push(self, piece: str) -> str:
@@ -99,7 +100,7 @@ class StopStrings:
         self.text += piece
         hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
         if hits:
-            self.text = self.text[:min(hits)]
+            self.text = self.text[: min(hits)]
             self.stopped = True
             return self._release(len(self.text))
         return self._release(len(self.text) - self._held())
@@ -113,7 +114,7 @@ class StopStrings:
         return 0
 
     def _release(self, upto: int) -> str:
-        out = self.text[self._sent:upto]
+        out = self.text[self._sent : upto]
         self._sent = max(self._sent, upto)
         return out
 
@@ -152,4 +153,4 @@ class AnswerText:
 def truncate_at_stop(text: str, stops: Optional[Sequence[str]]) -> tuple[str, bool]:
     """``text`` cut before the first stop string, and whether one was found (for whole answers)."""
     hits = [i for i in (text.find(s) for s in (stops or ()) if s) if i >= 0]
-    return (text[:min(hits)], True) if hits else (text, False)
+    return (text[: min(hits)], True) if hits else (text, False)

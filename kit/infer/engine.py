@@ -18,6 +18,7 @@ same on every back end::
     for delta in engine.stream(req):
         print(delta.text, end="")
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +29,8 @@ from ..config import ConfigError, GenerateConfig
 
 BACKENDS = ("hf", "vllm", "llamacpp")
 
-FINISH_STOP = "stop"          # an end-of-turn token or a stop string
-FINISH_LENGTH = "length"      # max_new_tokens (or the model's context) reached
+FINISH_STOP = "stop"  # an end-of-turn token or a stop string
+FINISH_LENGTH = "length"  # max_new_tokens (or the model's context) reached
 FINISH_CANCELLED = "cancelled"  # the caller went away (a closed stream, a disconnected client)
 
 
@@ -58,9 +59,13 @@ class GenerationSettings:
         elif isinstance(stop, str):
             stop = (stop,)
         object.__setattr__(self, "stop", tuple(stop))
-        checks = [("max_new_tokens", self.max_new_tokens, 1, None), ("temperature", self.temperature, 0.0, None),
-                  ("top_p", self.top_p, 0.0, 1.0), ("top_k", self.top_k, 0, None),
-                  ("repetition_penalty", self.repetition_penalty, 0.0, None)]
+        checks = [
+            ("max_new_tokens", self.max_new_tokens, 1, None),
+            ("temperature", self.temperature, 0.0, None),
+            ("top_p", self.top_p, 0.0, 1.0),
+            ("top_k", self.top_k, 0, None),
+            ("repetition_penalty", self.repetition_penalty, 0.0, None),
+        ]
         for name, value, lo, hi in checks:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"expected a number, got {value!r}", f"generate.{name}")
@@ -89,8 +94,10 @@ class GenerationSettings:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(overrides) - set(names))
         if unknown:
-            raise ConfigError(f"unknown generation setting(s) {', '.join(map(repr, unknown))}; "
-                              f"allowed: {', '.join(names)}", f"generate.{unknown[0]}")
+            raise ConfigError(
+                f"unknown generation setting(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(names)}",
+                f"generate.{unknown[0]}",
+            )
         values = {n: getattr(gen, n) for n in names if hasattr(gen, n)}
         values.update({k: v for k, v in overrides.items() if v is not None or k == "seed"})
         return cls(**values)
@@ -180,6 +187,7 @@ def prompt_ids(tokenizer: Any, request: ChatRequest) -> list[int]:
     if request.prompt_ids is None:
         if request.messages is not None:
             from ..data.encode import encode_prompt
+
             request.prompt_ids = list(encode_prompt(tokenizer, request.messages, tools=request.tools))
         else:
             request.prompt_ids = list(tokenizer(request.prompt)["input_ids"])

@@ -5,6 +5,7 @@ class; it turns messages and keyword settings into :class:`~kit.infer.engine.Cha
 the :class:`~kit.infer.engine.ChatEngine` underneath (``generate.backend``: transformers by default,
 vLLM, llama.cpp, or a running OpenAI-compatible server with :meth:`ChatModel.connect`).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,10 +30,17 @@ class ChatModel:
     ``generate`` group for one call.
     """
 
-    def __init__(self, model: Any = None, tokenizer: Any = None, generate: Optional[GenerateConfig] = None, *,
-                 engine: Optional[ChatEngine] = None):
+    def __init__(
+        self,
+        model: Any = None,
+        tokenizer: Any = None,
+        generate: Optional[GenerateConfig] = None,
+        *,
+        engine: Optional[ChatEngine] = None,
+    ):
         if engine is None:
             from .batch import HFEngine
+
             engine = HFEngine(model, tokenizer)
         self.engine = engine
         self.gen = generate or GenerateConfig()
@@ -79,13 +87,20 @@ class ChatModel:
         return cls(engine=engine_for_config(cfg), generate=cfg.generate)
 
     @classmethod
-    def connect(cls, url: str, *, api_key: Optional[str] = None, model: Optional[str] = None,
-                generate: Optional[GenerateConfig] = None) -> ChatModel:
+    def connect(
+        cls,
+        url: str,
+        *,
+        api_key: Optional[str] = None,
+        model: Optional[str] = None,
+        generate: Optional[GenerateConfig] = None,
+    ) -> ChatModel:
         """Chat with a running OpenAI-compatible server (``forge serve``, vLLM, llama.cpp's server...).
 
         ``api_key`` defaults to FORGE_API_KEY / OPENAI_API_KEY; ``model`` to the server's first model.
         """
         from .remote import RemoteEngine
+
         return cls(engine=RemoteEngine(url, api_key=api_key, model=model), generate=generate)
 
     # ---------------------------------------------------------------- requests
@@ -94,8 +109,9 @@ class ChatModel:
         """The config's generation settings with ``gen`` applied (unknown names are refused)."""
         return GenerationSettings.from_config(self.gen, **gen)
 
-    def request(self, messages: Messages, *, system: Optional[str] = None, tools: Optional[list] = None,
-                **gen: Any) -> ChatRequest:
+    def request(
+        self, messages: Messages, *, system: Optional[str] = None, tools: Optional[list] = None, **gen: Any
+    ) -> ChatRequest:
         msgs = as_messages(messages, system if system is not None else self.gen.system)
         return ChatRequest(messages=msgs, tools=tools, settings=self.settings(**gen))
 
@@ -121,7 +137,9 @@ class ChatModel:
         """The answer's token ids (the end-of-turn token included when one ended it)."""
         return self.engine.generate([self.request(messages, **gen)])[0].token_ids
 
-    def generate_many(self, conversations: Sequence[Messages], *, system: Optional[str] = None, **gen: Any) -> list[str]:
+    def generate_many(
+        self, conversations: Sequence[Messages], *, system: Optional[str] = None, **gen: Any
+    ) -> list[str]:
         """Answers to many conversations at once, batched by the back end; the same answers as one
         ``generate`` call each (greedy)."""
         reqs = [self.request(m, system=system, **gen) for m in conversations]
@@ -140,8 +158,14 @@ def load_engine(source: Any = None, *, backend: Optional[str] = None, **override
     return ChatModel.load(source, **overrides).engine
 
 
-def chat(model_or_run: Any = None, messages: Messages = "Hello!", *, stream: bool = False,
-         system: Optional[str] = None, **gen: Any):
+def chat(
+    model_or_run: Any = None,
+    messages: Messages = "Hello!",
+    *,
+    stream: bool = False,
+    system: Optional[str] = None,
+    **gen: Any,
+):
     """Answer ``messages`` with a model, a Run, a run directory or a config.
 
     ``stream=True`` returns an iterator of text pieces; otherwise the full answer string.

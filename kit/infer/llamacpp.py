@@ -15,6 +15,7 @@ repetition penalty and seeds mean what they mean on the ``hf`` back end. A reque
 with the tokens of the previous one (the next turn of a chat) reuses their cached keys/values.
 Requests run one at a time (a llama.cpp context holds one sequence here).
 """
+
 from __future__ import annotations
 
 import os
@@ -34,6 +35,7 @@ def default_threads() -> int:
     otherwise), so both back ends use the same cores; more threads than free cores makes llama.cpp's
     busy-waiting threads fight each other."""
     import torch
+
     return max(1, torch.get_num_threads())
 
 
@@ -86,8 +88,11 @@ def gguf_for(cfg: Any) -> Path:
     name = str(cfg.model.name)
     if name.endswith(".gguf") and Path(name).is_file():
         if cfg.model.adapter_path:
-            raise ConfigError("the llamacpp back end cannot apply an adapter to a GGUF; export the merged run "
-                              "(forge export RUN --gguf f16) and chat with that file", "generate.backend")
+            raise ConfigError(
+                "the llamacpp back end cannot apply an adapter to a GGUF; export the merged run "
+                "(forge export RUN --gguf f16) and chat with that file",
+                "generate.backend",
+            )
         return Path(name)
     if cfg.model.gguf_file and (Path(name) / cfg.model.gguf_file).is_file():
         return Path(name) / cfg.model.gguf_file
@@ -102,18 +107,29 @@ class LlamaCppEngine:
     backend = "llamacpp"
     concurrency = 1
 
-    def __init__(self, gguf_path: str | os.PathLike, tokenizer: Any, *, name: Optional[str] = None,
-                 n_ctx: Optional[int] = None, n_threads: Optional[int] = None):
+    def __init__(
+        self,
+        gguf_path: str | os.PathLike,
+        tokenizer: Any,
+        *,
+        name: Optional[str] = None,
+        n_ctx: Optional[int] = None,
+        n_threads: Optional[int] = None,
+    ):
         try:
             from llama_cpp import Llama
         except ImportError as e:
-            raise ConfigError("the llamacpp back end needs llama-cpp-python: pip install llama-cpp-python "
-                              "(or scripts/install_llamacpp.sh)", "generate.backend") from e
+            raise ConfigError(
+                "the llamacpp back end needs llama-cpp-python: pip install llama-cpp-python "
+                "(or scripts/install_llamacpp.sh)",
+                "generate.backend",
+            ) from e
         path = Path(gguf_path)
         threads = n_threads or default_threads()
         ctx = n_ctx or min(_gguf_context(path) or 4096, MAX_CONTEXT)
-        self.llm = Llama(model_path=str(path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
-                         n_gpu_layers=0, verbose=False)
+        self.llm = Llama(
+            model_path=str(path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads, n_gpu_layers=0, verbose=False
+        )
         self.tokenizer = tokenizer
         self.name = name or path.stem
         self.path = path
@@ -157,7 +173,7 @@ class LlamaCppEngine:
         import llama_cpp as C
 
         for i in range(0, len(tokens), self._n_batch):
-            chunk = tokens[i:i + self._n_batch]
+            chunk = tokens[i : i + self._n_batch]
             arr = (C.llama_token * len(chunk))(*chunk)
             rc = C.llama_decode(self.llm.ctx, C.llama_batch_get_one(arr, len(chunk)))
             if rc != 0:
@@ -234,6 +250,12 @@ class LlamaCppEngine:
                 pieces.append(d.text)
                 ids += d.token_ids
                 last = d
-            out.append(Completion(text="".join(pieces), token_ids=ids, prompt_tokens=len(r.prompt_ids or []),
-                                  finish_reason=last.finish_reason if last else FINISH_STOP))
+            out.append(
+                Completion(
+                    text="".join(pieces),
+                    token_ids=ids,
+                    prompt_tokens=len(r.prompt_ids or []),
+                    finish_reason=last.finish_reason if last else FINISH_STOP,
+                )
+            )
         return out

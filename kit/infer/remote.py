@@ -5,6 +5,7 @@ tab (``ChatPanel(url=...)``) use it to talk to ``forge serve`` (or vLLM's, llama
 other OpenAI-compatible server). ``top_k`` and ``repetition_penalty`` are not OpenAI parameters:
 they are sent in the request body's extras (vLLM and ``forge serve`` read them) only when set.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,15 @@ class RemoteEngine:
     tokenizer = None
     context_length = 1 << 30  # the server checks its own context
 
-    def __init__(self, url: str, *, api_key: Optional[str] = None, model: Optional[str] = None,
-                 timeout: float = 600.0, concurrency: int = 8):
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: Optional[str] = None,
+        model: Optional[str] = None,
+        timeout: float = 600.0,
+        concurrency: int = 8,
+    ):
         try:
             import openai
         except ImportError as e:
@@ -101,9 +109,13 @@ class RemoteEngine:
         choice = r.choices[0]
         text = choice.message.content if request.messages is not None else choice.text
         usage = r.usage
-        return Completion(text=text or "", token_ids=[], prompt_tokens=usage.prompt_tokens if usage else 0,
-                          finish_reason=_finish(choice.finish_reason),
-                          completion_tokens=usage.completion_tokens if usage else 0)
+        return Completion(
+            text=text or "",
+            token_ids=[],
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            finish_reason=_finish(choice.finish_reason),
+            completion_tokens=usage.completion_tokens if usage else 0,
+        )
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         if len(requests) <= 1:
@@ -126,8 +138,13 @@ class RemoteEngine:
                     if text:
                         n_out += 1
                         yield Delta(text=text, token_ids=[], prompt_tokens=n_prompt, completion_tokens=n_out)
-            yield Delta(text="", token_ids=[], prompt_tokens=n_prompt, completion_tokens=n_out,
-                        finish_reason=finish or FINISH_STOP)
+            yield Delta(
+                text="",
+                token_ids=[],
+                prompt_tokens=n_prompt,
+                completion_tokens=n_out,
+                finish_reason=finish or FINISH_STOP,
+            )
         except self._openai.APIError as e:
             raise self._error(e) from e
         finally:

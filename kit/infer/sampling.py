@@ -6,6 +6,7 @@ a server batch belong to different requests (one greedy, one at temperature 0.8 
 A seeded row draws from its own ``torch.Generator``, so its answer does not depend on what else is
 in the batch.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -49,8 +50,12 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits
 
 
-def next_tokens(logits: torch.Tensor, settings: Sequence[GenerationSettings],
-                seen: Sequence[Optional[torch.Tensor]], generators: Sequence[Optional[torch.Generator]]) -> list[int]:
+def next_tokens(
+    logits: torch.Tensor,
+    settings: Sequence[GenerationSettings],
+    seen: Sequence[Optional[torch.Tensor]],
+    generators: Sequence[Optional[torch.Generator]],
+) -> list[int]:
     """One token per row of ``logits`` [B, V] (float32)."""
     plain = all(s.greedy and s.repetition_penalty == 1.0 for s in settings)
     if plain:

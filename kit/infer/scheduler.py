@@ -10,6 +10,7 @@ Each request gets a :class:`Ticket`: the scheduler puts deltas into it and never
 reader, so a slow or vanished client holds up nobody; ``ticket.cancel()`` (a closed connection)
 removes its row at the next step. Deltas reach asyncio code through ``loop.call_soon_threadsafe``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -124,7 +125,7 @@ class BatchScheduler:
             arrived = []
             try:
                 if not len(batch):
-                    item = self._inbox.get()      # idle: sleep until a request comes
+                    item = self._inbox.get()  # idle: sleep until a request comes
                     if item is not None:
                         arrived.append(item)
                 while len(batch) + len(arrived) < self.max_batch_size:

@@ -24,6 +24,7 @@ Safe by default:
 
 Needs the ``serve`` extra (``pip install forge-kit[serve]``: fastapi, uvicorn, openai).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -75,8 +76,15 @@ class Limits:
 class APIError(Exception):
     """A request we refuse, with its HTTP status and OpenAI's error fields."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: Optional[str] = None, code: Optional[str] = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: Optional[str] = None,
+        code: Optional[str] = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -87,8 +95,10 @@ class APIError(Exception):
 def check_bind(host: str, api_key: Optional[str]) -> None:
     """Refuse to listen beyond this machine without an API key."""
     if host not in LOCAL_HOSTS and not api_key:
-        raise ServeError(f"refusing to listen on {host} without an API key: anyone who can reach it could use the "
-                         f"model. Give --api-key KEY (or set {API_KEY_ENV}), or bind 127.0.0.1")
+        raise ServeError(
+            f"refusing to listen on {host} without an API key: anyone who can reach it could use the "
+            f"model. Give --api-key KEY (or set {API_KEY_ENV}), or bind 127.0.0.1"
+        )
 
 
 # ------------------------------------------------------------------ the guard (every route)
@@ -126,14 +136,20 @@ class Guard:
 
 
 def _too_large(limit: int) -> APIError:
-    return APIError(413, f"the request body is larger than the limit of {limit} bytes (max_body_bytes)",
-                    code="request_too_large")
+    return APIError(
+        413, f"the request body is larger than the limit of {limit} bytes (max_body_bytes)", code="request_too_large"
+    )
 
 
 async def _send(send, err: APIError) -> None:
     body = json.dumps(err.body()).encode()
-    await send({"type": "http.response.start", "status": err.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -150,8 +166,9 @@ async def read_body(request: Any, limit: int) -> bytes:
 # ------------------------------------------------------------------ reading a request
 
 
-def _get_number(data: dict, key: str, lo: float, hi: Optional[float], *, integer: bool = False,
-                limit_name: Optional[str] = None) -> Any:
+def _get_number(
+    data: dict, key: str, lo: float, hi: Optional[float], *, integer: bool = False, limit_name: Optional[str] = None
+) -> Any:
     v = data.get(key)
     if v is None:
         return None
@@ -195,24 +212,39 @@ def _messages(data: dict, limits: Limits) -> list[dict]:
     if not isinstance(msgs, list) or not msgs:
         raise APIError(400, "'messages' must be a non-empty list", param="messages")
     if len(msgs) > limits.max_messages:
-        raise APIError(400, f"at most {limits.max_messages} messages per request (max_messages), got {len(msgs)}",
-                       param="messages")
+        raise APIError(
+            400, f"at most {limits.max_messages} messages per request (max_messages), got {len(msgs)}", param="messages"
+        )
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
             raise APIError(400, f"messages[{i}] must be an object", param=f"messages[{i}]")
         role = m.get("role")
         if role not in ROLES:
-            raise APIError(400, f"messages[{i}].role is {role!r}; allowed: {', '.join(ROLES)}", param=f"messages[{i}].role")
+            raise APIError(
+                400, f"messages[{i}].role is {role!r}; allowed: {', '.join(ROLES)}", param=f"messages[{i}].role"
+            )
         content = m.get("content")
-        ok = content is None and (role == "assistant" and m.get("tool_calls")) or isinstance(content, str) or (
-            isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                              and isinstance(p.get("text"), str) for p in content))
+        ok = (
+            content is None
+            and (role == "assistant" and m.get("tool_calls"))
+            or isinstance(content, str)
+            or (
+                isinstance(content, list)
+                and all(
+                    isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+                )
+            )
+        )
         if not ok:
-            raise APIError(400, f"messages[{i}].content must be a string or a list of text parts",
-                           param=f"messages[{i}].content")
+            raise APIError(
+                400, f"messages[{i}].content must be a string or a list of text parts", param=f"messages[{i}].content"
+            )
     if msgs[-1]["role"] == "assistant":
-        raise APIError(400, "the last message is the assistant's: nothing to answer (continuing an answer is not "
-                            "supported)", param=f"messages[{len(msgs) - 1}].role")
+        raise APIError(
+            400,
+            "the last message is the assistant's: nothing to answer (continuing an answer is not supported)",
+            param=f"messages[{len(msgs) - 1}].role",
+        )
     return msgs
 
 
@@ -220,14 +252,22 @@ def _tools(data: dict, tokenizer: Any) -> Optional[list]:
     tools, choice = data.get("tools"), data.get("tool_choice")
     if not tools or choice == "none":
         return None
-    if not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("type") == "function"
-                                              and isinstance((t.get("function") or {}).get("name"), str) for t in tools):
+    if not isinstance(tools, list) or not all(
+        isinstance(t, dict) and t.get("type") == "function" and isinstance((t.get("function") or {}).get("name"), str)
+        for t in tools
+    ):
         raise APIError(400, "'tools' must be a list of {'type': 'function', 'function': {'name', ...}}", param="tools")
     if choice not in (None, "auto"):
-        raise APIError(400, "tool_choice must be 'auto' or 'none' (forcing a call is not supported)", param="tool_choice")
+        raise APIError(
+            400, "tool_choice must be 'auto' or 'none' (forcing a call is not supported)", param="tool_choice"
+        )
     if not supports_tools(tokenizer):
-        raise APIError(400, "this model's chat template does not render tools; serve it with a template that does "
-                            "(e.g. model.template=chatml_tools)", param="tools")
+        raise APIError(
+            400,
+            "this model's chat template does not render tools; serve it with a template that does "
+            "(e.g. model.template=chatml_tools)",
+            param="tools",
+        )
     return tools
 
 
@@ -249,15 +289,16 @@ class Service:
         _refuse_unsupported(data)
         max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
         if max_tokens is not None:
-            max_tokens = _get_number({"max_tokens": max_tokens}, "max_tokens", 1, lim.max_tokens, integer=True,
-                                     limit_name="max_tokens limit")
+            max_tokens = _get_number(
+                {"max_tokens": max_tokens}, "max_tokens", 1, lim.max_tokens, integer=True, limit_name="max_tokens limit"
+            )
         values: dict[str, Any] = {
             "max_new_tokens": max_tokens or min(default_max_tokens, lim.max_tokens),
             "temperature": _get_number(data, "temperature", 0.0, 2.0),
             "top_p": _get_number(data, "top_p", 0.0, 1.0),
             "top_k": _get_number(data, "top_k", 0, None, integer=True),
             "repetition_penalty": _get_number(data, "repetition_penalty", 1e-6, None),
-            "seed": _get_number(data, "seed", -(2 ** 63), 2 ** 63 - 1, integer=True),
+            "seed": _get_number(data, "seed", -(2**63), 2**63 - 1, integer=True),
             "stop": _stop(data, lim) or self.defaults.stop,
         }
         explicit = {k: v for k, v in values.items() if v is not None}
@@ -268,29 +309,46 @@ class Service:
         if not isinstance(model, str) or not model:
             raise APIError(400, "'model' is required (see GET /v1/models)", param="model")
         if model != self.name:
-            raise APIError(404, f"the model {model!r} does not exist; this server serves {self.name!r}",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"the model {model!r} does not exist; this server serves {self.name!r}",
+                param="model",
+                code="model_not_found",
+            )
 
     def submit(self, req: ChatRequest, explicit_max: bool) -> Any:
         """Encode and check the prompt, then queue it; returns the ticket."""
         if self.scheduler.pending() >= self.limits.max_pending:
-            raise APIError(429, f"the server is busy: {self.limits.max_pending} requests are waiting (max_pending); "
-                                "retry shortly", type="rate_limit_error", code="server_busy")
+            raise APIError(
+                429,
+                f"the server is busy: {self.limits.max_pending} requests are waiting (max_pending); retry shortly",
+                type="rate_limit_error",
+                code="server_busy",
+            )
         ctx = self.engine.context_length
         try:
             n = len(prompt_ids(self.engine.tokenizer, req))
         except Exception as e:  # a chat template that rejects these messages (roles out of order...)
-            raise APIError(400, f"the messages cannot be rendered with this model's chat template: {e}",
-                           param="messages") from e
+            raise APIError(
+                400, f"the messages cannot be rendered with this model's chat template: {e}", param="messages"
+            ) from e
         param = "messages" if req.messages is not None else "prompt"
         if n >= ctx:
-            raise APIError(400, f"the prompt is {n} tokens; this model's context is {ctx} tokens", param=param,
-                           code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"the prompt is {n} tokens; this model's context is {ctx} tokens",
+                param=param,
+                code="context_length_exceeded",
+            )
         if n + req.settings.max_new_tokens > ctx:
             if explicit_max:
-                raise APIError(400, f"the prompt ({n} tokens) plus max_tokens ({req.settings.max_new_tokens}) exceed "
-                                    f"this model's context of {ctx} tokens", param="max_tokens",
-                               code="context_length_exceeded")
+                raise APIError(
+                    400,
+                    f"the prompt ({n} tokens) plus max_tokens ({req.settings.max_new_tokens}) exceed "
+                    f"this model's context of {ctx} tokens",
+                    param="max_tokens",
+                    code="context_length_exceeded",
+                )
             req.settings = req.settings.replace(max_new_tokens=ctx - n)
         try:
             return self.scheduler.submit(req, loop=asyncio.get_running_loop())
@@ -314,6 +372,7 @@ def _sse(obj: Any) -> str:
 
 async def _collect(ticket: Any, request: Any) -> tuple[str, Any]:
     """The whole answer of a non-streaming request; a client that disconnects meanwhile cancels it."""
+
     async def watch():
         while not ticket.cancelled.is_set():
             if await request.is_disconnected():
@@ -332,8 +391,14 @@ async def _collect(ticket: Any, request: Any) -> tuple[str, Any]:
     return "".join(text), last
 
 
-def create_app(engine: Any, *, name: Optional[str] = None, api_key: Optional[str] = None,
-               limits: Optional[Limits] = None, defaults: Optional[GenerationSettings] = None) -> Any:
+def create_app(
+    engine: Any,
+    *,
+    name: Optional[str] = None,
+    api_key: Optional[str] = None,
+    limits: Optional[Limits] = None,
+    defaults: Optional[GenerationSettings] = None,
+) -> Any:
     """The FastAPI app serving ``engine`` (a :class:`~kit.infer.engine.ChatEngine` with a tokenizer)
     under the model id ``name``. ``defaults``: the generation settings a request does not override."""
     from fastapi import FastAPI
@@ -413,8 +478,11 @@ def create_app(engine: Any, *, name: Optional[str] = None, api_key: Optional[str
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if data.get("stream"):
             opts = data.get("stream_options") or {}
-            return StreamingResponse(_chat_stream(ticket, cid, created, bool(opts.get("include_usage")), tools is not None),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                _chat_stream(ticket, cid, created, bool(opts.get("include_usage")), tools is not None),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         text, last = await _collect(ticket, request)
         message: dict[str, Any] = {"role": "assistant", "content": text}
         finish = _finish(last.finish_reason if last else None)
@@ -424,14 +492,26 @@ def create_app(engine: Any, *, name: Optional[str] = None, api_key: Optional[str
                 message = {"role": "assistant", "content": content, "tool_calls": calls}
                 finish = "tool_calls"
         n_prompt = len(req.prompt_ids or [])
-        return {"id": cid, "object": "chat.completion", "created": created, "model": service.name,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-                "usage": _usage(n_prompt, last.completion_tokens if last else 0)}
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": service.name,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+            "usage": _usage(n_prompt, last.completion_tokens if last else 0),
+        }
 
     async def _chat_stream(ticket, cid: str, created: int, include_usage: bool, tools_on: bool) -> AsyncIterator[str]:
         def chunk(delta: dict, finish: Optional[str] = None) -> str:
-            return _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": service.name,
-                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
+            return _sse(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": service.name,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                }
+            )
 
         hold = StopStrings([OPEN]) if tools_on else None  # text from "<tool_call>" on is held for parsing
         last, full = None, []
@@ -446,7 +526,7 @@ def create_app(engine: Any, *, name: Optional[str] = None, api_key: Optional[str
             finish = _finish(last.finish_reason if last else None)
             if hold is not None:
                 if hold.stopped:  # hold.text is the answer before the marker, streamed already
-                    content, calls = parse_tool_calls("".join(full)[len(hold.text):])
+                    content, calls = parse_tool_calls("".join(full)[len(hold.text) :])
                     if calls:
                         yield chunk({"tool_calls": [dict(c, index=i) for i, c in enumerate(calls)]})
                         finish = "tool_calls"
@@ -459,8 +539,16 @@ def create_app(engine: Any, *, name: Optional[str] = None, api_key: Optional[str
             yield chunk({}, finish)
             if include_usage:
                 n_prompt = len(ticket.request.prompt_ids or [])
-                yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": service.name,
-                            "choices": [], "usage": _usage(n_prompt, last.completion_tokens if last else 0)})
+                yield _sse(
+                    {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": service.name,
+                        "choices": [],
+                        "usage": _usage(n_prompt, last.completion_tokens if last else 0),
+                    }
+                )
             yield "data: [DONE]\n\n"
         except Exception as e:  # generation failed mid-stream: the status is sent already, so say it in-band
             log.exception("stream failed")
@@ -499,21 +587,44 @@ def create_app(engine: Any, *, name: Optional[str] = None, api_key: Optional[str
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if stream:
             opts = data.get("stream_options") or {}
-            return StreamingResponse(_completion_stream(tickets[0], cid, created, bool(opts.get("include_usage"))),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                _completion_stream(tickets[0], cid, created, bool(opts.get("include_usage"))),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         results = await asyncio.gather(*[_collect(t, request) for t in tickets])
         choices, n_out = [], 0
         for i, (text, last) in enumerate(results):
-            choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": _finish(last.finish_reason if last else None)})
+            choices.append(
+                {
+                    "index": i,
+                    "text": text,
+                    "logprobs": None,
+                    "finish_reason": _finish(last.finish_reason if last else None),
+                }
+            )
             n_out += last.completion_tokens if last else 0
         n_in = sum(len(r.prompt_ids or []) for r in reqs)
-        return {"id": cid, "object": "text_completion", "created": created, "model": service.name,
-                "choices": choices, "usage": _usage(n_in, n_out)}
+        return {
+            "id": cid,
+            "object": "text_completion",
+            "created": created,
+            "model": service.name,
+            "choices": choices,
+            "usage": _usage(n_in, n_out),
+        }
 
     async def _completion_stream(ticket, cid: str, created: int, include_usage: bool) -> AsyncIterator[str]:
         def chunk(text: str, finish: Optional[str] = None) -> str:
-            return _sse({"id": cid, "object": "text_completion", "created": created, "model": service.name,
-                         "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]})
+            return _sse(
+                {
+                    "id": cid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": service.name,
+                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+                }
+            )
 
         last = None
         try:
@@ -523,9 +634,16 @@ def create_app(engine: Any, *, name: Optional[str] = None, api_key: Optional[str
                     yield chunk(d.text)
             yield chunk("", _finish(last.finish_reason if last else None))
             if include_usage:
-                yield _sse({"id": cid, "object": "text_completion", "created": created, "model": service.name,
-                            "choices": [], "usage": _usage(len(ticket.request.prompt_ids or []),
-                                                           last.completion_tokens if last else 0)})
+                yield _sse(
+                    {
+                        "id": cid,
+                        "object": "text_completion",
+                        "created": created,
+                        "model": service.name,
+                        "choices": [],
+                        "usage": _usage(len(ticket.request.prompt_ids or []), last.completion_tokens if last else 0),
+                    }
+                )
             yield "data: [DONE]\n\n"
         except Exception as e:
             log.exception("stream failed")
@@ -542,8 +660,10 @@ def create_app(engine: Any, *, name: Optional[str] = None, api_key: Optional[str
 def served_name(source: Any) -> str:
     """The model id clients use: the run directory's or model's name."""
     from pathlib import Path
+
     if source is None:
         from ..config import DEFAULT_MODEL
+
         return DEFAULT_MODEL
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
@@ -551,19 +671,39 @@ def served_name(source: Any) -> str:
     return type(source).__name__.lower()
 
 
-def build(source: Any = None, *, api_key: Optional[str] = None, name: Optional[str] = None,
-          limits: Optional[Limits] = None, **overrides: Any) -> Any:
+def build(
+    source: Any = None,
+    *,
+    api_key: Optional[str] = None,
+    name: Optional[str] = None,
+    limits: Optional[Limits] = None,
+    **overrides: Any,
+) -> Any:
     """Load ``source`` through :class:`~kit.ChatModel` (its ``generate`` group gives the defaults) and
     return the app."""
     from .hf import ChatModel
 
     cm = source if isinstance(source, ChatModel) else ChatModel.load(source, **overrides)
-    return create_app(cm.engine, name=name or (cm.engine.name if isinstance(source, ChatModel) else served_name(source)),
-                      api_key=api_key, limits=limits, defaults=cm.settings())
+    return create_app(
+        cm.engine,
+        name=name or (cm.engine.name if isinstance(source, ChatModel) else served_name(source)),
+        api_key=api_key,
+        limits=limits,
+        defaults=cm.settings(),
+    )
 
 
-def serve(source: Any = None, *, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
-          name: Optional[str] = None, limits: Optional[Limits] = None, log_level: str = "info", **overrides: Any) -> None:
+def serve(
+    source: Any = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: Optional[str] = None,
+    name: Optional[str] = None,
+    limits: Optional[Limits] = None,
+    log_level: str = "info",
+    **overrides: Any,
+) -> None:
     """Serve ``source`` until interrupted (what ``forge serve`` runs)."""
     import uvicorn
 
@@ -572,16 +712,19 @@ def serve(source: Any = None, *, host: str = "127.0.0.1", port: int = 8000, api_
     app = build(source, api_key=api_key, name=name, limits=limits, **overrides)
     service = app.state.service
     where = f"[{host}]" if ":" in host else host
-    print(f"serving {service.name!r} ({service.engine.backend} back end) at http://{where}:{port}/v1"
-          f"{'; API key required' if api_key else ''}", flush=True)
+    print(
+        f"serving {service.name!r} ({service.engine.backend} back end) at http://{where}:{port}/v1"
+        f"{'; API key required' if api_key else ''}",
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
 class BackgroundServer:
     """A server on a free local port in a background thread (tests, notebooks)::
 
-        with BackgroundServer(kit.infer.server.build("smollm2-135m-instruct")) as srv:
-            client = OpenAI(base_url=srv.url, api_key="x")
+    with BackgroundServer(kit.infer.server.build("smollm2-135m-instruct")) as srv:
+        client = OpenAI(base_url=srv.url, api_key="x")
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
@@ -593,8 +736,9 @@ class BackgroundServer:
         self._sock.bind((host, port))
         self.host, self.port = host, self._sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True,
-                                        name="forge-serve")
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True, name="forge-serve"
+        )
 
     @property
     def url(self) -> str:
@@ -621,8 +765,16 @@ class BackgroundServer:
         self.stop()
 
 
-def serve_main(source: Any, pairs: Sequence[str] = (), *, host: str = "127.0.0.1", port: int = 8000,
-               api_key: Optional[str] = None, name: Optional[str] = None, max_tokens: Optional[int] = None) -> int:
+def serve_main(
+    source: Any,
+    pairs: Sequence[str] = (),
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: Optional[str] = None,
+    name: Optional[str] = None,
+    max_tokens: Optional[int] = None,
+) -> int:
     """``forge serve``: ``pairs`` are ``key=value`` config overrides; bare generation knobs
     (``max_new_tokens=64``) mean the ``generate`` group, as in ``forge chat``."""
     import dataclasses

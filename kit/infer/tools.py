@@ -7,6 +7,7 @@ the format ``kit.data`` trains on; :func:`parse_tool_calls` reads it back into O
 ``tool_calls`` shape (arguments as a JSON string). A model whose template drops tools cannot call
 them, so the server refuses tools for it instead of silently ignoring them.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,11 +43,18 @@ def parse_tool_calls(text: str) -> tuple[Optional[str], list[dict]]:
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
             continue
         args = obj.get("arguments", obj.get("parameters", {}))
-        kept.append(text[pos:m.start()])
+        kept.append(text[pos : m.start()])
         pos = m.end()
-        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                      "function": {"name": obj["name"],
-                                   "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}})
+        calls.append(
+            {
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {
+                    "name": obj["name"],
+                    "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False),
+                },
+            }
+        )
     kept.append(text[pos:])
     content = "".join(kept).strip()
     return (content or None), calls

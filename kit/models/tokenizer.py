@@ -17,6 +17,7 @@ its own first). This module is the one place that knows the correspondence, in b
 Each entry of :data:`PRE_TOKENIZERS` is checked token for token against llama.cpp itself in
 ``tests/test_llamacpp.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,12 +50,15 @@ CHECK_TEXT = (
 # llama.cpp `tokenizer.ggml.pre` name -> how to build the same split rule with `tokenizers`.
 # Qwen2's rule is the one in Qwen2's tokenizer.json (llama.cpp's adapted copy spells the
 # case-insensitive contractions out); it isolates single digits and lets one non-letter lead a word.
-_QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 def _byte_level(add_prefix_space: bool, use_regex: bool = True):
     from tokenizers import pre_tokenizers as pt
+
     return pt.ByteLevel(add_prefix_space=add_prefix_space, use_regex=use_regex)
 
 
@@ -65,14 +69,20 @@ def _gpt2(add_prefix_space: bool = False):
 def _smollm(add_prefix_space: bool = False):
     # llama.cpp: "\p{N}" first, then GPT-2's rule (StarCoder / SmolLM / SmolLM2 tokenizers)
     from tokenizers import pre_tokenizers as pt
+
     return pt.Sequence([pt.Digits(individual_digits=True), _byte_level(add_prefix_space)])
 
 
 def _qwen2(add_prefix_space: bool = False):
     from tokenizers import Regex
     from tokenizers import pre_tokenizers as pt
-    return pt.Sequence([pt.Split(Regex(_QWEN2_REGEX), behavior="isolated", invert=False),
-                        _byte_level(add_prefix_space, use_regex=False)])
+
+    return pt.Sequence(
+        [
+            pt.Split(Regex(_QWEN2_REGEX), behavior="isolated", invert=False),
+            _byte_level(add_prefix_space, use_regex=False),
+        ]
+    )
 
 
 PRE_TOKENIZERS: dict[str, Callable[..., object]] = {"smollm": _smollm, "gpt-2": _gpt2, "qwen2": _qwen2}
@@ -118,14 +128,16 @@ def llama_cpp_pre_name(tok) -> str:
     raise TokenizerMismatch(
         f"the pre-tokenizer of {getattr(tok, 'name_or_path', '?')!r} ({json.dumps(state)[:300]}) splits text like none "
         f"of the llama.cpp rules known here ({', '.join(PRE_TOKENIZERS)}); a GGUF of it would tokenize differently "
-        "in llama.cpp. Convert it with llama.cpp's convert_hf_to_gguf.py, which knows more models by hash.")
+        "in llama.cpp. Convert it with llama.cpp's convert_hf_to_gguf.py, which knows more models by hash."
+    )
 
 
 def set_pre_tokenizer(tok, name: str, add_prefix_space: Optional[bool] = None):
     """Give ``tok`` llama.cpp's pre-tokenizer ``name`` (in place; returns ``tok``)."""
     if name not in PRE_TOKENIZERS:
-        raise TokenizerMismatch(f"no Hugging Face equivalent known for llama.cpp pre-tokenizer {name!r}; "
-                                f"known: {', '.join(PRE_TOKENIZERS)}")
+        raise TokenizerMismatch(
+            f"no Hugging Face equivalent known for llama.cpp pre-tokenizer {name!r}; known: {', '.join(PRE_TOKENIZERS)}"
+        )
     space = adds_space_prefix(tok) if add_prefix_space is None else add_prefix_space
     _backend(tok).pre_tokenizer = PRE_TOKENIZERS[name](space)
     return tok
@@ -140,13 +152,13 @@ class GGUFTokenizerFacts:
 
     pre: Optional[str] = None
     model: Optional[str] = None
-    control_ids: list[int] = field(default_factory=list)        # token_type CONTROL
-    user_defined_ids: list[int] = field(default_factory=list)   # token_type USER_DEFINED
+    control_ids: list[int] = field(default_factory=list)  # token_type CONTROL
+    user_defined_ids: list[int] = field(default_factory=list)  # token_type USER_DEFINED
     add_bos: Optional[bool] = None
     add_eos: Optional[bool] = None
     add_space_prefix: Optional[bool] = None
     context_length: Optional[int] = None
-    general: dict = field(default_factory=dict)                 # general.* strings: name, license, ...
+    general: dict = field(default_factory=dict)  # general.* strings: name, license, ...
 
 
 def read_gguf_tokenizer_facts(path: Union[str, os.PathLike]) -> GGUFTokenizerFacts:
@@ -160,14 +172,17 @@ def read_gguf_tokenizer_facts(path: Union[str, os.PathLike]) -> GGUFTokenizerFac
         return None if f is None else f.contents()
 
     arch = value("general.architecture")
-    facts = GGUFTokenizerFacts(pre=value("tokenizer.ggml.pre"), model=value("tokenizer.ggml.model"),
-                               add_bos=value("tokenizer.ggml.add_bos_token"),
-                               add_eos=value("tokenizer.ggml.add_eos_token"),
-                               add_space_prefix=value("tokenizer.ggml.add_space_prefix"),
-                               context_length=value(f"{arch}.context_length") if arch else None)
+    facts = GGUFTokenizerFacts(
+        pre=value("tokenizer.ggml.pre"),
+        model=value("tokenizer.ggml.model"),
+        add_bos=value("tokenizer.ggml.add_bos_token"),
+        add_eos=value("tokenizer.ggml.add_eos_token"),
+        add_space_prefix=value("tokenizer.ggml.add_space_prefix"),
+        context_length=value(f"{arch}.context_length") if arch else None,
+    )
     for key in reader.fields:
         if key.startswith("general.") and isinstance(v := value(key), str):
-            facts.general[key[len("general."):]] = v
+            facts.general[key[len("general.") :]] = v
     types = reader.fields.get("tokenizer.ggml.token_type")
     if types is not None:
         arr = np.concatenate([types.parts[i] for i in types.data])
@@ -190,14 +205,19 @@ def apply_gguf_tokenizer_facts(tok, facts: GGUFTokenizerFacts):
         if facts.pre in PRE_TOKENIZERS:
             set_pre_tokenizer(tok, facts.pre, bool(facts.add_space_prefix))
         else:
-            log.warning("GGUF pre-tokenizer %r has no Hugging Face equivalent here (known: %s); keeping %s",
-                        facts.pre, ", ".join(PRE_TOKENIZERS), type(_backend(tok).pre_tokenizer).__name__)
+            log.warning(
+                "GGUF pre-tokenizer %r has no Hugging Face equivalent here (known: %s); keeping %s",
+                facts.pre,
+                ", ".join(PRE_TOKENIZERS),
+                type(_backend(tok).pre_tokenizer).__name__,
+            )
     backend = _backend(tok)
     added = tok.added_tokens_decoder
     wrong = [i for i in facts.control_ids if i not in added or not added[i].special]
     if wrong:
-        backend.add_special_tokens([AddedToken(tok.convert_ids_to_tokens(i), special=True, normalized=False)
-                                    for i in wrong])
+        backend.add_special_tokens(
+            [AddedToken(tok.convert_ids_to_tokens(i), special=True, normalized=False) for i in wrong]
+        )
     plain = [i for i in facts.user_defined_ids if i not in added]
     if plain:
         backend.add_tokens([AddedToken(tok.convert_ids_to_tokens(i), special=False, normalized=False) for i in plain])
@@ -209,8 +229,9 @@ def apply_gguf_tokenizer_facts(tok, facts: GGUFTokenizerFacts):
     return tok
 
 
-def upgrade_cached_tokenizer(model_dir: Union[str, os.PathLike],
-                             gguf_path: Union[str, os.PathLike, Callable[[], Path]]) -> bool:
+def upgrade_cached_tokenizer(
+    model_dir: Union[str, os.PathLike], gguf_path: Union[str, os.PathLike, Callable[[], Path]]
+) -> bool:
     """Re-save the tokenizer of a model converted from ``gguf_path`` as the model's own; once.
 
     A cheap stamp check on every use; the work (reading the GGUF's metadata, re-saving the
@@ -239,9 +260,16 @@ def upgrade_cached_tokenizer(model_dir: Union[str, os.PathLike],
             p = Path(name)
             if p.is_file():
                 os.replace(p, model_dir / p.name)
-        info = {"version": TOKENIZER_FIX_VERSION, "source": str(src), "pre": facts.pre,
-                "control_tokens": len(facts.control_ids), "add_bos": facts.add_bos, "add_eos": facts.add_eos,
-                "add_space_prefix": facts.add_space_prefix, "gguf_general": facts.general}
+        info = {
+            "version": TOKENIZER_FIX_VERSION,
+            "source": str(src),
+            "pre": facts.pre,
+            "control_tokens": len(facts.control_ids),
+            "add_bos": facts.add_bos,
+            "add_eos": facts.add_eos,
+            "add_space_prefix": facts.add_space_prefix,
+            "gguf_general": facts.general,
+        }
         (tmp / STAMP).write_text(json.dumps(info, indent=1) + "\n")
         os.replace(tmp / STAMP, stamp)
     finally:

@@ -4,6 +4,7 @@ A recipe says which kind of data it needs and builds a (TRL) trainer from a
 :class:`~kit.stages.common.StageContext`. The engine owns everything around it (loading,
 adapters, events, checkpoints, saving), so a recipe stays a page long.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -28,10 +29,10 @@ class Recipe:
     """
 
     name: str
-    data_kind: str                    # sft | text | preference | kto | prompt
-    build: Callable[[Any], Any]       # StageContext -> trainer with .train()
+    data_kind: str  # sft | text | preference | kto | prompt
+    build: Callable[[Any], Any]  # StageContext -> trainer with .train()
     description: str = ""
-    metrics: tuple = ()               # metric names a stage logs besides loss (for panels)
+    metrics: tuple = ()  # metric names a stage logs besides loss (for panels)
     model_class: Any = None
     peft_task_type: str = "CAUSAL_LM"
     collapse_checks: tuple = ("zero_grad_norm",)

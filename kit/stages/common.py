@@ -1,4 +1,5 @@
 """What every stage recipe shares: the context it is given and the common trainer arguments."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,22 +20,26 @@ from ..tracking import tracker_args
 @dataclass
 class StageContext:
     cfg: RunConfig
-    model: Any                      # with the adapter applied (PeftModel for LoRA)
+    model: Any  # with the adapter applied (PeftModel for LoRA)
     tokenizer: Any
     run_dir: Path
     device: str
     dtype: torch.dtype
     callbacks: list = field(default_factory=list)
-    emit: Any = None                # emit(kind, **data): send an engine event from a recipe
-    loaded: Any = None              # kit.models.LoadedModel
+    emit: Any = None  # emit(kind, **data): send an engine event from a recipe
+    loaded: Any = None  # kit.models.LoadedModel
 
 
 def _checkpointing_arg() -> str:
     """TrainingArguments' name for activation (gradient) checkpointing: recent transformers 5.x renamed
     ``gradient_checkpointing`` to ``activation_checkpointing`` (the old name warns); earlier 5.x know only the old one."""
     from transformers import TrainingArguments
-    return "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
+
+    return (
+        "activation_checkpointing"
+        if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
         else "gradient_checkpointing"
+    )
 
 
 def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.dtype) -> dict:
@@ -49,12 +54,17 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
         gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,           # a float below 1 is a ratio in transformers 5
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio in transformers 5
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         # muon, adam_mini, badam: kit.optimizers builds them and the recipe hands them to the trainer (placeholder name)
-        optim={"adamw_8bit": "adamw_bnb_8bit", "galore_adamw": "galore_adamw", "muon": "adamw_torch", "adam_mini": "adamw_torch",
-               "badam": "adamw_torch"}.get(t.optim, t.optim),
+        optim={
+            "adamw_8bit": "adamw_bnb_8bit",
+            "galore_adamw": "galore_adamw",
+            "muon": "adamw_torch",
+            "adam_mini": "adamw_torch",
+            "badam": "adamw_torch",
+        }.get(t.optim, t.optim),
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
@@ -65,15 +75,15 @@ def base_training_args(cfg: RunConfig, run_dir: Path, device: str, dtype: torch.
         eval_steps=t.eval_steps,
         **{_checkpointing_arg(): t.gradient_checkpointing},
         report_to=list(t.report_to) or "none",
-        **tracker_args(cfg, run_dir),          # run name + project for the trackers (kit.tracking)
-        disable_tqdm=True,                     # the engine's events drive progress bars
+        **tracker_args(cfg, run_dir),  # run name + project for the trackers (kit.tracking)
+        disable_tqdm=True,  # the engine's events drive progress bars
         bf16=dtype == torch.bfloat16 and device == "cuda" and not t.pure_bf16,  # pure bf16: no autocast
         fp16=dtype == torch.float16 and device == "cuda",
         use_cpu=device == "cpu",
         dataloader_num_workers=0,
         dataloader_pin_memory=device == "cuda",
         remove_unused_columns=False,
-        save_only_model=False,                 # optimizer + scheduler + RNG states: exact resume
+        save_only_model=False,  # optimizer + scheduler + RNG states: exact resume
         include_num_input_tokens_seen="no",
         # transformers would log a non-finite loss as the average of the previous ones (0.0 on the
         # first step); the engine's numerics guard must see it. Only a run that skips such steps
@@ -110,8 +120,9 @@ def require_apollo() -> None:
         from apollo_torch.random_projector import GradientProjector
         from apollo_torch.svd_projector import GaLoreProjector
     except ImportError as e:
-        raise ImportError(f"train.optim=apollo_adamw needs the apollo-torch package ({e}): "
-                          "pip install --no-deps apollo-torch") from e
+        raise ImportError(
+            f"train.optim=apollo_adamw needs the apollo-torch package ({e}): pip install --no-deps apollo-torch"
+        ) from e
     torch.serialization.add_safe_globals([GradientProjector, GaLoreProjector])
 
 
@@ -125,8 +136,9 @@ def require_galore() -> None:
     try:
         from galore_torch.galore_projector import GaLoreProjector
     except ImportError as e:
-        raise ImportError(f"train.optim=galore_adamw needs the galore-torch package ({e}): "
-                          "pip install 'forge-kit[galore]'") from e
+        raise ImportError(
+            f"train.optim=galore_adamw needs the galore-torch package ({e}): pip install 'forge-kit[galore]'"
+        ) from e
     # The optimizer state of a GaLore run holds GaLoreProjector objects (the projection matrix
     # and its schedule); transformers reloads optimizer.pt with torch.load(weights_only=True),
     # which refuses any class not allowlisted, so resume would fail without this.
@@ -209,9 +221,15 @@ def ref_model_config(cfg: RunConfig) -> RunConfig:
     quantized-base rules, written for a model that trains, hold)."""
     over: dict[str, Any] = {"model__name": cfg.stage.ref_model}
     if cfg.stage.ref_model_quantization_bit:
-        over.update(quant__bits=cfg.stage.ref_model_quantization_bit, adapter__type="lora", adapter__init="default",
-                    adapter__llama_pro_blocks=0, adapter__resume_adapter=None, train__optim="adamw_torch",
-                    adapter__loraplus_lr_ratio=None)
+        over.update(
+            quant__bits=cfg.stage.ref_model_quantization_bit,
+            adapter__type="lora",
+            adapter__init="default",
+            adapter__llama_pro_blocks=0,
+            adapter__resume_adapter=None,
+            train__optim="adamw_torch",
+            adapter__loraplus_lr_ratio=None,
+        )
     return cfg.replace(**over)
 
 

@@ -6,6 +6,7 @@ Prompts come from prompt-kind data (``{"prompt", "answer"?}``); each prompt gets
 reward model (``stage.reward_model``). Generation uses the HF back end, or vLLM when
 ``stage.use_vllm`` is set and vllm is installed.
 """
+
 from __future__ import annotations
 
 from trl import GRPOConfig, GRPOTrainer
@@ -40,15 +41,34 @@ def build_grpo_trainer(ctx: StageContext):
         eval_ds = eval_ds.remove_columns("answer") if eval_ds is not None else None
     if ctx.emit:
         ctx.emit("data", train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else 0)
-    args = GRPOConfig(**base_training_args(cfg, ctx.run_dir, ctx.device, ctx.dtype),
-                      num_generations=st.num_generations, max_completion_length=st.max_new_tokens,
-                      temperature=st.temperature, beta=st.beta,
-                      use_vllm=st.use_vllm, vllm_mode="colocate", shuffle_dataset=cfg.data.shuffle)
-    return GRPOTrainer(model=ctx.model, reward_funcs=funcs, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                       processing_class=ctx.tokenizer, callbacks=ctx.callbacks)
+    args = GRPOConfig(
+        **base_training_args(cfg, ctx.run_dir, ctx.device, ctx.dtype),
+        num_generations=st.num_generations,
+        max_completion_length=st.max_new_tokens,
+        temperature=st.temperature,
+        beta=st.beta,
+        use_vllm=st.use_vllm,
+        vllm_mode="colocate",
+        shuffle_dataset=cfg.data.shuffle,
+    )
+    return GRPOTrainer(
+        model=ctx.model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=ctx.tokenizer,
+        callbacks=ctx.callbacks,
+    )
 
 
-register_recipe(Recipe("grpo", "prompt", build_grpo_trainer,
-                       description="Online RL with verifiable rewards (GRPO); generates with HF or vLLM.",
-                       metrics=("reward", "reward_std", "loss", "kl", "completions/mean_length"),
-                       collapse_checks=()))
+register_recipe(
+    Recipe(
+        "grpo",
+        "prompt",
+        build_grpo_trainer,
+        description="Online RL with verifiable rewards (GRPO); generates with HF or vLLM.",
+        metrics=("reward", "reward_std", "loss", "kl", "completions/mean_length"),
+        collapse_checks=(),
+    )
+)

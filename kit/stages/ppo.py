@@ -10,6 +10,7 @@ value objectives for ``stage.ppo_epochs`` epochs on the batch.
 Being a Trainer subclass gives the engine's events, stop(), checkpoints and resume for free; the
 value head is saved next to each checkpoint (``value_head.safetensors``) and restored on resume.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -74,16 +75,25 @@ class PromptCollator:
         att = torch.zeros((len(rows), n), dtype=torch.long)
         for b, r in enumerate(rows):
             k = len(r["input_ids"])
-            ids[b, n - k:] = torch.as_tensor(r["input_ids"])
-            att[b, n - k:] = 1
-        return {"input_ids": ids, "attention_mask": att, "prompt": [r["prompt"] for r in rows],
-                "answer": [r.get("answer") for r in rows]}
+            ids[b, n - k :] = torch.as_tensor(r["input_ids"])
+            att[b, n - k :] = 1
+        return {
+            "input_ids": ids,
+            "attention_mask": att,
+            "prompt": [r["prompt"] for r in rows],
+            "answer": [r.get("answer") for r in rows],
+        }
 
 
 class PPOTrainer(Trainer):
     def __init__(self, *args, stage=None, reward_model=None, reward_funcs=(), ref_model=None, **kw):
         super().__init__(*args, **kw)
-        self.stage, self.reward_model, self.reward_funcs, self.ref_model = stage, reward_model, list(reward_funcs), ref_model
+        self.stage, self.reward_model, self.reward_funcs, self.ref_model = (
+            stage,
+            reward_model,
+            list(reward_funcs),
+            ref_model,
+        )
         self._ppo_metrics: dict[str, list[float]] = defaultdict(list)
 
     # --------------------------------------------------------------- model pieces
@@ -91,11 +101,11 @@ class PPOTrainer(Trainer):
     def _forward(self, model, seq, att, pos, P):
         """Log-probs of the response tokens and values at the positions that predict them."""
         out = model(input_ids=seq, attention_mask=att, position_ids=pos, output_hidden_states=True, use_cache=False)
-        logits = out.logits[:, P - 1:-1].float()
+        logits = out.logits[:, P - 1 : -1].float()
         if self.stage.temperature > 0:
             logits = logits / self.stage.temperature
         logp = torch.gather(F.log_softmax(logits, -1), 2, seq[:, P:, None]).squeeze(-1)
-        h = out.hidden_states[-1][:, P - 1:-1]
+        h = out.hidden_states[-1][:, P - 1 : -1]
         values = self.model.v_head(h.to(self.model.v_head.weight.dtype)).squeeze(-1).float()
         return logp, values
 
@@ -115,7 +125,9 @@ class PPOTrainer(Trainer):
         P = ids.shape[1]
         model.eval()
         gen_kw = dict(max_new_tokens=st.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        gen_kw.update(do_sample=True, temperature=st.temperature, top_k=0) if st.temperature > 0 else gen_kw.update(do_sample=False)
+        gen_kw.update(do_sample=True, temperature=st.temperature, top_k=0) if st.temperature > 0 else gen_kw.update(
+            do_sample=False
+        )
         seq = self.accelerator.unwrap_model(model).generate(input_ids=ids, attention_mask=att, **gen_kw)
         resp = seq[:, P:]
         # response mask: every token up to and including the first end-of-sequence
@@ -191,8 +203,10 @@ class PPOTrainer(Trainer):
     def _save(self, output_dir=None, state_dict=None):
         super()._save(output_dir, state_dict)
         out = output_dir or self.args.output_dir
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.v_head.state_dict().items()},
-                  os.path.join(out, VALUE_HEAD_FILE))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.model.v_head.state_dict().items()},
+            os.path.join(out, VALUE_HEAD_FILE),
+        )
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -207,11 +221,21 @@ def build_ppo_trainer(ctx: StageContext):
     funcs = resolve_rewards(st.reward_funcs)
     rm = None
     if st.reward_model:
-        rm = load_reward_model(st.reward_model, device=ctx.device, allow_pickle=cfg.model.allow_pickle,
-                               quant_bits=st.reward_model_quantization_bit)
+        rm = load_reward_model(
+            st.reward_model,
+            device=ctx.device,
+            allow_pickle=cfg.model.allow_pickle,
+            quant_bits=st.reward_model_quantization_bit,
+        )
     train_rows, _ = load_splits(cfg, "prompt")
-    rows = [{"input_ids": encode_prompt(tok, r["prompt"])[-cfg.data.cutoff_len:], "prompt": r["prompt"],
-             "answer": r.get("answer")} for r in train_rows]
+    rows = [
+        {
+            "input_ids": encode_prompt(tok, r["prompt"])[-cfg.data.cutoff_len :],
+            "prompt": r["prompt"],
+            "answer": r.get("answer"),
+        }
+        for r in train_rows
+    ]
     if ctx.emit:
         ctx.emit("data", train_rows=len(rows), eval_rows=0)
     model = ctx.model
@@ -225,12 +249,27 @@ def build_ppo_trainer(ctx: StageContext):
     kw = base_training_args(cfg, ctx.run_dir, ctx.device, ctx.dtype)
     kw["eval_strategy"] = "no"  # rollouts are the evaluation
     args = TrainingArguments(**kw)
-    return PPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                      data_collator=PromptCollator(tok.pad_token_id), callbacks=ctx.callbacks, stage=st,
-                      reward_model=rm, reward_funcs=funcs, ref_model=ref)
+    return PPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        data_collator=PromptCollator(tok.pad_token_id),
+        callbacks=ctx.callbacks,
+        stage=st,
+        reward_model=rm,
+        reward_funcs=funcs,
+        ref_model=ref,
+    )
 
 
-register_recipe(Recipe("ppo", "prompt", build_ppo_trainer,
-                       description="PPO against a trained reward model (value head, GAE, KL to the reference).",
-                       metrics=("reward", "kl", "pg_loss", "vf_loss", "clipfrac", "response_length"),
-                       collapse_checks=()))
+register_recipe(
+    Recipe(
+        "ppo",
+        "prompt",
+        build_ppo_trainer,
+        description="PPO against a trained reward model (value head, GAE, KL to the reference).",
+        metrics=("reward", "kl", "pg_loss", "vf_loss", "clipfrac", "response_length"),
+        collapse_checks=(),
+    )
+)

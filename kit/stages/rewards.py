@@ -6,6 +6,7 @@ dataset's other columns (e.g. ``answer``) come as keyword lists. In a config a f
 built-in name (``exact_match``, ``contains``, ``format`` / ``format:<regex>``, ``length`` /
 ``length:<target chars>``), ``module:function``, or a Python callable.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -32,16 +33,22 @@ def _norm(s: str) -> str:
 def exact_match(prompts, completions, answer=None, **_) -> list[float]:
     """1.0 when the completion (stripped, case- and space-insensitive) equals the row's ``answer``."""
     if answer is None:
-        raise ConfigError("exact_match needs an 'answer' column in the prompt dataset, which has none; add answers "
-                          "to the rows or choose another reward.", "stage.reward_funcs")
+        raise ConfigError(
+            "exact_match needs an 'answer' column in the prompt dataset, which has none; add answers "
+            "to the rows or choose another reward.",
+            "stage.reward_funcs",
+        )
     return [float(_norm(completion_text(c)) == _norm(a)) if a is not None else 0.0 for c, a in zip(completions, answer)]
 
 
 def contains(prompts, completions, answer=None, **_) -> list[float]:
     """1.0 when the row's ``answer`` appears in the completion (looser than exact_match)."""
     if answer is None:
-        raise ConfigError("contains needs an 'answer' column in the prompt dataset, which has none; add answers "
-                          "to the rows or choose another reward.", "stage.reward_funcs")
+        raise ConfigError(
+            "contains needs an 'answer' column in the prompt dataset, which has none; add answers "
+            "to the rows or choose another reward.",
+            "stage.reward_funcs",
+        )
     return [float(a is not None and _norm(a) in _norm(completion_text(c))) for c, a in zip(completions, answer)]
 
 
@@ -72,9 +79,12 @@ def make_length(target: Optional[int] = None) -> RewardFn:
 
 # the default format: a final answer given as "<answer>...</answer>"
 DEFAULT_FORMAT = r".*<answer>.+?</answer>"
-BUILTINS = {"exact_match": lambda arg: exact_match, "contains": lambda arg: contains,
-            "format": lambda arg: make_format(arg or DEFAULT_FORMAT),
-            "length": lambda arg: make_length(int(arg) if arg else None)}
+BUILTINS = {
+    "exact_match": lambda arg: exact_match,
+    "contains": lambda arg: contains,
+    "format": lambda arg: make_format(arg or DEFAULT_FORMAT),
+    "length": lambda arg: make_length(int(arg) if arg else None),
+}
 
 
 def resolve_reward(spec: Any) -> RewardFn:
@@ -94,8 +104,11 @@ def resolve_reward(spec: Any) -> RewardFn:
         if not callable(fn):
             raise ConfigError(f"'{spec}' is not callable.", "stage.reward_funcs")
         return fn
-    raise ConfigError(f"unknown reward '{spec}'; built-ins: {', '.join(BUILTINS)} (format:<regex>, length:<chars>), "
-                      "or 'module:function'.", "stage.reward_funcs")
+    raise ConfigError(
+        f"unknown reward '{spec}'; built-ins: {', '.join(BUILTINS)} (format:<regex>, length:<chars>), "
+        "or 'module:function'.",
+        "stage.reward_funcs",
+    )
 
 
 def resolve_rewards(specs: Any) -> list[RewardFn]:

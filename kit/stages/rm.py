@@ -5,6 +5,7 @@ The model is a sequence-classification head (one logit) on the base model: the r
 the score head. :func:`score` (``kit.score``) and the ppo stage load it back from the
 run directory.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,14 +44,27 @@ def build_rm_trainer(ctx: StageContext):
     if ctx.emit:
         ctx.emit("data", train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else 0)
     args = RewardConfig(**base_training_args(cfg, ctx.run_dir, ctx.device, ctx.dtype), max_length=cfg.data.cutoff_len)
-    return RewardTrainer(model=ctx.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=ctx.tokenizer, callbacks=ctx.callbacks)
+    return RewardTrainer(
+        model=ctx.model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=ctx.tokenizer,
+        callbacks=ctx.callbacks,
+    )
 
 
-register_recipe(Recipe("rm", "preference", build_rm_trainer,
-                       description="Reward model on preference pairs (pairwise accuracy; use with kit.score / ppo).",
-                       metrics=("loss", "accuracy", "margin", "mean_reward"),
-                       model_class=ScalarHead, peft_task_type="SEQ_CLS"))
+register_recipe(
+    Recipe(
+        "rm",
+        "preference",
+        build_rm_trainer,
+        description="Reward model on preference pairs (pairwise accuracy; use with kit.score / ppo).",
+        metrics=("loss", "accuracy", "margin", "mean_reward"),
+        model_class=ScalarHead,
+        peft_task_type="SEQ_CLS",
+    )
+)
 
 
 # ------------------------------------------------------------------ loading and scoring
@@ -70,14 +84,19 @@ class RewardModel:
             ans = [{"role": "assistant", "content": a}] if isinstance(a, str) else list(a)
             texts.append(self.tokenizer.apply_chat_template(msgs + ans, tokenize=False))
         # right padding: the classification head reads the last non-pad token
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
-                             add_special_tokens=False)
+        enc = self.tokenizer(
+            texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length, add_special_tokens=False
+        )
         enc = {k: v.to(self.device) for k, v in enc.items()}
         return self.model(**enc).logits[:, 0].float().cpu()
 
 
-def load_reward_model(path: Union[str, os.PathLike], device: str | None = None, allow_pickle: bool = False,
-                      quant_bits: Optional[int] = None) -> RewardModel:
+def load_reward_model(
+    path: Union[str, os.PathLike],
+    device: str | None = None,
+    allow_pickle: bool = False,
+    quant_bits: Optional[int] = None,
+) -> RewardModel:
     """From an rm run directory (its config.yaml + adapter/ or model/) or a saved classifier folder
     (safetensors only, unless ``allow_pickle``: the training run's ``model.allow_pickle``).
 
@@ -95,10 +114,17 @@ def load_reward_model(path: Union[str, os.PathLike], device: str | None = None, 
             p = Path(weights.model)
         else:
             from peft import PeftModel  # only LoRA reward models need peft (a second of import time)
+
             over = {"model__adapter_path": None, "quant__bits": quant_bits}
             if quant_bits:  # the rm run's own training knobs are reset, as for the reference model
-                over.update(adapter__type="lora", adapter__init="default", adapter__llama_pro_blocks=0,
-                            adapter__resume_adapter=None, train__optim="adamw_torch", adapter__loraplus_lr_ratio=None)
+                over.update(
+                    adapter__type="lora",
+                    adapter__init="default",
+                    adapter__llama_pro_blocks=0,
+                    adapter__resume_adapter=None,
+                    train__optim="adamw_torch",
+                    adapter__loraplus_lr_ratio=None,
+                )
             if device:
                 over["model__device"] = device
             loaded = load_model(cfg.replace(**over), with_adapter=False, model_cls=ScalarHead)

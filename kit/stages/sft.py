@@ -5,6 +5,7 @@ result with ``skip_prepare_dataset``; TRL brings the training loop and metrics. 
 padding-free batch (the default) is ours: logits at the trained positions only. Padded batches
 (block mask) go through TRL's fused LM head (log-probs in chunks, never the full logits).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,8 +59,13 @@ class ForgeSFTTrainer(TokenCounting, SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         real = inputs.get("num_real_tokens")
         self._pop_counts(inputs)
-        if ("cu_seq_lens_q" in inputs and not return_outputs and self.compute_loss_func is None
-                and self.label_smoother is None and self.args.loss_type == "nll"):
+        if (
+            "cu_seq_lens_q" in inputs
+            and not return_outputs
+            and self.compute_loss_func is None
+            and self.label_smoother is None
+            and self.args.loss_type == "nll"
+        ):
             return self._trained_positions_loss(model, inputs, num_items_in_batch)
         mask = inputs.get("attention_mask")
         before = getattr(self, "_total_train_tokens", 0)
@@ -115,17 +121,37 @@ def build_sft_trainer(ctx: StageContext, kind: str = "sft"):
     args = SFTConfig(**kw, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, packing=False)
     collator = ForgeCollator(pad_token_id=tok.pad_token_id, mask_dtype=ctx.dtype, padding_free=padding_free)
     if ctx.emit:
-        ctx.emit("data", train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else 0,
-                 packed=cfg.data.packing, padding_free=padding_free,
-                 tokens_per_forward=max_tokens, **info)
+        ctx.emit(
+            "data",
+            train_rows=len(train_ds),
+            eval_rows=len(eval_ds) if eval_ds is not None else 0,
+            packed=cfg.data.packing,
+            padding_free=padding_free,
+            tokens_per_forward=max_tokens,
+            **info,
+        )
     opt = build_optimizer(ctx.model, cfg)  # LoRA+ param groups; None: the trainer's own optimizer
-    trainer = ForgeSFTTrainer(model=ctx.model, args=args, data_collator=collator, train_dataset=train_ds,
-                              eval_dataset=eval_ds, processing_class=tok, callbacks=ctx.callbacks,
-                              **({"optimizers": (opt, None)} if opt is not None else {}))
+    trainer = ForgeSFTTrainer(
+        model=ctx.model,
+        args=args,
+        data_collator=collator,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tok,
+        callbacks=ctx.callbacks,
+        **({"optimizers": (opt, None)} if opt is not None else {}),
+    )
     trainer.forge_max_tokens = max_tokens
     return trainer
 
 
-register_recipe(Recipe("sft", "sft", build_sft_trainer,
-                       description="Supervised fine-tuning on chat/instruction data (loss on answers).",
-                       metrics=("loss", "mean_token_accuracy"), collapse_checks=("zero_grad_norm", "uniform_loss")))
+register_recipe(
+    Recipe(
+        "sft",
+        "sft",
+        build_sft_trainer,
+        description="Supervised fine-tuning on chat/instruction data (loss on answers).",
+        metrics=("loss", "mean_token_accuracy"),
+        collapse_checks=("zero_grad_norm", "uniform_loss"),
+    )
+)

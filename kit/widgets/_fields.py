@@ -5,6 +5,7 @@ A :class:`FieldForm` holds widgets for a list of ``group.field`` names and conve
 exactly: Literal fields are dropdowns, bools checkboxes, ints/floats numeric boxes, and anything
 that may be None or a list is a text box holding YAML (``""`` is None, ``[a, b]`` is a list).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,15 @@ def default_value(dotted: str) -> Any:
 class Field:
     """A widget bound to one config field, with exact value conversion."""
 
-    def __init__(self, dotted: str, *, label: Optional[str] = None, widget: Optional[W.Widget] = None,
-                 options: Optional[list] = None, texts: Optional[Texts] = None):
+    def __init__(
+        self,
+        dotted: str,
+        *,
+        label: Optional[str] = None,
+        widget: Optional[W.Widget] = None,
+        options: Optional[list] = None,
+        texts: Optional[Texts] = None,
+    ):
         self.key = dotted
         self.t = texts or Texts()
         self.tp = _hint(dotted)
@@ -193,6 +201,7 @@ class ShowsWidget:
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
+
         display(self.widget)
 
 

@@ -1,12 +1,13 @@
 """The board: every panel in one place, composing one RunConfig, with the run controls and plot below.
 
-    board = kit.Board()                      # defaults: the embedded model, demo_sft, LoRA
-    board = kit.Board(lang="zh")             # in Chinese (or the language picker, or FORGE_LANG=zh)
-    board = kit.Board.from_config("run.yaml")
-    board.config()                           # the RunConfig the panels describe
-    board.start(); board.stop()              # or the buttons
-    board.to_yaml(); board.magic_text()      # what "Show as YAML" / "Copy as %%forge_train" show
+board = kit.Board()                      # defaults: the embedded model, demo_sft, LoRA
+board = kit.Board(lang="zh")             # in Chinese (or the language picker, or FORGE_LANG=zh)
+board = kit.Board.from_config("run.yaml")
+board.config()                           # the RunConfig the panels describe
+board.start(); board.stop()              # or the buttons
+board.to_yaml(); board.magic_text()      # what "Show as YAML" / "Copy as %%forge_train" show
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -72,20 +73,37 @@ class Board(ShowsWidget):
         self.magic_button.on_click(lambda _: self.show_magic())
         yaml_box = W.VBox([W.HBox([self.yaml_button, self.magic_button]), self.yaml_text])
 
-        pages = [self.model, self.quant, self.adapter, self.stage, self.data, self.train, self.chat, self.export,
-                 self.evaluate]
+        pages = [
+            self.model,
+            self.quant,
+            self.adapter,
+            self.stage,
+            self.data,
+            self.train,
+            self.chat,
+            self.export,
+            self.evaluate,
+        ]
         self.tabs = W.Tab(children=[self.train.form_box if p is self.train else p.widget for p in pages] + [yaml_box])
         t.bind(self.tabs, "titles", lambda t: [p.title for p in pages] + [t("tab.yaml")])
         self.header = W.HTML()
         t.bind(self.header, "value", "board.header")
-        self.language = W.Dropdown(options=[(name, code) for code, name in i18n.LANGUAGES.items()], value=t.lang,
-                                   layout=W.Layout(width="110px"))
+        self.language = W.Dropdown(
+            options=[(name, code) for code, name in i18n.LANGUAGES.items()],
+            value=t.lang,
+            layout=W.Layout(width="110px"),
+        )
         self.language.add_class("forge-language")
         t.bind(self.language, "tooltip", "board.language")
         self.language.observe(lambda change: self.set_language(change["new"]), names="value")
-        self.widget = W.VBox([W.HTML(TAB_CSS), W.HBox([self.header, self.language],
-                                                      layout=W.Layout(justify_content="space-between")),
-                              self.tabs, self.train.controls])
+        self.widget = W.VBox(
+            [
+                W.HTML(TAB_CSS),
+                W.HBox([self.header, self.language], layout=W.Layout(justify_content="space-between")),
+                self.tabs,
+                self.train.controls,
+            ]
+        )
         self.widget.add_class("forge-board")
         self.adapter.refresh()
 
@@ -165,4 +183,3 @@ class Board(ShowsWidget):
 
     def resume(self, wait: bool = False) -> Run:
         return self.train.resume(wait=wait)
-

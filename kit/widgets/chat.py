@@ -1,4 +1,5 @@
 """The chat cell: answers stream in token by token, history is kept, base vs tuned side by side."""
+
 from __future__ import annotations
 
 import hashlib
@@ -61,9 +62,19 @@ class ChatPanel(ShowsWidget):
 
     title_key = "tab.chat"
 
-    def __init__(self, source: Any = None, *, compare: bool = False, system: str = "",
-                 temperature: float = 0.0, max_new_tokens: int = 128, interval: float = 0.1, lang: Any = None,
-                 url: Optional[str] = None, api_key: Optional[str] = None):
+    def __init__(
+        self,
+        source: Any = None,
+        *,
+        compare: bool = False,
+        system: str = "",
+        temperature: float = 0.0,
+        max_new_tokens: int = 128,
+        interval: float = 0.1,
+        lang: Any = None,
+        url: Optional[str] = None,
+        api_key: Optional[str] = None,
+    ):
         self.t = t = Texts.of(lang)
         self._source = source
         self.url, self._api_key = url, api_key  # url: chat with a running server (forge serve) instead
@@ -81,16 +92,18 @@ class ChatPanel(ShowsWidget):
         self.input = W.Textarea(layout=W.Layout(width="98%", height="60px"))
         self.send_button = W.Button(icon="paper-plane", button_style="primary")
         self.clear_button = W.Button(icon="trash")
-        for widget, attr, key in ((self.system, "description", "chat.system"),
-                                  (self.system, "placeholder", "chat.system_placeholder"),
-                                  (self.temperature, "description", "chat.temperature"),
-                                  (self.temperature, "tooltip", "chat.temperature_tooltip"),
-                                  (self.max_new_tokens, "description", "chat.max_tokens"),
-                                  (self.compare, "description", "chat.compare"),
-                                  (self.compare, "tooltip", "chat.compare_tooltip"),
-                                  (self.input, "placeholder", "chat.input_placeholder"),
-                                  (self.send_button, "description", "chat.send"),
-                                  (self.clear_button, "description", "chat.clear")):
+        for widget, attr, key in (
+            (self.system, "description", "chat.system"),
+            (self.system, "placeholder", "chat.system_placeholder"),
+            (self.temperature, "description", "chat.temperature"),
+            (self.temperature, "tooltip", "chat.temperature_tooltip"),
+            (self.max_new_tokens, "description", "chat.max_tokens"),
+            (self.compare, "description", "chat.compare"),
+            (self.compare, "tooltip", "chat.compare_tooltip"),
+            (self.input, "placeholder", "chat.input_placeholder"),
+            (self.send_button, "description", "chat.send"),
+            (self.clear_button, "description", "chat.clear"),
+        ):
             t.bind(widget, attr, key)
         self.send_button.on_click(lambda _: self._send_from_input())
         self.clear_button.on_click(lambda _: self.clear())
@@ -98,8 +111,16 @@ class ChatPanel(ShowsWidget):
         self.views = {s: W.HTML(layout=W.Layout(width="50%", border="1px solid #ddd", padding="6px")) for s in SIDES}
         self.compare.observe(lambda _: self._layout(), names="value")
         self.transcripts = W.HBox([self.views["tuned"], self.views["base"]])
-        self.widget = W.VBox([self.system, W.HBox([self.temperature, self.max_new_tokens, self.compare]),
-                              self.transcripts, self.input, W.HBox([self.send_button, self.clear_button]), self.status])
+        self.widget = W.VBox(
+            [
+                self.system,
+                W.HBox([self.temperature, self.max_new_tokens, self.compare]),
+                self.transcripts,
+                self.input,
+                W.HBox([self.send_button, self.clear_button]),
+                self.status,
+            ]
+        )
         t.on_change(self._render)
         self._layout()
 
@@ -126,8 +147,9 @@ class ChatPanel(ShowsWidget):
             src = base_source(src)
             if src is None:
                 raise PanelError(self.t("chat.base_needs_run"))
-        return _chat_model(src, lambda: self.t.bind(self.status, "value", lambda t: t(
-            "chat.loading", side=t(f"chat.side_{side}"))))
+        return _chat_model(
+            src, lambda: self.t.bind(self.status, "value", lambda t: t("chat.loading", side=t(f"chat.side_{side}")))
+        )
 
     # ---------------------------------------------------------------- chatting
 
@@ -166,8 +188,12 @@ class ChatPanel(ShowsWidget):
                 cm = self.model(side)
                 self.t.bind(self.status, "value", lambda t, side=side: t("chat.answering", side=t(f"chat.side_{side}")))
                 msg = self.history[side][-1]
-                for piece in cm.stream(self.history[side][:-1], system=self.system.value or None,
-                                       temperature=self.temperature.value, max_new_tokens=self.max_new_tokens.value):
+                for piece in cm.stream(
+                    self.history[side][:-1],
+                    system=self.system.value or None,
+                    temperature=self.temperature.value,
+                    max_new_tokens=self.max_new_tokens.value,
+                ):
                     msg["content"] += piece
                     throttle.push(piece)
                 throttle.flush()
@@ -189,11 +215,16 @@ class ChatPanel(ShowsWidget):
     def _render(self) -> None:
         t = self.t
         for side, view in self.views.items():
-            rows = ([f"<div style='color:#888;font-size:11px'>{t('chat.model_of', side=t(f'chat.side_{side}'))}</div>"]
-                    if self.compare.value else [])
+            rows = (
+                [f"<div style='color:#888;font-size:11px'>{t('chat.model_of', side=t(f'chat.side_{side}'))}</div>"]
+                if self.compare.value
+                else []
+            )
             for m in self.history[side]:
                 who = t("chat.you") if m["role"] == "user" else t("chat.model")
                 color = "#f4f4f4" if m["role"] == "user" else "#eef6ff"
-                rows.append(f"<div style='background:{color};margin:3px 0;padding:4px;white-space:pre-wrap'>"
-                            f"<b>{who}:</b> {html.escape(m['content'])}</div>")
+                rows.append(
+                    f"<div style='background:{color};margin:3px 0;padding:4px;white-space:pre-wrap'>"
+                    f"<b>{who}:</b> {html.escape(m['content'])}</div>"
+                )
             view.value = "".join(rows) or f"<span style='color:#999'>{t('chat.empty')}</span>"

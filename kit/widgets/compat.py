@@ -16,6 +16,7 @@ What the panels meet:
 Everything else the panels use (layouts, styles, ``add_class``, Combobox, Password) is the same
 in both. Panels never pass ``titles=`` or ``tooltip=`` to a constructor; they call these helpers.
 """
+
 from __future__ import annotations
 
 import re
@@ -56,7 +57,7 @@ def titles(container: W.Widget) -> list[str]:
 
 def set_tooltip(widget: W.Widget, text: Optional[str]) -> bool:
     """Set the hover text of ``widget``; False where this ipywidgets has no tooltip for it (boxes in 7)."""
-    if widget.has_trait("tooltip"):               # every DOM widget in 8, buttons in 7
+    if widget.has_trait("tooltip"):  # every DOM widget in 8, buttons in 7
         widget.tooltip = text
     elif widget.has_trait("description_tooltip"):  # described widgets in 7
         widget.description_tooltip = text

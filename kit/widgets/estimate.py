@@ -4,6 +4,7 @@ The model is built on PyTorch's ``meta`` device from its ``config.json`` (shapes
 the real adapter code (:func:`kit.adapters.apply_adapter`, so peft itself) is applied, and the
 parameters are counted with the engine's formulas (:mod:`kit.memory`). Results are cached per (model, adapter settings).
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,6 +43,7 @@ def model_type(path: str) -> str:
 @functools.lru_cache(maxsize=8)
 def _meta_model_config(path: str):
     from transformers import AutoConfig
+
     return AutoConfig.from_pretrained(path)  # local dir only; trust_remote_code stays off
 
 
@@ -63,14 +65,21 @@ def _estimate(path: str, adapter_yaml: str, bits: Optional[int], optim: str, dty
     # attaches LoRA layers; counting shapes needs neither (quantization is counted in bytes below)
     with deferred_bitsandbytes(False), torch.device("meta"):
         from ..adapters import apply_adapter
+
         model = AutoModelForCausalLM.from_config(_meta_model_config(path))
         model = apply_adapter(model, cfg)
     trainable, total = memory.param_counts(model)
     # the engine's own formulas; bitsandbytes would quantize the frozen linear layers to `bits`
     weights = memory.weight_bytes(model, dtype_bytes=_bytes_per(dtype_name), quant_bits=bits)
     grads, states = memory.grad_bytes(model), memory.optimizer_state_bytes(model, optim)
-    return {"trainable": trainable, "total": total, "weights_bytes": weights, "grads_bytes": grads,
-            "optimizer_bytes": states, "total_bytes": weights + grads + states}
+    return {
+        "trainable": trainable,
+        "total": total,
+        "weights_bytes": weights,
+        "grads_bytes": grads,
+        "optimizer_bytes": states,
+        "total_bytes": weights + grads + states,
+    }
 
 
 def estimate(cfg: RunConfig) -> dict:
@@ -84,11 +93,14 @@ def estimate(cfg: RunConfig) -> dict:
     if path is None:
         raise FileNotFoundError(f"'{cfg.model.name}' is not on disk yet; the estimate appears after the first load")
     # initialisation and stacking do not change the shapes; quantization is counted in bytes below
-    shape_cfg = RunConfig.from_dict({"adapter": {**cfg.to_dict()["adapter"], "init": "default", "resume_adapter": None}})
+    shape_cfg = RunConfig.from_dict(
+        {"adapter": {**cfg.to_dict()["adapter"], "init": "default", "resume_adapter": None}}
+    )
     device = pick_device(cfg.model.device)
     dtype_name = str(pick_dtype(cfg.model.dtype, device)).replace("torch.", "")
     e = dict(_estimate(path, shape_cfg.to_yaml(), cfg.quant.bits, cfg.train.optim, dtype_name))
     from ..memory import activation_bytes
+
     e["activations_bytes"] = activation_bytes(_meta_model_config(path), cfg, device, _bytes_per(dtype_name))
     e["total_bytes"] += e["activations_bytes"]
     return e

@@ -5,6 +5,7 @@ widgets are built from kit.config's field metadata (tooltips = the field's help 
 The engine never imports this module: :class:`TrainPanel` subscribes to a Run's events, which
 arrive on the training thread, and coalesces them to a few widget updates per second.
 """
+
 from __future__ import annotations
 
 import html
@@ -27,8 +28,7 @@ class Panel(ShowsWidget):
 
     keys: tuple = ()
 
-    def __init__(self, config: Any = None, *, context: Optional[Callable[[], RunConfig]] = None,
-                 lang: Any = None):
+    def __init__(self, config: Any = None, *, context: Optional[Callable[[], RunConfig]] = None, lang: Any = None):
         self._context = context
         self._base: Optional[RunConfig] = None  # the config a panel used on its own was given
         self.t = Texts.of(lang)
@@ -68,11 +68,19 @@ class ModelPanel(Panel):
     """Pick a registered model (embedded first) or type a hub id / local path / .gguf file."""
 
     title_key = "tab.model"
-    keys = ("model.name", "model.gguf_file", "model.dtype", "model.device", "model.attn_implementation",
-            "model.template", "model.adapter_path")
+    keys = (
+        "model.name",
+        "model.gguf_file",
+        "model.dtype",
+        "model.device",
+        "model.attn_implementation",
+        "model.template",
+        "model.adapter_path",
+    )
 
     def _custom_fields(self) -> dict:
         from ..models import list_models
+
         models = sorted(list_models(), key=lambda m: m.source != "embedded")
         self.models = {m.name: m for m in models}
         name = Field("model.name", options=list(self.models), texts=self.t)
@@ -87,6 +95,7 @@ class ModelPanel(Panel):
 
     def _refresh(self) -> None:
         from ..models.loading import pick_device, pick_dtype
+
         try:
             m = self.models.get(self.form["model.name"].value)
             device = pick_device(self.form["model.device"].value)
@@ -97,9 +106,13 @@ class ModelPanel(Panel):
             return
 
         def info(t: Texts) -> str:
-            desc = (t("model.info_registered", family=m.family, params=m.params, source=t(f"model.source_{m.source}"))
-                    if m else t("model.info_custom"))
+            desc = (
+                t("model.info_registered", family=m.family, params=m.params, source=t(f"model.source_{m.source}"))
+                if m
+                else t("model.info_custom")
+            )
             return "<small>" + t("model.info", model=html.escape(desc), device=device, dtype=dtype) + "</small>"
+
         self.t.bind(self.info, "value", info)
 
 
@@ -124,9 +137,19 @@ class AdapterPanel(Panel):
     """Adapter settings and a count of trainable parameters (meta device: no weights are loaded)."""
 
     title_key = "tab.adapter"
-    keys = ("adapter.type", "adapter.lora_rank", "adapter.lora_alpha", "adapter.lora_dropout", "adapter.lora_target",
-            "adapter.use_dora", "adapter.use_rslora", "adapter.init", "adapter.loraplus_lr_ratio",
-            "adapter.freeze_trainable_layers", "adapter.freeze_trainable_modules")
+    keys = (
+        "adapter.type",
+        "adapter.lora_rank",
+        "adapter.lora_alpha",
+        "adapter.lora_dropout",
+        "adapter.lora_target",
+        "adapter.use_dora",
+        "adapter.use_rslora",
+        "adapter.init",
+        "adapter.loraplus_lr_ratio",
+        "adapter.freeze_trainable_layers",
+        "adapter.freeze_trainable_modules",
+    )
 
     def _build(self) -> W.Widget:
         self.params = W.HTML()
@@ -137,20 +160,39 @@ class AdapterPanel(Panel):
     def refresh(self) -> None:
         """Recompute the trainable-parameter and memory estimate (the board calls it when the model changes)."""
         from .estimate import estimate, human, human_bytes
+
         try:
             e = estimate(self.config())
         except FileNotFoundError:  # the model is not on disk yet (hub ids are never fetched for a hint)
-            self.t.bind(self.params, "value", lambda t: "<small>" + t("adapter.estimate_na", reason=t(
-                "adapter.estimate_not_on_disk")) + "</small>")
+            self.t.bind(
+                self.params,
+                "value",
+                lambda t: "<small>" + t("adapter.estimate_na", reason=t("adapter.estimate_not_on_disk")) + "</small>",
+            )
             return
         except Exception as e:  # the estimate is a hint: show why it is missing, never crash
             reason = html.escape(str(e)[:200])
-            self.t.bind(self.params, "value", lambda t: "<small>" + t("adapter.estimate_na", reason=reason) + "</small>")
+            self.t.bind(
+                self.params, "value", lambda t: "<small>" + t("adapter.estimate_na", reason=reason) + "</small>"
+            )
             return
-        self.t.bind(self.params, "value", lambda t: "<small>" + t(
-            "adapter.estimate", trainable=human(e["trainable"]), total=human(e["total"]),
-            pct=f"{100 * e['trainable'] / max(e['total'], 1):.2f}", memory=human_bytes(e["total_bytes"]),
-            weights=human_bytes(e["weights_bytes"]), activations=human_bytes(e["activations_bytes"])) + "</small>")
+        self.t.bind(
+            self.params,
+            "value",
+            lambda t: (
+                "<small>"
+                + t(
+                    "adapter.estimate",
+                    trainable=human(e["trainable"]),
+                    total=human(e["total"]),
+                    pct=f"{100 * e['trainable'] / max(e['total'], 1):.2f}",
+                    memory=human_bytes(e["total_bytes"]),
+                    weights=human_bytes(e["weights_bytes"]),
+                    activations=human_bytes(e["activations_bytes"]),
+                )
+                + "</small>"
+            ),
+        )
 
 
 class StagePanel(Panel):
@@ -194,11 +236,21 @@ class StagePanel(Panel):
 
 class DataPanel(Panel):
     title_key = "tab.data"
-    keys = ("data.dataset", "data.eval_dataset", "data.format", "data.cutoff_len", "data.max_samples", "data.val_size",
-            "data.packing", "data.train_on_prompt", "data.mask_history")
+    keys = (
+        "data.dataset",
+        "data.eval_dataset",
+        "data.format",
+        "data.cutoff_len",
+        "data.max_samples",
+        "data.val_size",
+        "data.packing",
+        "data.train_on_prompt",
+        "data.mask_history",
+    )
 
     def _custom_fields(self) -> dict:
         from ..data import list_datasets
+
         ds = Field("data.dataset", options=sorted(list_datasets("train")), texts=self.t)  # no evaluation-only sets
         self.t.bind(ds.widget, "placeholder", "data.dataset_placeholder")
         return {"data__dataset": ds}
@@ -212,6 +264,7 @@ class DataPanel(Panel):
 
     def preview(self) -> str:
         from ..preview import preview
+
         try:
             self.preview_html.value = preview(self.config(), 1, style="html")[0]["rendered"]
         except Exception as e:  # a bad file or row: show the DataError (it names file/row/field)

@@ -16,6 +16,7 @@ which plotly's FigureWidget is built on), else ``plotly``. Override with
 ``kit.widgets.set_plot_backend("plotly"|"static"|"svg")`` or the environment variable
 ``FORGE_PLOT_BACKEND``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,6 +52,7 @@ def _enable_colab_widgets() -> None:
     global _colab_widgets_enabled
     if _in_colab() and not _colab_widgets_enabled:
         from google.colab import output  # type: ignore[import-not-found]
+
         output.enable_custom_widget_manager()
         _colab_widgets_enabled = True
 
@@ -63,13 +65,14 @@ def detect_backend() -> str:
         return "static"
     try:
         from IPython import get_ipython
+
         shell = get_ipython()
     except ImportError:
         shell = None
     if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
         return "static"  # a terminal or a plain script: nothing renders widgets
     if not WIDGETS_8:
-        return "svg"     # core widgets only: FigureWidget's anywidget front end may be missing
+        return "svg"  # core widgets only: FigureWidget's anywidget front end may be missing
     if importlib.util.find_spec("anywidget") is None:
         return "static"
     return "plotly"
@@ -92,7 +95,7 @@ def ema(values: list[float], weight: float) -> list[float]:
     out, acc = [], 0.0
     for i, v in enumerate(values, 1):
         acc = weight * acc + (1 - weight) * v
-        out.append(acc / (1 - weight ** i) if weight < 1 else v)
+        out.append(acc / (1 - weight**i) if weight < 1 else v)
     return out
 
 
@@ -102,12 +105,19 @@ class LossPlot:
     RAW, SMOOTH, EVAL, LR = range(4)
     NAMES = ("plot.loss", "plot.loss_smoothed", "plot.eval_loss", "plot.learning_rate")
 
-    def __init__(self, backend: Optional[str] = None, *, smoothing: float = 0.6, title: Optional[str] = None,
-                 height: int = 320, texts: Any = None):
+    def __init__(
+        self,
+        backend: Optional[str] = None,
+        *,
+        smoothing: float = 0.6,
+        title: Optional[str] = None,
+        height: int = 320,
+        texts: Any = None,
+    ):
         self.backend = plot_backend(backend)
         self.smoothing = smoothing
         self.t = Texts.of(texts)
-        self._title = title   # the y axis; None: "loss" in the plot's language
+        self._title = title  # the y axis; None: "loss" in the plot's language
         self.height = height
         self.steps: list[int] = []
         self.losses: list[float] = []
@@ -120,7 +130,8 @@ class LossPlot:
         self._drawn = [0, 0, 0, 0]
         if self.backend == "svg":
             import ipywidgets as W
-            self.fig = None    # no plotly needed: the picture is drawn from the lists above
+
+            self.fig = None  # no plotly needed: the picture is drawn from the lists above
             self._svg_widget = W.HTML(layout=W.Layout(width="100%"))
             self._svg_widget.add_class("forge-plot")
             self.redraw()
@@ -151,6 +162,7 @@ class LossPlot:
 
     def _make_figure(self, height: int):
         import plotly.graph_objects as go
+
         try:
             # plotly's validators probe pandas on every trace update; importing it here, before a training
             # thread starts importing it (via datasets), avoids a "partially initialized module" race
@@ -163,15 +175,22 @@ class LossPlot:
             go.Scatter(x=[], y=[], mode="markers", name=names[0], marker=dict(size=5, color=COLORS[0])),
             go.Scatter(x=[], y=[], mode="lines", name=names[1], line=dict(color=COLORS[1], width=2)),
             go.Scatter(x=[], y=[], mode="lines+markers", name=names[2], line=dict(color=COLORS[2])),
-            go.Scatter(x=[], y=[], mode="lines", name=names[3], yaxis="y2",
-                       line=dict(color=COLORS[3], dash="dot", width=1)),
+            go.Scatter(
+                x=[], y=[], mode="lines", name=names[3], yaxis="y2", line=dict(color=COLORS[3], dash="dot", width=1)
+            ),
         ]
         layout = go.Layout(
-            height=height, margin=dict(l=50, r=60, t=30, b=40), template="plotly_white",
-            xaxis=dict(title=self.t("plot.step"), rangemode="tozero"), yaxis=dict(title=self.title),
-            yaxis2=dict(title=names[3], overlaying="y", side="right", showgrid=False, exponentformat="e",
-                        rangemode="tozero"),
-            legend=dict(orientation="h", y=1.12, x=0), uirevision="keep")  # keep the user's zoom across updates
+            height=height,
+            margin=dict(l=50, r=60, t=30, b=40),
+            template="plotly_white",
+            xaxis=dict(title=self.t("plot.step"), rangemode="tozero"),
+            yaxis=dict(title=self.title),
+            yaxis2=dict(
+                title=names[3], overlaying="y", side="right", showgrid=False, exponentformat="e", rangemode="tozero"
+            ),
+            legend=dict(orientation="h", y=1.12, x=0),
+            uirevision="keep",
+        )  # keep the user's zoom across updates
         if self.backend == "plotly":
             return _figure_widget_class()(data=traces, layout=layout)
         return go.Figure(data=traces, layout=layout)
@@ -188,6 +207,7 @@ class LossPlot:
             display(self.widget)
         else:
             from IPython import get_ipython
+
             if get_ipython() is None:
                 return  # a plain script: nothing to draw into (display would print the bundle's repr)
             # a raw mime bundle: never goes through plotly's renderers (which may try to open a browser)
@@ -198,8 +218,9 @@ class LossPlot:
 
     # ---------------------------------------------------------------- data
 
-    def add_step(self, step: int, loss: Optional[float] = None, learning_rate: Optional[float] = None,
-                 redraw: bool = True) -> None:
+    def add_step(
+        self, step: int, loss: Optional[float] = None, learning_rate: Optional[float] = None, redraw: bool = True
+    ) -> None:
         if _finite(loss):
             self.steps.append(step)
             self.losses.append(float(loss))
@@ -236,8 +257,12 @@ class LossPlot:
         self.redraw()
 
     def redraw(self) -> None:
-        cols = [(self.steps, self.losses), (self.steps, ema(self.losses, self.smoothing)),
-                (self.eval_steps, self.eval_losses), (self.lr_steps, self.lrs)]
+        cols = [
+            (self.steps, self.losses),
+            (self.steps, ema(self.losses, self.smoothing)),
+            (self.eval_steps, self.eval_losses),
+            (self.lr_steps, self.lrs),
+        ]
         if self.backend == "svg":
             self._svg_widget.value = self.svg(cols)
             self._drawn = [len(x) for x, _ in cols]
@@ -265,9 +290,11 @@ class LossPlot:
         text = f"<LossPlot {n} steps{last}>"
         if self.fig is None:
             return {"text/html": self._svg_widget.value, "text/plain": text}
-        return {"application/vnd.plotly.v1+json": json.loads(self.fig.to_json()),
-                "text/html": self.fig.to_html(full_html=False, include_plotlyjs="cdn"),
-                "text/plain": text}
+        return {
+            "application/vnd.plotly.v1+json": json.loads(self.fig.to_json()),
+            "text/html": self.fig.to_html(full_html=False, include_plotlyjs="cdn"),
+            "text/plain": text,
+        }
 
     def trace_points(self, which: int = 0) -> int:
         """Points currently in a trace of the figure (0: raw loss) - what the front end draws."""
@@ -300,42 +327,64 @@ class LossPlot:
         def y2(v):
             return top + ph * (1 - v / lr_hi)
 
-        out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="forge-plot" viewBox="0 0 {w} {h}" '
-               f'width="100%" style="max-width:{w}px;font:11px sans-serif">',
-               f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#ccc"/>']
+        out = [
+            f'<svg xmlns="http://www.w3.org/2000/svg" class="forge-plot" viewBox="0 0 {w} {h}" '
+            f'width="100%" style="max-width:{w}px;font:11px sans-serif">',
+            f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#ccc"/>',
+        ]
         for v in _ticks(0, xmax):
-            out.append(f'<line x1="{x(v):.1f}" x2="{x(v):.1f}" y1="{top}" y2="{top + ph}" stroke="#eee"/>'
-                       f'<text x="{x(v):.1f}" y="{top + ph + 14}" text-anchor="middle">{_num(v)}</text>')
+            out.append(
+                f'<line x1="{x(v):.1f}" x2="{x(v):.1f}" y1="{top}" y2="{top + ph}" stroke="#eee"/>'
+                f'<text x="{x(v):.1f}" y="{top + ph + 14}" text-anchor="middle">{_num(v)}</text>'
+            )
         for v in _ticks(lo, hi):
-            out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>'
-                       f'<text x="{left - 4}" y="{y(v) + 4:.1f}" text-anchor="end">{_num(v)}</text>')
+            out.append(
+                f'<line x1="{left}" x2="{left + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>'
+                f'<text x="{left - 4}" y="{y(v) + 4:.1f}" text-anchor="end">{_num(v)}</text>'
+            )
         if lrs:
             for v in _ticks(0, lr_hi):
                 out.append(f'<text x="{left + pw + 4}" y="{y2(v) + 4:.1f}" fill="{COLORS[3]}">{v:.1e}</text>')
         t = self.t
-        out.append(f'<text x="{left + pw / 2}" y="{h - 4}" text-anchor="middle">{html.escape(t("plot.step"))}</text>'
-                   f'<text transform="translate(12 {top + ph / 2}) rotate(-90)" text-anchor="middle">'
-                   f'{html.escape(self.title)}</text>')
+        out.append(
+            f'<text x="{left + pw / 2}" y="{h - 4}" text-anchor="middle">{html.escape(t("plot.step"))}</text>'
+            f'<text transform="translate(12 {top + ph / 2}) rotate(-90)" text-anchor="middle">'
+            f"{html.escape(self.title)}</text>"
+        )
         if lrs:
-            out.append(f'<polyline class="forge-lr" fill="none" stroke="{COLORS[3]}" stroke-dasharray="2,2" '
-                       f'points="{_points(lsteps, lrs, x, y2)}"/>')
+            out.append(
+                f'<polyline class="forge-lr" fill="none" stroke="{COLORS[3]}" stroke-dasharray="2,2" '
+                f'points="{_points(lsteps, lrs, x, y2)}"/>'
+            )
         if len(steps) > 1:
-            out.append(f'<polyline class="forge-smooth" fill="none" stroke="{COLORS[1]}" stroke-width="2" '
-                       f'points="{_points(steps, smooth, x, y)}"/>')
-        out += [f'<circle class="forge-point" cx="{x(s):.1f}" cy="{y(v):.1f}" r="2.5" fill="{COLORS[0]}"/>'
-                for s, v in zip(steps, raw)]
+            out.append(
+                f'<polyline class="forge-smooth" fill="none" stroke="{COLORS[1]}" stroke-width="2" '
+                f'points="{_points(steps, smooth, x, y)}"/>'
+            )
+        out += [
+            f'<circle class="forge-point" cx="{x(s):.1f}" cy="{y(v):.1f}" r="2.5" fill="{COLORS[0]}"/>'
+            for s, v in zip(steps, raw)
+        ]
         if evals:
-            out.append(f'<polyline class="forge-eval" fill="none" stroke="{COLORS[2]}" '
-                       f'points="{_points(esteps, evals, x, y)}"/>')
-            out += [f'<circle class="forge-eval-point" cx="{x(s):.1f}" cy="{y(v):.1f}" r="3" fill="{COLORS[2]}"/>'
-                    for s, v in zip(esteps, evals)]
+            out.append(
+                f'<polyline class="forge-eval" fill="none" stroke="{COLORS[2]}" '
+                f'points="{_points(esteps, evals, x, y)}"/>'
+            )
+            out += [
+                f'<circle class="forge-eval-point" cx="{x(s):.1f}" cy="{y(v):.1f}" r="3" fill="{COLORS[2]}"/>'
+                for s, v in zip(esteps, evals)
+            ]
         if not steps:
-            out.append(f'<text x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle" fill="#999">'
-                       f'{html.escape(t("plot.waiting"))}</text>')
+            out.append(
+                f'<text x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle" fill="#999">'
+                f"{html.escape(t('plot.waiting'))}</text>"
+            )
         lx = left
-        for key, color in zip(self.NAMES, COLORS):   # the legend, above the plot
-            out.append(f'<rect x="{lx:.0f}" y="{top - 22}" width="10" height="10" fill="{color}"/>'
-                       f'<text x="{lx + 14:.0f}" y="{top - 13}">{html.escape(t(key))}</text>')
+        for key, color in zip(self.NAMES, COLORS):  # the legend, above the plot
+            out.append(
+                f'<rect x="{lx:.0f}" y="{top - 22}" width="10" height="10" fill="{color}"/>'
+                f'<text x="{lx + 14:.0f}" y="{top - 13}">{html.escape(t(key))}</text>'
+            )
             lx += 28 + _text_width(t(key))
         out.append("</svg>")
         return "".join(out)

@@ -14,6 +14,7 @@ its latest message in whichever language is chosen. The board hands one ``Texts`
 panels, so one ``set_language`` relabels the whole board. Bindings may come from any thread
 (run events arrive on the training thread).
 """
+
 from __future__ import annotations
 
 import threading

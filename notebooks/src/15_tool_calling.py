@@ -8,7 +8,7 @@ LEARN = [
     "`<tool_call>{...}</tool_call>` instead of guessing",
     "how an agent loop works: the model calls, your code runs the function, the result goes back, the model answers",
 ]
-RUNTIME = {"ci": "7 min of CPU (14.5 min wall with the 2 cores shared, load 10)", "cpu": "not measured yet (30 steps instead of 9)", "gpu": "about 1 min"}
+RUNTIME = {"ci": "68 s (CI settings, measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "not measured yet (30 steps instead of 9)", "gpu": "about 1 min"}
 
 CELLS = [
     md("""

@@ -6,7 +6,7 @@ LEARN = [
     "full tuning (every weight), freeze tuning (only the last blocks) and GaLore (full, with a low-rank optimizer state)",
     "how to pick: LoRA when memory is short, freeze for a cheap full-precision update, full/GaLore when the task needs it",
 ]
-RUNTIME = {"ci": "29 s (CI settings, measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": 'not measured yet', "gpu": 'about a minute on a T4 (estimate)'}
+RUNTIME = {"ci": "29 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": 'not measured yet', "gpu": 'about a minute on a T4 (estimate)'}
 
 CELLS = [
     md("""

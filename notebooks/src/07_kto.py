@@ -6,7 +6,7 @@ LEARN = [
     "the implied reward `log π(answer) − log π_ref(answer)` and how it separates the labels",
     "the weights for desirable and undesirable examples when the labels are unbalanced",
 ]
-RUNTIME = {"ci": "52 s (CI settings, measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": 'not measured yet', "gpu": 'about a minute (estimate)'}
+RUNTIME = {"ci": "52 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": 'not measured yet', "gpu": 'about a minute (estimate)'}
 
 CELLS = [
     md("""

@@ -330,3 +330,18 @@ def test_checks_that_need_the_model_raise_config_errors_naming_the_key(tiny_cfg)
     with pytest.raises(ConfigError) as e:
         build_optimizer(plain, tiny_cfg(lora_rank=4, loraplus_lr_ratio=16))
     assert e.value.key == "adapter.loraplus_lr_ratio" and "lora_B" in str(e.value)
+
+
+def test_adapter_panel_estimate_is_the_engines(tiny_cfg, tiny_model_dir):
+    """The Board's adapter panel shows the same memory estimate (every part, and the total) as the
+    engine's model event for the same config: one estimate, before and during a run."""
+    import kit
+    from kit.widgets.estimate import estimate as panel_estimate
+
+    cfg = tiny_cfg(max_steps=1, save_steps=0, cutoff_len=64, max_samples=4)
+    shown = panel_estimate(cfg)
+    run = kit.train(cfg)
+    assert run.status == "finished", run.traceback
+    est = next(e for e in run.events if e.kind == "model").get("memory_estimate")
+    for part in ("weights", "grads", "optimizer", "activations", "runtime", "total"):
+        assert shown[f"{part}_bytes"] == est[part], (part, shown[f"{part}_bytes"], est[part])

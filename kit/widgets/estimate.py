@@ -83,7 +83,7 @@ def _estimate(path: str, adapter_yaml: str, bits: Optional[int], optim: str, dty
 
 
 def estimate(cfg: RunConfig) -> dict:
-    """``{trainable, total, weights_bytes, grads_bytes, optimizer_bytes, activations_bytes, total_bytes}``.
+    """``{trainable, total, weights_bytes, grads_bytes, optimizer_bytes, activations_bytes, runtime_bytes, total_bytes}``.
 
     Raises FileNotFoundError when the model is not on disk yet (hub ids are never fetched here).
     """
@@ -99,10 +99,13 @@ def estimate(cfg: RunConfig) -> dict:
     device = pick_device(cfg.model.device)
     dtype_name = str(pick_dtype(cfg.model.dtype, device)).replace("torch.", "")
     e = dict(_estimate(path, shape_cfg.to_yaml(), cfg.quant.bits, cfg.train.optim, dtype_name))
-    from ..memory import activation_bytes
+    from ..memory import activation_bytes, runtime_bytes
 
-    e["activations_bytes"] = activation_bytes(_meta_model_config(path), cfg, device, _bytes_per(dtype_name))
-    e["total_bytes"] += e["activations_bytes"]
+    model_config = _meta_model_config(path)
+    e["activations_bytes"] = activation_bytes(model_config, cfg, device, _bytes_per(dtype_name))
+    # the process itself and the loss's backward workspace: the same total the engine's model event reports
+    e["runtime_bytes"] = runtime_bytes(model_config, cfg, device)
+    e["total_bytes"] += e["activations_bytes"] + e["runtime_bytes"]
     return e
 
 

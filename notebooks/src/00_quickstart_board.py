@@ -6,7 +6,7 @@ LEARN = [
     "how a LoRA fine-tune of the embedded SmolLM2-135M-Instruct changes its answers",
     "that every setting on the Board is one `kit.RunConfig`, the same the CLI and YAML use",
 ]
-RUNTIME = {"ci": "39 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": 'not measured yet', "gpu": 'under a minute (estimate)'}
+RUNTIME = {"ci": "39 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "76 s (measured with these defaults in nbmake on this 2-core CPU, nothing else running)", "gpu": 'under a minute (estimate)'}
 
 CELLS = [
     md("""

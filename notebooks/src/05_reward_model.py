@@ -6,7 +6,7 @@ LEARN = [
     "the pairwise loss and the two numbers to watch: accuracy (chosen scored higher) and the margin",
     "how to score any answer with `kit.score` (PPO in notebook 09 uses this model as its reward)",
 ]
-RUNTIME = {"ci": "33 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": 'not measured yet', "gpu": 'about a minute (estimate)'}
+RUNTIME = {"ci": "33 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "65 s (measured with these defaults in nbmake on this 2-core CPU, nothing else running)", "gpu": 'about a minute (estimate)'}
 
 CELLS = [
     md("""

@@ -7,7 +7,7 @@ LEARN = [
     "what the loss types change (sigmoid = DPO, ipo, hinge, orpo, simpo) and what `beta` does",
     "the number to watch, the reward margin, and how to read it",
 ]
-RUNTIME = {"ci": "38 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": 'not measured yet', "gpu": 'about a minute (estimate)'}
+RUNTIME = {"ci": "38 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "95 s (measured with these defaults in nbmake on this 2-core CPU, nothing else running)", "gpu": 'about a minute (estimate)'}
 
 CELLS = [
     md("""

@@ -8,7 +8,7 @@ LEARN = [
     "client, streaming included, then stop the server",
     "which back end to pick: transformers on CPU, vLLM on a GPU, llama.cpp for an exported GGUF",
 ]
-RUNTIME = {"ci": "19 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "not measured yet (64-token answers instead of 12)", "gpu": "under a minute (vLLM start-up adds about 1 min)"}
+RUNTIME = {"ci": "19 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "32 s (measured with these defaults in nbmake on this 2-core CPU, nothing else running)", "gpu": "under a minute (vLLM start-up adds about 1 min)"}
 
 CELLS = [
     md("""

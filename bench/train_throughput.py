@@ -48,10 +48,96 @@ CONTENDERS = (
     "forge-qlora",
     "trl",
     "trl-packed",
+    "trl-qlora",
     "llamafactory",
     "llamafactory-packed",
+    "llamafactory-qlora",
 )
 DEFAULT_CONTENDERS = ("forge", "forge-packed", "trl", "trl-packed")
+# Bigger architectures for timing only (issue #18 item 3): the published configs' shapes, built here
+# with random weights (nothing downloaded) and the default model's tokenizer, whose ids all fall
+# inside every vocabulary below. Throughput and memory depend on the shapes, not on the values.
+ARCHS = {
+    "smollm2-360m": dict(
+        model_type="llama",
+        hidden_size=960,
+        intermediate_size=2560,
+        num_hidden_layers=32,
+        num_attention_heads=15,
+        num_key_value_heads=5,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        rope_theta=100000.0,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+    ),
+    "smollm2-1.7b": dict(
+        model_type="llama",
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        rope_theta=130000.0,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+    ),
+    "qwen2.5-0.5b": dict(
+        model_type="qwen2",
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        rope_theta=1000000.0,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+    ),
+    "qwen2.5-3b": dict(
+        model_type="qwen2",
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        rope_theta=1000000.0,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+    ),
+    "qwen2.5-7b": dict(
+        model_type="qwen2",
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+        rope_theta=1000000.0,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+    ),
+    "qwen2.5-14b": dict(
+        model_type="qwen2",
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=48,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+        rope_theta=1000000.0,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-5,
+    ),
+}
+RANDOM_MODELS = Path.home() / ".cache" / "forge-kit" / "bench" / "models"
 LF_VERSION = "0.9.5"
 LF_VENV = Path.home() / ".cache" / "forge-kit" / "bench" / "llamafactory-venv"
 
@@ -128,8 +214,80 @@ def machine() -> dict:
     return info
 
 
-def model_path() -> str:
-    """The embedded default model as a local safetensors dir (converted once by Forge)."""
+def model_path(model: str = MODEL) -> str:
+    """The embedded default model as a local safetensors dir (converted once by Forge), or a
+    random-weight model of one of ARCHS."""
+    return resolve_default() if model == MODEL else random_model(model)
+
+
+def random_model(arch: str) -> str:
+    """A safetensors model dir of architecture ``arch`` (ARCHS) with random bf16 weights, built once.
+
+    Written shard by shard from the model's parameter shapes on the ``meta`` device, so building
+    a 14B checkpoint needs about one shard of memory, not the model's size."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = RANDOM_MODELS / arch
+    if (out / "DONE").exists():
+        return str(out)
+    spec = dict(ARCHS[arch])
+    cfg = AutoConfig.for_model(spec.pop("model_type"), **spec, dtype="bfloat16")
+    tok_dir = Path(resolve_default())
+    cfg.bos_token_id, cfg.eos_token_id = 1, 2  # the default tokenizer's <|im_start|>/<|im_end|> ids
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(cfg)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    shard, size, index, n = {}, 0, {}, 0
+    names = [k for k in meta.state_dict() if not (cfg.tie_word_embeddings and k == "lm_head.weight")]
+
+    def flush():
+        nonlocal shard, size, n
+        if shard:
+            fname = f"model-{n:05d}.safetensors"
+            save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+            index.update({k: fname for k in shard})
+            shard, size, n = {}, 0, n + 1
+
+    params = dict(meta.state_dict())
+    for k in names:
+        t = params[k]
+        if k.endswith("norm.weight"):
+            v = torch.ones(t.shape, dtype=torch.bfloat16)
+        elif k.endswith(".bias"):
+            v = torch.zeros(t.shape, dtype=torch.bfloat16)
+        else:  # the initializer's scale, so activations and losses stay in a sane range
+            v = (torch.randn(t.shape, generator=gen) * cfg.initializer_range).to(torch.bfloat16)
+        shard[k] = v.contiguous()
+        size += v.numel() * 2
+        if size >= 2 * 2**30:
+            flush()
+    flush()
+    (tmp / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {
+                "metadata": {"total_size": sum(p.numel() * 2 for k, p in params.items() if k in index)},
+                "weight_map": index,
+            }
+        )
+    )
+    cfg.save_pretrained(str(tmp))
+    for f in tok_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")):
+            shutil.copy(f, tmp / f.name)
+    (tmp / "DONE").write_text("random weights for timing only\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return str(out)
+
+
+def resolve_default() -> str:
     from kit.models import resolve_model_path
 
     return resolve_model_path(MODEL)[0]
@@ -160,6 +318,8 @@ def run_child(name: str, args, out_json: Path) -> dict:
         args.dataset,
         "--threads",
         str(args.threads or 0),
+        "--model",
+        args.model,
     ]
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -217,7 +377,28 @@ def ensure_llamafactory_venv() -> Path:
         # the registry's torchvision/torchaudio wheels are built against another torch and break
         # `import transformers`; text-only SFT does not use them
         subprocess.run([str(py), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio"], check=True)
+    if subprocess.run([str(py), "-c", "import bitsandbytes"], capture_output=True).returncode != 0:
+        import bitsandbytes  # the version Forge runs, so both QLoRA contenders use the same kernels
+
+        subprocess.run(
+            [
+                str(py),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                f"bitsandbytes=={bitsandbytes.__version__}",
+                f"torch=={torch_pin()}",
+            ],
+            check=True,
+        )
     return py
+
+
+def torch_pin() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]
 
 
 # ----------------------------------------------------------------------------- child side
@@ -363,7 +544,11 @@ class Probe:
 def model_counts(model) -> dict:
     import torch
 
-    mm = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
+    def numel(w) -> int:  # a bitsandbytes 4-bit weight is stored packed: its quant state has the real shape
+        qs = getattr(w, "quant_state", None)
+        return int(torch.Size(qs.shape).numel()) if qs is not None and getattr(qs, "shape", None) else w.numel()
+
+    mm = sum(numel(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
     train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"n_matmul_params": mm, "n_trainable": train}
 
@@ -402,7 +587,7 @@ def child_forge(args, probe: Probe, name: str) -> dict:
     import kit
 
     run = kit.train(
-        model=MODEL,
+        model=MODEL if args.model == MODEL else args.model_path,
         dataset=args.dataset,
         batch_size=args.batch_size,
         cutoff_len=args.cutoff_len,
@@ -430,7 +615,7 @@ def child_forge(args, probe: Probe, name: str) -> dict:
     return res
 
 
-def child_trl(args, probe: Probe, packing: bool) -> dict:
+def child_trl(args, probe: Probe, packing: bool, qlora: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -444,7 +629,14 @@ def child_trl(args, probe: Probe, packing: bool) -> dict:
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     torch.set_num_threads(args.threads or physical_cores())
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    quant = {}
+    if qlora:  # 4-bit NF4 frozen weights, the QLoRA recipe of TRL's docs (bitsandbytes)
+        from transformers import BitsAndBytesConfig
+
+        quant["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **quant)
     cfg = SFTConfig(
         output_dir=tempfile.mkdtemp(prefix="trl-bench-"),
         per_device_train_batch_size=args.batch_size,
@@ -470,12 +662,12 @@ def child_trl(args, probe: Probe, packing: bool) -> dict:
         peft_config=lora,
     )
     trainer.train()
-    res = probe.result("trl-packed" if packing else "trl", args.steps)
+    res = probe.result(args.child, args.steps)
     res.update(model_counts(trainer.model))
     return res
 
 
-def child_llamafactory(args, probe: Probe, packing: bool) -> dict:
+def child_llamafactory(args, probe: Probe, packing: bool, qlora: bool = False) -> dict:
     """LLaMA-Factory's own entry point (``run_exp``, what ``llamafactory-cli train`` calls), in this
     child process under the LLaMA-Factory venv's python, so the same probe times it."""
     # LLaMA-Factory's first import; transformers decides here (cached) which optional packages
@@ -537,8 +729,10 @@ def child_llamafactory(args, probe: Probe, packing: bool) -> dict:
         "use_cpu": args.device == "cpu",
         "preprocessing_num_workers": 1,
     }
+    if qlora:  # LLaMA-Factory's QLoRA switch (bitsandbytes NF4)
+        cfg["quantization_bit"] = 4
     run_exp(cfg)
-    res = probe.result("llamafactory-packed" if packing else "llamafactory", args.steps)
+    res = probe.result(args.child, args.steps)
     res.update(model_counts(probe.model))
     return res
 
@@ -548,10 +742,12 @@ def child_main(args) -> None:
     probe.install()
     if args.child.startswith("forge"):
         res = child_forge(args, probe, args.child)
-    elif args.child in ("trl", "trl-packed"):
-        res = child_trl(args, probe, packing=args.child == "trl-packed")
+    elif args.child.startswith("trl"):
+        res = child_trl(args, probe, packing=args.child == "trl-packed", qlora=args.child == "trl-qlora")
     else:
-        res = child_llamafactory(args, probe, packing=args.child.endswith("packed"))
+        res = child_llamafactory(
+            args, probe, packing=args.child.endswith("packed"), qlora=args.child == "llamafactory-qlora"
+        )
     if args.device == "cuda":
         import torch
 
@@ -593,6 +789,13 @@ def parse(argv=None):
         default="cpu",
         help="cuda: bf16 and a bf16 matmul peak (written for GPU machines, not run on the CPU box)",
     )
+    p.add_argument(
+        "--model",
+        default=MODEL,
+        choices=(MODEL, *ARCHS),
+        help="the embedded default model, or a bigger architecture built once with random weights "
+        "(timing and memory only) in ~/.cache/forge-kit/bench/models",
+    )
     p.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(DEFAULT_CONTENDERS))
     p.add_argument("--out", default=None, help="results JSON (default bench/results/<timestamp>.json)")
     p.add_argument(
@@ -626,7 +829,7 @@ def main(argv=None) -> int:
     )
     print(f"matmul peak ({peak['dtype']}): {peak['peak_flops'] / 1e9:.1f} GFLOP/s (taken again before each contender)")
     if not args.report:
-        args.model_path = args.model_path or model_path()  # resolved once, handed to every child
+        args.model_path = args.model_path or model_path(args.model)  # resolved once, handed to every child
     results = []
     tmp = Path(args.report) if args.report else Path(tempfile.mkdtemp(prefix="bench-"))
     for name in args.contenders:

@@ -98,17 +98,15 @@ CELLS = [
     md("""
         ## Train: the `%%forge_train` cell magic
 
-        The cell body *is* the YAML (handy to share a whole run as one cell); overrides go on the first line.
+        The cell body *is* the YAML (handy to share a whole run as one cell); overrides go on the first line, where
+        `{name}` is a Python variable of the notebook (here the knobs' sizes, so CI can shrink them).
         `cfg.to_yaml(minimal=True)` printed above is exactly such a body.
     """),
     code("""
-        %%forge_train train.output_dir={work}/cell
-        model:
-          name: smollm2-135m-instruct
+        %%forge_train train.output_dir={work}/cell model.name={MODEL} data.max_samples={ROWS} data.cutoff_len={CUTOFF_LEN} train.max_steps={STEPS}
         adapter: {type: lora, lora_rank: 8}
-        data: {dataset: demo_sft, max_samples: 8, cutoff_len: 64}
-        train: {max_steps: 2, batch_size: 2, learning_rate: 0.0005, lr_scheduler: constant, save_steps: 0,
-                logging_steps: 1}
+        data: {dataset: demo_sft}
+        train: {batch_size: 2, learning_rate: 0.0005, lr_scheduler: constant, save_steps: 0, logging_steps: 1}
     """),
     code("""
         from kit.magics import ForgeMagics

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from ..errors import ForgeError, with_place
 
@@ -521,8 +521,12 @@ def find_bad_text(row: Any) -> Optional[tuple[str, str]]:
 
 def normalise_rows(rows: list[dict], fmt: str, source: str, offset: int = 0) -> list[dict]:
     """Validate and normalise every row; errors name ``source`` and the row index."""
+    return list(iter_normalised(rows, fmt, source, offset))
+
+
+def iter_normalised(rows: Iterable[Any], fmt: str, source: str, offset: int = 0) -> Iterator[Row]:
+    """:func:`normalise_rows` one row at a time, for rows read as a stream."""
     fn = NORMALISERS[fmt]
-    out = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise DataError(f"expected an object per row, got {_tname(row)}", source, i + offset)
@@ -531,5 +535,4 @@ def normalise_rows(rows: list[dict], fmt: str, source: str, offset: int = 0) -> 
             raise DataError(bad[1], source, i + offset, bad[0])
         r = Row(fn(row, source, i + offset))
         r.origin = (source, i + offset)
-        out.append(r)
-    return out
+        yield r

@@ -22,7 +22,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from .formats import BOOL_COLUMNS, JSON_COLUMNS, TEXT_OR_MESSAGES_COLUMNS, DataError
 
@@ -50,6 +50,57 @@ def read_file(path: str | os.PathLike) -> list[dict]:
     if suffix == ".csv":
         return _read_csv(text, src)
     return _read_json(text, src, jsonl=suffix == ".jsonl")
+
+
+def iter_file(path: str | os.PathLike) -> Iterator[dict]:
+    """The rows of :func:`read_file`, one at a time: a ``.jsonl`` file (UTF-8) is read line by line and
+    a ``.parquet`` file batch by batch, so a large file is never held whole; other files (a ``.json``
+    document, CSV, UTF-16/32 text) are read whole, as :func:`read_file` does. Same errors, same rows."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if p.is_file() and suffix == ".parquet":
+        yield from _iter_parquet(p, str(p))
+        return
+    if not (p.is_file() and suffix == ".jsonl") or _has_utf16_32_bom(p):
+        yield from read_file(p)
+        return
+    yield from _iter_jsonl(p, str(p))
+
+
+def _has_utf16_32_bom(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise DataError(f"cannot read the file: {e.strerror or e}", str(p)) from None
+    return head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+
+
+def _iter_jsonl(p: Path, src: str) -> Iterator[dict]:
+    """JSON lines as :func:`_read_json` reads them (lines end at "\n" only, invalid UTF-8 kept as
+    surrogate escapes for the row check), one line in memory at a time."""
+    n = 0
+    try:
+        f = open(p, "rb")  # binary lines split at b"\n" only, never inside a UTF-8 sequence
+    except OSError as e:
+        raise DataError(f"cannot read the file: {e.strerror or e}", src) from None
+    with f:
+        for i, raw in enumerate(f):
+            line = raw.removesuffix(b"\n").decode("utf-8", errors="surrogateescape")  # as text.split("\n")
+            if i == 0:
+                line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark
+            if not line.strip():
+                continue
+            try:
+                row = _loads(line)
+            except (ValueError, RecursionError) as e:
+                if not n:  # perhaps one JSON document (a pretty-printed list): read_file decides
+                    yield from read_file(p)
+                    return
+                raise DataError(f"invalid JSON: {_parse_error(e)}", src, n, line=i + 1) from None
+            _check_duplicates([row], src, [i + 1], offset=n)
+            n += 1
+            yield row
 
 
 # ------------------------------------------------------------------------------------------ text
@@ -170,7 +221,7 @@ def _document_rows(data: Any, src: str) -> list:
     raise DataError(f"a JSON file must hold a list of rows (or {{'data': [...]}}), got {type(data).__name__}", src)
 
 
-def _check_duplicates(rows: list, src: str, lines: Optional[list[int]] = None) -> list:
+def _check_duplicates(rows: list, src: str, lines: Optional[list[int]] = None, offset: int = 0) -> list:
     for i, row in enumerate(rows):
         found = _find_duplicates(row)
         if found:
@@ -178,7 +229,7 @@ def _check_duplicates(rows: list, src: str, lines: Optional[list[int]] = None) -
             raise DataError(
                 f"the key '{key}' appears more than once in one object (only the last would be kept)",
                 src,
-                i,
+                i + offset,
                 path,
                 line=lines[i] if lines else None,
             )
@@ -258,6 +309,39 @@ def _read_parquet(p: Path, src: str) -> list[dict]:
             f"cannot read this Parquet file ({type(e).__name__}: {e}); is it a complete Parquet file?", src
         ) from None
     return [decode_cells(r, src, i) for i, r in enumerate(rows)]
+
+
+def _iter_parquet(p: Path, src: str, batch_rows: int = 1024) -> Iterator[dict]:
+    """Rows of :func:`_read_parquet`, a record batch at a time."""
+    import pyarrow.parquet as pq
+
+    def damaged(e: Exception) -> DataError:
+        return DataError(
+            f"cannot read this Parquet file ({type(e).__name__}: {e}); is it a complete Parquet file?", src
+        )
+
+    try:
+        f = pq.ParquetFile(str(p))
+        names = f.schema_arrow.names
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... on a damaged file
+        raise damaged(e) from None
+    dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if dup is not None:
+        raise DataError(f"the column '{dup}' appears twice", src)
+    i = 0
+    batches = f.iter_batches(batch_size=batch_rows)
+    while True:
+        try:
+            batch = next(batches, None)
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - as above, for a file damaged past its footer
+            raise damaged(e) from None
+        if batch is None:
+            return
+        for r in batch.to_pylist():
+            yield decode_cells(r, src, i)
+            i += 1
 
 
 # ------------------------------------------------------------------------------------------ cells

@@ -154,7 +154,7 @@ def test_block_mask_equals_the_rule_position_by_position(dtype):
         assert torch.equal(got, _reference_mask(rows, length, dtype))
 
 
-@pytest.mark.parametrize("script", ["train_throughput.py", "generate_throughput.py"])
+@pytest.mark.parametrize("script", ["train_throughput.py", "generate_throughput.py", "largest_model.py"])
 def test_bench_help(script):
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True, text=True, timeout=60
@@ -209,8 +209,14 @@ def test_micro_batch_must_divide_the_batch():
         RunConfig.from_kwargs(batch_size=4, micro_batch_size=3)
 
 
-def test_trained_positions_loss_equals_trls_fused_head(tiny_cfg):
-    """Our loss on padding-free batches (logits at trained positions only) == TRL's fused LM head."""
+@pytest.mark.parametrize("chunked", [True, False])
+def test_trained_positions_loss_equals_trls_fused_head(tiny_cfg, monkeypatch, chunked):
+    """Our loss on padding-free batches (logits at trained positions only; by default the head and the
+    loss in chunks, kit.stages.linear_ce) == TRL's fused LM head."""
+    import kit.stages.sft as sft
+
+    if not chunked:
+        monkeypatch.setattr(sft, "decoder_and_head", lambda model: None)
     from kit.engine import Run
 
     cfg = _cfg(tiny_cfg, batch_size=4, max_steps=1)

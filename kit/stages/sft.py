@@ -28,6 +28,7 @@ from .common import (
     micro_batching,
     padding_free_requested,
 )
+from .linear_ce import decoder_and_head, linear_cross_entropy
 
 
 class ForgeSFTTrainer(TokenCounting, SFTTrainer):
@@ -75,6 +76,14 @@ class ForgeSFTTrainer(TokenCounting, SFTTrainer):
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         return out
 
+    def _plain_head(self, model):
+        """(decoder, lm_head) for the chunked loss (:mod:`kit.stages.linear_ce`), or None: one process
+        (a DDP/FSDP wrapper must see the forward itself), no autocast (accelerate wraps the model's
+        own forward in it), and a model whose logits are plain ``lm_head(hidden)``."""
+        if self.accelerator.num_processes != 1 or self.accelerator.mixed_precision != "no":
+            return None
+        return decoder_and_head(model)
+
     def _trained_positions_loss(self, model, inputs, num_items_in_batch):
         """Cross-entropy computed from logits at the trained positions only (padding-free batches).
 
@@ -82,27 +91,38 @@ class ForgeSFTTrainer(TokenCounting, SFTTrainer):
         Triton devices) and recomputes the logits in backward to save memory. A padding-free micro-
         batch is one row of at most a few thousand tokens, so the logits of its trained positions
         are small enough to keep: the prompt positions (~20% of the demo data) skip the vocabulary
-        projection and nothing is computed twice. Same loss and normalisation as TRL's.
+        projection and nothing is computed twice. Same loss and normalisation as TRL's. Where the
+        model allows it, the head and the loss run in chunks (:mod:`kit.stages.linear_ce`), so not
+        even the trained positions' logits are kept.
         """
         mode = "train" if self.model.training else "eval"
         labels = inputs.pop("labels")
         target = labels[0, 1:]
         keep = (target != -100).nonzero().squeeze(-1)  # positions whose next token is a target
-        out = model(**inputs, use_cache=False, logits_to_keep=keep)
-        # flatten instead of [0]: indexing would make backward fill a zeros copy of all the logits
-        logits, y = out.logits.flatten(0, 1), target[keep]
-        n = torch.as_tensor(len(y) if num_items_in_batch is None else num_items_in_batch, device=logits.device)
-        loss = F.cross_entropy(logits.float(), y, reduction="sum") / n.clamp(min=1)
+        y = target[keep]
+        split = self._plain_head(model)
+        if split is not None:  # the head and the loss in chunks: the logits never exist whole
+            decoder, head = split
+            hidden = decoder(**inputs, use_cache=False).last_hidden_state.flatten(0, 1)
+            loss_sum, correct = linear_cross_entropy(hidden.index_select(0, keep), head.weight, y)
+        else:
+            out = model(**inputs, use_cache=False, logits_to_keep=keep)
+            # flatten instead of [0]: indexing would make backward fill a zeros copy of all the logits
+            logits = out.logits.flatten(0, 1)
+            loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
+            correct = (logits.detach().argmax(-1) == y).sum()
+        n = torch.as_tensor(len(y) if num_items_in_batch is None else num_items_in_batch, device=y.device)
+        loss = loss_sum / n.clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as Trainer/TRL: DDP averages the gradients
         with torch.no_grad():
             gather = self.accelerator.gather_for_metrics
-            valid = gather(torch.as_tensor(len(y), device=logits.device)).sum()
-            correct = gather((logits.argmax(-1) == y).sum()).sum()
+            valid = gather(torch.as_tensor(len(y), device=y.device)).sum()
+            correct = gather(correct).sum()
             acc = (correct / valid).item() if valid > 0 else 0.0
         self._metrics[mode]["mean_token_accuracy"].append(acc)
         if mode == "train":
-            tokens = gather(torch.as_tensor(inputs["input_ids"].shape[1], device=logits.device)).sum().item()
+            tokens = gather(torch.as_tensor(inputs["input_ids"].shape[1], device=y.device)).sum().item()
             self._total_train_tokens = getattr(self, "_total_train_tokens", 0) + int(tokens)
         self._metrics[mode]["num_tokens"] = [getattr(self, "_total_train_tokens", 0)]
         return loss

@@ -6,7 +6,7 @@ LEARN = [
     "what DoRA, rsLoRA, PiSSA and LoRA+ change, and which knob turns each on",
     "how to read the loss of an SFT run and check that the answers changed",
 ]
-RUNTIME = {"ci": "64 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": 'not measured yet', "gpu": 'about a minute on a T4 (estimate)'}
+RUNTIME = {"ci": "64 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "6 min 30 s (measured with these defaults in nbmake on one core of this 2-core CPU, a benchmark running on the other; load 3.54)", "gpu": 'about a minute on a T4 (estimate)'}
 
 CELLS = [
     md("""

@@ -6,7 +6,7 @@ LEARN = [
     "full tuning (every weight), freeze tuning (only the last blocks) and GaLore (full, with a low-rank optimizer state)",
     "how to pick: LoRA when memory is short, freeze for a cheap full-precision update, full/GaLore when the task needs it",
 ]
-RUNTIME = {"ci": "29 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": 'not measured yet', "gpu": 'about a minute on a T4 (estimate)'}
+RUNTIME = {"ci": "29 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "72 s (measured with these defaults in nbmake on one core of this 2-core CPU, a benchmark running on the other; load 3.58)", "gpu": 'about a minute on a T4 (estimate)'}
 
 CELLS = [
     md("""

@@ -6,7 +6,7 @@ LEARN = [
     "the implied reward `log π(answer) − log π_ref(answer)` and how it separates the labels",
     "the weights for desirable and undesirable examples when the labels are unbalanced",
 ]
-RUNTIME = {"ci": "52 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": 'not measured yet', "gpu": 'about a minute (estimate)'}
+RUNTIME = {"ci": "52 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "4 min 48 s (measured with these defaults in nbmake on one core of this 2-core CPU, a benchmark running on the other; load 3.43)", "gpu": 'about a minute (estimate)'}
 
 CELLS = [
     md("""

@@ -8,7 +8,7 @@ LEARN = [
     "the built-in ones (`exact_match`, `contains`, `format:<regex>`, `length:<chars>`)",
     "what each GRPO knob does (group size, rollout length, temperature, beta) and how to read the reward curve",
 ]
-RUNTIME = {"ci": "39 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "not measured yet (20 steps of 8 answers)", "gpu": "about 2 min (faster still with stage.use_vllm)"}
+RUNTIME = {"ci": "39 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "4 min 47 s (measured with these defaults in nbmake on one core of this 2-core CPU, a benchmark running on the other; load 3.85)", "gpu": "about 2 min (faster still with stage.use_vllm)"}
 
 CELLS = [
     md("""

@@ -8,7 +8,7 @@ LEARN = [
     "model you trained",
     "how to keep the adapter on its own (for PEFT, vLLM's LoRA loader or the Hub) and what a Hub upload would send",
 ]
-RUNTIME = {"ci": "50 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "not measured yet", "gpu": "about 1 min"}
+RUNTIME = {"ci": "50 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "109 s (measured with these defaults in nbmake on one core of this 2-core CPU, a benchmark running on the other; load 3.52)", "gpu": "about 1 min"}
 
 CELLS = [
     md("""

@@ -8,7 +8,7 @@ LEARN = [
     "`<tool_call>{...}</tool_call>` instead of guessing",
     "how an agent loop works: the model calls, your code runs the function, the result goes back, the model answers",
 ]
-RUNTIME = {"ci": "68 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "not measured yet (30 steps instead of 9)", "gpu": "about 1 min"}
+RUNTIME = {"ci": "68 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "4 min 15 s (measured with these defaults in nbmake on one core of this 2-core CPU, a benchmark running on the other; load 1.75)", "gpu": "about 1 min"}
 
 CELLS = [
     md("""

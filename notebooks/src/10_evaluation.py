@@ -8,7 +8,7 @@ LEARN = [
     "both side by side into the run directory",
     "how to read the numbers: chance level, why a few rows are noisy, and what a fine-tune should and should not move",
 ]
-RUNTIME = {"ci": "33 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "not measured yet (30 steps, 20-row evaluations)", "gpu": "about 1 min"}
+RUNTIME = {"ci": "33 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "not measured yet (30 steps, 20-row evaluations; a run at these defaults took 9 min on one core while a benchmark ran on the other)", "gpu": "about 1 min"}
 
 CELLS = [
     md("""
@@ -26,7 +26,7 @@ CELLS = [
         STEPS = int(os.environ.get("FORGE_NOTEBOOK_STEPS", 4 if CI else 30))   # fine-tuning steps before we evaluate
         ROWS = int(os.environ.get("FORGE_NOTEBOOK_ROWS", 8 if CI else 40))     # training rows of demo_sft
         EVAL_ROWS = 4 if CI else 20          # rows scored per evaluation (predict and multiple choice)
-        BENCH_QUESTIONS = 2 if CI else 10    # benchmark questions per subject
+        BENCH_QUESTIONS = 2 if CI else 8     # benchmark questions per subject (the shipped sample has 8)
         N_SHOT = 1 if CI else 5              # benchmark: solved examples from the dev split put before each question
         MAX_NEW_TOKENS = 16 if CI else 64    # predict mode: longest answer generated
         LEARNING_RATE = 1e-3 if CI else 5e-4

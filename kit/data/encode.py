@@ -367,12 +367,15 @@ def pack(examples: list[dict], capacity: int) -> list[dict]:
     and restart position ids per example: nothing attends across an example boundary.
     The order of rows is derived from the (already shuffled) input, so it is deterministic.
     """
-    out = []
-    for b in pack_bins([len(e["input_ids"]) for e in examples], capacity):
-        ids, labels, lens = [], [], []
-        for i in b:
-            ids += examples[i]["input_ids"]
-            labels += examples[i]["labels"]
-            lens.append(len(examples[i]["input_ids"]))
-        out.append({"input_ids": ids, "labels": labels, "seq_lens": lens})
-    return out
+    return [packed_row([examples[i] for i in b]) for b in pack_bins([len(e["input_ids"]) for e in examples], capacity)]
+
+
+def packed_row(examples: list[dict]) -> dict:
+    """One packed row of whole examples, in order: their tokens and labels back to back and their
+    lengths in ``seq_lens``."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for e in examples:
+        ids += e["input_ids"]
+        labels += e["labels"]
+    return {"input_ids": ids, "labels": labels, "seq_lens": [len(e["input_ids"]) for e in examples]}

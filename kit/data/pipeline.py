@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Optional
 from ..config import DataConfig, RunConfig
 from ..config_rules import dataset_refs
 from ..paths import data_cache_dir
-from .encode import IGNORE, TemplateError, encode_chats, encode_text_stream, pack, pack_bins
+from .encode import IGNORE, TemplateError, encode_chats, encode_text_stream, pack, pack_bins, packed_row
 from .formats import FORMAT_KIND, DataError, Row, detect_format, iter_normalised, origin_of
 from .hub import HubOptions, hub_options
 from .readers import iter_file
@@ -380,14 +380,13 @@ def _encode_sft(rows: list[dict], tok, d: DataConfig, packing: bool) -> list[dic
     """Rows in memory to encoded examples (those with no trained token left after ``cutoff_len``
     skipped), packed if asked: the list form of what build_tokenized writes, for previews."""
     encoded = [e for batch in _batches(rows, ENCODE_BATCH) for e in _encode_sft_batch(batch, tok, d)]
-    kept = [e for e in encoded if e["labels"].count(IGNORE) != len(e["labels"])]
-    if len(kept) < len(encoded):
-        log.warning(
-            "%d examples had no trained tokens left after cutoff_len=%d and were skipped",
-            len(encoded) - len(kept),
-            d.cutoff_len,
-        )
+    kept = [encoded[i] for i in _kept(range(len(encoded)), [_has_target(e) for e in encoded], d)]
     return pack(kept, d.cutoff_len) if packing else kept
+
+
+def _has_target(example: dict) -> bool:
+    """Whether an encoded example kept a trained token after ``cutoff_len``."""
+    return example["labels"].count(IGNORE) != len(example["labels"])
 
 
 def _write_encoded_sft(sources: list[_Source], tok, d: DataConfig, path: Path) -> list[bool]:
@@ -401,7 +400,7 @@ def _write_encoded_sft(sources: list[_Source], tok, d: DataConfig, path: Path) -
 
     def write(enc: list[dict]) -> None:
         writer.write_batch({"input_ids": [e["input_ids"] for e in enc], "labels": [e["labels"] for e in enc]})
-        trained.extend(e["labels"].count(IGNORE) != len(e["labels"]) for e in enc)
+        trained.extend(_has_target(e) for e in enc)
 
     # One batch is encoded in a worker thread while this thread reads and checks the next one:
     # the tokenizer runs in Rust without the GIL, so on a machine with a free core reading and
@@ -421,7 +420,8 @@ def _write_encoded_sft(sources: list[_Source], tok, d: DataConfig, path: Path) -
     return trained
 
 
-def _kept(rows: list[int], trained: list[bool], d: DataConfig) -> list[int]:
+def _kept(rows: list[int] | range, trained: list[bool], d: DataConfig) -> list[int]:
+    """The ``rows`` that kept a trained token, with one warning for those skipped."""
     kept = [i for i in rows if trained[i]]
     if len(kept) < len(rows):
         log.warning(
@@ -446,17 +446,12 @@ def _write_packed(encoded, rows: list[int], capacity: int, path: Path) -> None:
     features = Features({"input_ids": ids, "labels": ids, "seq_lens": ids})
     with ArrowWriter(features=features, path=str(path)) as writer:
         for chunk in _batches(bins, 256):
-            members = [rows[j] for b in chunk for j in b]
-            got = encoded.select(members).to_dict()
-            out: dict[str, list] = {"input_ids": [], "labels": [], "seq_lens": []}
-            k = 0
+            got = encoded.select([rows[j] for b in chunk for j in b]).to_list()
+            packed, k = [], 0
             for b in chunk:
-                part_ids, part_labels = got["input_ids"][k : k + len(b)], got["labels"][k : k + len(b)]
-                out["input_ids"].append([t for x in part_ids for t in x])
-                out["labels"].append([t for x in part_labels for t in x])
-                out["seq_lens"].append([len(x) for x in part_ids])
+                packed.append(packed_row(got[k : k + len(b)]))
                 k += len(b)
-            writer.write_batch(out)
+            writer.write_batch({col: [r[col] for r in packed] for col in features})
         writer.finalize()
 
 

@@ -27,7 +27,8 @@ CHUNK_ELEMENTS = 32 * 2**20
 
 
 def chunk_tokens(vocab: int) -> int:
-    """Tokens per chunk for a vocabulary of ``vocab`` (the memory estimate uses it too)."""
+    """Tokens per chunk for a vocabulary of ``vocab``. (kit/memory.py does not know this path yet:
+    it still counts the full ``tokens x vocab`` logits buffers.)"""
     return max(128, CHUNK_ELEMENTS // max(1, vocab))
 
 

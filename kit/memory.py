@@ -150,16 +150,23 @@ def grad_bytes(model: nn.Module) -> int:
     )
 
 
+def _loss_is_chunked(model_config: Any, cfg: RunConfig, device: str, dtype_bytes: int) -> bool:
+    from .stages.linear_ce import chunked_loss_expected
+
+    return chunked_loss_expected(cfg, model_config, device, dtype_bytes)
+
+
 def activation_bytes(model_config: Any, cfg: RunConfig, device: str = "cpu", dtype_bytes: int = 4) -> int:
     """Activations kept for backward by one forward pass of a decoder-only model (an upper bound:
-    every row filled to ``cutoff_len``, every token budget full), plus the log-softmax over the
-    vocabulary of its positions.
+    every row filled to ``cutoff_len``, every token budget full), plus what the loss keeps.
 
     Per token and layer autograd keeps about ``10*hidden + 3*intermediate`` values: the norm inputs
     and outputs, q/k/v and the rotated q/k, the attention output, and the MLP's gate, up, activation
     and product. Measured on SmolLM2-135M with LoRA on all linear layers (2003 tokens, fp32): 2.45 GB
     of saved tensors against 2.49 GB from this formula. Gradient checkpointing keeps only each
-    layer's input plus one layer's full set during its recompute.
+    layer's input plus one layer's full set during its recompute. The loss keeps the fp32
+    log-softmax of the logits (``tokens x vocab``), or with the chunked LM-head loss
+    (:mod:`kit.stages.linear_ce`) only the gradient of the hidden states (``tokens x hidden``).
     """
     c = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     h, i = getattr(c, "hidden_size", None), getattr(c, "intermediate_size", None)
@@ -173,23 +180,31 @@ def activation_bytes(model_config: Any, cfg: RunConfig, device: str = "cpu", dty
         kept = tokens * (h * dtype_bytes * (layers + 1) + per_layer)
     else:
         kept = tokens * per_layer * layers
-    return int(kept + tokens * vocab * 4)  # the fp32 log-softmax of the logits, kept by the loss
+    if _loss_is_chunked(model_config, cfg, device, dtype_bytes):
+        return int(kept + tokens * h * dtype_bytes)
+    return int(kept + tokens * vocab * 4)
 
 
-def runtime_bytes(model_config: Any, cfg: RunConfig, device: str = "cpu") -> int:
+def runtime_bytes(model_config: Any, cfg: RunConfig, device: str = "cpu", dtype_bytes: int = 4) -> int:
     """What the process needs besides weights, states and kept activations: the interpreter and the
-    training stack (CPU only), at the start of backward the gradients of the log-softmax and of the
-    logits (two more fp32 ``tokens x vocab`` buffers next to the kept log-softmax), and on CPU the
+    training stack (CPU only), the loss's workspace (at the start of backward the gradients of the
+    log-softmax and of the logits, two more fp32 ``tokens x vocab`` buffers next to the kept
+    log-softmax; with the chunked loss one chunk's logits and its softmax), and on CPU the
     allocator's fragmentation slack."""
     c = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     vocab = getattr(c, "vocab_size", 0) or 0
-    workspace = 2 * forward_tokens(cfg, device) * vocab * 4
+    if _loss_is_chunked(model_config, cfg, device, dtype_bytes):
+        from .stages.linear_ce import chunk_tokens
+
+        workspace = 2 * min(forward_tokens(cfg, device), chunk_tokens(vocab)) * vocab * 4
+    else:
+        workspace = 2 * forward_tokens(cfg, device) * vocab * 4
     if device != "cpu":
         return workspace
     # glibc keeps freed blocks while a CPU run trains (kit.runtime.training_allocator), and passes of
     # different sizes leave them fragmented: the peak RSS grew step by step to ~1.5x the per-pass
     # transient memory (kept activations + loss workspace) on the default workload (bench/README.md)
-    transient = activation_bytes(model_config, cfg, device) + workspace
+    transient = activation_bytes(model_config, cfg, device, dtype_bytes) + workspace
     return RUNTIME_BYTES + workspace + transient // 2
 
 
@@ -218,7 +233,7 @@ def estimate(
         grads=grad_bytes(model),
         optimizer=optimizer_state_bytes(model, cfg.train.optim),
         activations=activation_bytes(getattr(model, "config", None), cfg, device, act_bytes),
-        runtime=runtime_bytes(getattr(model, "config", None), cfg, device),
+        runtime=runtime_bytes(getattr(model, "config", None), cfg, device, act_bytes),
     )
 
 

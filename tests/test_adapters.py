@@ -240,19 +240,30 @@ def test_quantized_base_rules_name_the_key_and_the_fix(kw, key):
     assert e.value.key == key and "quant.bits=null" in str(e.value), str(e.value)
 
 
+@pytest.mark.parametrize("loss", ["plain", "chunked"])
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_activation_estimate_matches_saved_tensors(tiny_cfg, checkpointing):
+def test_activation_estimate_matches_saved_tensors(tiny_cfg, checkpointing, loss):
     """The activation part of the memory estimate vs the bytes autograd really keeps for one
-    forward pass of a full packed row (LoRA on all linear layers)."""
+    forward pass of a full packed row (LoRA on all linear layers), with the loss the run will use:
+    the full logits and their cross-entropy (padded batches), or the chunked LM-head loss of the
+    padding-free default (kit.stages.linear_ce), which keeps no ``tokens x vocab`` buffer."""
     import torch
 
     from kit.adapters import apply_adapter
     from kit.memory import activation_bytes
     from kit.models import load_model
+    from kit.stages.linear_ce import chunked_loss_expected, linear_cross_entropy
 
-    cfg = tiny_cfg(cutoff_len=256, batch_size=2, micro_batch_size=1, gradient_checkpointing=checkpointing)
+    cfg = tiny_cfg(
+        cutoff_len=256,
+        batch_size=2,
+        micro_batch_size=1,
+        gradient_checkpointing=checkpointing,
+        padding_free=loss == "chunked",
+    )
     loaded = load_model(cfg, with_adapter=False)
     model = apply_adapter(loaded.model, cfg)
+    assert chunked_loss_expected(cfg, model.config, "cpu", 4) == (loss == "chunked")
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -268,6 +279,7 @@ def test_activation_estimate_matches_saved_tensors(tiny_cfg, checkpointing):
 
     ids = torch.randint(0, model.config.vocab_size, (1, 256))
     backbone = model.get_base_model().model
+    head = model.get_base_model().lm_head
 
     def kept(fn):
         seen.clear()
@@ -275,15 +287,24 @@ def test_activation_estimate_matches_saved_tensors(tiny_cfg, checkpointing):
             out = fn()
         return sum(seen.values()), out
 
+    def chunked():
+        hidden = backbone(input_ids=ids, use_cache=False).last_hidden_state.flatten(0, 1)
+        return linear_cross_entropy(hidden, head.weight, ids[0])[0]
+
+    def plain():
+        return model(input_ids=ids, labels=ids, use_cache=False).loss  # full logits + CE
+
     layers, _ = kept(lambda: backbone(input_ids=ids, use_cache=False).last_hidden_state)
-    total, _ = kept(lambda: model(input_ids=ids, labels=ids, use_cache=False).loss)  # full logits + CE
+    total, _ = kept(chunked if loss == "chunked" else plain)
     est = activation_bytes(model.config, cfg, device="cpu", dtype_bytes=4)
-    est_layers = est - 256 * model.config.vocab_size * 4
+    c = model.config
     if checkpointing:  # the estimate adds one layer's full set, alive only while backward recomputes it
-        c = model.config
-        est_layers -= 256 * (10 * c.hidden_size + 3 * c.intermediate_size) * 4
+        est -= 256 * (10 * c.hidden_size + 3 * c.intermediate_size) * 4
+    est_layers = est - 256 * (c.hidden_size if loss == "chunked" else c.vocab_size) * 4
     assert 0.75 * layers < est_layers < 1.33 * layers, (est_layers, layers)
     assert 0.75 * total < est < 1.33 * total, (est, total)
+    if loss == "chunked":  # what the chunked loss saves is far below one logits buffer
+        assert total - layers < 256 * c.vocab_size * 4 / 4, (total - layers, layers)
 
 
 @pytest.mark.parametrize("optim", ["adamw_torch", "adamw_8bit", "sgd", "adafactor"])

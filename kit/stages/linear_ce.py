@@ -9,12 +9,13 @@ same as the plain path (the backward matmuls move into forward, nothing is compu
 is how Liger's fused linear cross-entropy works on GPUs; this one is plain PyTorch for any device.
 
 Used by the SFT stage's padding-free loss (:mod:`kit.stages.sft`) when :func:`decoder_and_head`
-finds a decoder whose logits are exactly ``lm_head(hidden)`` (no soft-capping or scaling).
+finds a decoder whose logits are exactly ``lm_head(hidden)`` (no soft-capping or scaling); the
+memory estimate counts a step's loss memory by :func:`chunked_loss_expected`.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -27,9 +28,31 @@ CHUNK_ELEMENTS = 32 * 2**20
 
 
 def chunk_tokens(vocab: int) -> int:
-    """Tokens per chunk for a vocabulary of ``vocab``. (kit/memory.py does not know this path yet:
-    it still counts the full ``tokens x vocab`` logits buffers.)"""
+    """Tokens per chunk for a vocabulary of ``vocab``."""
     return max(128, CHUNK_ELEMENTS // max(1, vocab))
+
+
+def chunked_loss_expected(cfg, model_config: Any, device: str, dtype_bytes: int) -> bool:
+    """Whether a run of ``cfg`` on a model of ``model_config`` will take the chunked path, decided from
+    the config alone: the memory estimate (:mod:`kit.memory`) runs before any trainer or weights exist.
+    The trainer's own check on the loaded model (``ForgeSFTTrainer._plain_head`` and
+    :func:`decoder_and_head`) is the one that decides; the two read the same conditions: the SFT/PT
+    padding-free loss, a plain-head family, no adapter or ``modules_to_save`` on ``lm_head``, no
+    autocast (fp16/bf16 mixed precision on a GPU), one process."""
+    from ..config import TOKENIZING
+    from ..runtime import world_size
+    from .common import padding_free_requested
+
+    if cfg.stage.name not in TOKENIZING or not padding_free_requested(cfg):
+        return False
+    if getattr(model_config, "model_type", None) not in PLAIN_HEAD_MODELS:
+        return False
+    a = cfg.adapter
+    targets = a.lora_target if isinstance(a.lora_target, list) else str(a.lora_target).split(",")
+    if "lm_head" in {str(t).strip() for t in targets} or "lm_head" in (a.modules_to_save or []):
+        return False
+    autocast = device == "cuda" and dtype_bytes == 2 and not cfg.train.pure_bf16
+    return not autocast and world_size() == 1
 
 
 def decoder_and_head(model: nn.Module) -> Optional[tuple[nn.Module, nn.Linear]]:

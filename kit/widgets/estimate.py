@@ -104,7 +104,7 @@ def estimate(cfg: RunConfig) -> dict:
     model_config = _meta_model_config(path)
     e["activations_bytes"] = activation_bytes(model_config, cfg, device, _bytes_per(dtype_name))
     # the process itself and the loss's backward workspace: the same total the engine's model event reports
-    e["runtime_bytes"] = runtime_bytes(model_config, cfg, device)
+    e["runtime_bytes"] = runtime_bytes(model_config, cfg, device, _bytes_per(dtype_name))
     e["total_bytes"] += e["activations_bytes"] + e["runtime_bytes"]
     return e
 

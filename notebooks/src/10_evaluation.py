@@ -8,7 +8,7 @@ LEARN = [
     "both side by side into the run directory",
     "how to read the numbers: chance level, why a few rows are noisy, and what a fine-tune should and should not move",
 ]
-RUNTIME = {"ci": "33 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "not measured yet (30 steps, 20-row evaluations; a run at these defaults took 9 min on one core while a benchmark ran on the other)", "gpu": "about 1 min"}
+RUNTIME = {"ci": "33 s (measured in a fresh-clone CI run on this 2-core CPU, nothing else running)", "cpu": "5 min 12 s (measured with these defaults in nbmake on this 2-core CPU, nothing else running)", "gpu": "about a minute (estimate)"}
 
 CELLS = [
     md("""

@@ -5,9 +5,9 @@
 
 Each contender tries the architectures of ``--archs`` from the smallest up, in its own process
 (``bench/train_throughput.py``'s child, same probe), and stops at the first size it cannot train:
-the row says the largest that trained, its peak RSS, and why the next size failed (out of memory
-under the ``--max-mem-gb`` address-space cap, Forge's pre-flight "will not fit" before loading,
-or another error, shown verbatim). The weights are random (built once by ``random_model``), the
+the row says the largest that trained, its peak RSS, and why the next size failed (out of memory:
+its anonymous resident memory past ``--max-mem-gb``, mmapped checkpoint pages not counted; Forge's
+pre-flight "will not fit" before loading; or another error, shown verbatim). The weights are random (built once by ``random_model``), the
 sequence is short (batch 1, ``--cutoff-len`` 64 by default, 2 optimizer steps): this measures what
 fits, not speed; the step's activations at that length are small beside the weights.
 """
@@ -76,12 +76,17 @@ def main(argv=None) -> int:
                 print(f"  failed: {fail[1]}", flush=True)
                 break
             best = res
-            print(f"  trained: peak RSS {res['peak_rss_mb']:.0f} MB, {res['s_per_step']:.1f} s/step", flush=True)
+            print(
+                f"  trained: peak RSS {res['peak_rss_mb']:.0f} MB (anonymous {res['peak_anon_mb']:.0f} MB), "
+                f"{res['s_per_step']:.1f} s/step",
+                flush=True,
+            )
         rows.append((name, best, fail))
-    print(f"\n{'contender':<20}{'largest trained':<16}{'peak RSS MB':>12}  next size")
+    print(f"\n{'contender':<20}{'largest trained':<16}{'peak RSS MB':>12}{'anon MB':>9}  next size")
     for name, best, fail in rows:
         nxt = f"{fail[0]}: {fail[1]}" if fail else "(all sizes trained)"
-        print(f"{name:<20}{best['arch'] if best else '-':<16}{best['peak_rss_mb'] if best else 0:>12.0f}  {nxt}")
+        rss, anon = (best["peak_rss_mb"], best["peak_anon_mb"]) if best else (0, 0)
+        print(f"{name:<20}{best['arch'] if best else '-':<16}{rss:>12.0f}{anon:>9.0f}  {nxt}")
     out = Path(a.out) if a.out else HERE / "results" / f"largest-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": tt.machine(), "args": vars(a), "results": detail}, indent=2, default=str))

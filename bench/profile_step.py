@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import sys
 import tempfile
 import time
@@ -23,25 +24,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-GROUPS = (  # first match wins; checked against the op name
+GROUPS = (  # first match wins; see group_of for how a name matches
     ("attention", ("scaled_dot_product", "flash_attention", "_efficient_attention", "sdpa", "softmax")),
-    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm")),
-    ("optimizer", ("optimizer", "_foreach", "adam", "lerp", "addcdiv", "addcmul", "clip_grad", "norm")),
-    ("loss", ("cross_entropy", "log_softmax", "nll_loss")),
+    ("matmul", ("mm", "addmm", "bmm", "matmul", "linear", "baddbmm")),
+    ("optimizer", ("optimizer", "_foreach", "fused_adam", "adam", "lerp", "addcdiv", "addcmul", "clip_grad")),
+    ("loss", ("cross_entropy", "log_softmax", "nll_loss", "logsumexp", "argmax", "gather")),
     (
         "copies/layout",
         (
-            "copy_",
+            "copy",
             "contiguous",
             "clone",
             "cat",
             "_to_copy",
+            "to",
             "index",
+            "index_select",
+            "index_add",
             "scatter",
-            "gather",
             "transpose",
             "permute",
             "view",
+            "_unsafe_view",
             "reshape",
             "expand",
             "slice",
@@ -49,14 +53,20 @@ GROUPS = (  # first match wins; checked against the op name
             "split",
             "stack",
             "empty",
+            "empty_like",
             "zeros",
-            "fill_",
+            "zeros_like",
+            "zero",
+            "fill",
             "ones",
             "narrow",
             "unsqueeze",
             "squeeze",
             "as_strided",
             "t",
+            "detach",
+            "flatten",
+            "alias",
         ),
     ),
     (
@@ -76,20 +86,28 @@ GROUPS = (  # first match wins; checked against the op name
             "where",
             "exp",
             "embedding",
+            "embedding_dense",
             "threshold",
             "dropout",
             "sqrt",
             "cos",
             "sin",
+            "norm",
+            "linalg_vector_norm",
         ),
     ),
 )
 
 
 def group_of(name: str) -> str:
+    """The group of a profiler op name: its bare name (``aten::silu_backward`` -> ``silu``, in-place
+    ``mul_`` -> ``mul``) equal to a key, or a key of more than five letters inside the name (the
+    attention kernels' long names). Short keys never match as substrings: ``t`` is in every
+    ``aten::`` name."""
     low = name.lower()
+    bare = re.sub(r"(_backward)?(_data)?_?$", "", low.split("::")[-1].strip())
     for g, keys in GROUPS:
-        if any(k.lower() in low for k in keys):
+        if bare in keys or any(len(k) > 5 and k in low for k in keys):
             return g
     return "other"
 
@@ -169,7 +187,29 @@ def main(argv=None) -> int:
     print("top matmul shapes (self CPU s, calls, shapes):")
     for e in mm:
         print(f"  {e.self_cpu_time_total / 1e6:7.2f}  {e.count:6d}  {e.key} {e.input_shapes}")
+    print("matmuls by kind (self CPU s, share of matmul time, GFLOP/s achieved):")
+    for kind, (us, flops) in matmul_kinds(shapes, rank=16, vocab=49152).items():
+        rate = flops / (us / 1e6) / 1e9 if us else 0.0
+        print(f"  {kind:<24}{us / 1e6:8.2f} s {100 * us / max(1, by['matmul']):6.1f} % {rate:8.1f} GFLOP/s")
     return 0
+
+
+def matmul_kinds(shape_events, rank: int, vocab: int) -> dict:
+    """``aten::mm`` self time and FLOPs (``2*m*k*n``) split into the LoRA adapter's matmuls (a side
+    of ``rank``), the LM head's (a side of ``vocab``) and the frozen layers' (the rest): where the
+    matmul part of MFU is lost."""
+    out = {"lora (rank-sized side)": [0.0, 0.0], "lm head (vocab side)": [0.0, 0.0], "frozen layers": [0.0, 0.0]}
+    for e in shape_events:
+        if e.key != "aten::mm" or len(e.input_shapes) < 2 or len(e.input_shapes[0]) != 2:
+            continue
+        (m, k), (_, n) = e.input_shapes[0], e.input_shapes[1]
+        sides = (m, k, n)
+        kind = (
+            "lora (rank-sized side)" if rank in sides else "lm head (vocab side)" if vocab in sides else "frozen layers"
+        )
+        out[kind][0] += e.self_cpu_time_total
+        out[kind][1] += 2.0 * m * k * n * e.count
+    return {k: tuple(v) for k, v in out.items()}
 
 
 if __name__ == "__main__":

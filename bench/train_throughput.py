@@ -330,23 +330,63 @@ def run_child(name: str, args, out_json: Path) -> dict:
     t = time.time()
     env["FORGE_BENCH_T0"] = repr(t)  # "process start" for the time to the first optimizer step
     limit = int(args.max_mem_gb * 2**30) if args.max_mem_gb else None
-
-    def cap_memory():  # an allocation past the cap fails in the child (MemoryError) instead of the
-        # kernel's OOM killer picking a process on this shared machine
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, preexec_fn=cap_memory if limit else None)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err, text=True, start_new_session=True)
+        peak_anon, over = watch_memory(proc, limit)
+        err.seek(0)
+        stderr = err.read()
     if proc.returncode != 0 or not out_json.exists():
-        oom = any(k in proc.stderr for k in ("MemoryError", "can't allocate memory", "std::bad_alloc"))
+        oom = over or any(k in stderr for k in ("MemoryError", "can't allocate memory", "std::bad_alloc"))
         return {
             "name": name,
             "error": f"exit {proc.returncode}"
             + (f" (out of memory under the {args.max_mem_gb} GB cap)" if oom else ""),
-            "stderr_tail": proc.stderr[-3000:],
+            "peak_anon_mb": peak_anon / 2**20,
+            "stderr_tail": stderr[-3000:],
         }
     res = json.loads(out_json.read_text())
     res["wall_s"] = time.time() - t
+    res["peak_anon_mb"] = peak_anon / 2**20
     return res
+
+
+def anon_bytes(pid: int) -> int:
+    """Anonymous resident memory of a process and its children (``RssAnon``): what the kernel cannot
+    reclaim without swap. File pages a process maps (safetensors checkpoints are mmapped while they
+    load) count in its RSS but are page cache the kernel drops under pressure."""
+    import psutil
+
+    total = 0
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    for pr in procs:
+        try:
+            for line in open(f"/proc/{pr.pid}/status"):
+                if line.startswith("RssAnon:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def watch_memory(proc: subprocess.Popen, limit: int | None) -> tuple[int, bool]:
+    """Wait for ``proc``, sampling its anonymous memory every 0.2 s; past ``limit`` bytes its whole
+    process group is killed (an out-of-memory failure of that contender alone, before the kernel's
+    OOM killer picks a process on this shared machine). Returns (peak sampled bytes, killed)."""
+    import signal
+
+    peak = 0
+    while proc.poll() is None:
+        now = anon_bytes(proc.pid)
+        peak = max(peak, now)
+        if limit and now > limit:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return peak, True
+        time.sleep(0.2)
+    return peak, False
 
 
 def add_derived(res: dict, peak: float) -> None:
@@ -780,8 +820,9 @@ def parse(argv=None):
         "--max-mem-gb",
         type=float,
         default=20.0,
-        help="address-space cap of each child (RLIMIT_AS): past it the child fails with an out-of-memory "
-        "error instead of the kernel killing a process on a shared machine (0: no cap)",
+        help="cap on each child's anonymous resident memory (RssAnon, sampled every 0.2 s): past it the "
+        "child is killed and reported out of memory, instead of the kernel's OOM killer picking a process "
+        "on a shared machine; mmapped checkpoint pages do not count (0: no cap)",
     )
     p.add_argument(
         "--device",
@@ -862,7 +903,7 @@ def main(argv=None) -> int:
     )
     hdr = (
         f"{'contender':<20}{'trained tok/s':>14}{'real tok/s':>12}{'s/step':>9}{'1st step s':>11}{'(tokens)':>9}"
-        f"{'peak RSS MB':>12}{'loss first->last':>20}{'MFU %':>8}{'peak GF/s':>10}{'load':>6}{'est MB':>8}"
+        f"{'peak RSS MB':>12}{'anon MB':>8}{'loss first->last':>20}{'MFU %':>8}{'peak GF/s':>10}{'load':>6}{'est MB':>8}"
     )
     print(hdr)
     ok = {r["name"]: r for r in results if "error" not in r}
@@ -873,7 +914,8 @@ def main(argv=None) -> int:
             f"{r['name']:<20}{fmt(r.get('trained_tokens_per_s')):>14}{fmt(r.get('real_tokens_per_s')):>12}"
             f"{fmt(r.get('s_per_step'), '.2f'):>9}{fmt(r.get('first_step_s'), '.1f'):>11}"
             f"{fmt(r.get('first_step_real_tokens'), 'd'):>9}"
-            f"{fmt(r.get('peak_rss_mb'), '.0f'):>12}{loss:>20}{fmt(None if mfu is None else 100 * mfu, '.2f'):>8}"
+            f"{fmt(r.get('peak_rss_mb'), '.0f'):>12}{fmt(r.get('peak_anon_mb'), '.0f'):>8}{loss:>20}"
+            f"{fmt(None if mfu is None else 100 * mfu, '.2f'):>8}"
             f"{fmt(r.get('matmul_peak_flops', 0) / 1e9):>10}{fmt((r.get('loadavg_before') or [None])[0], '.1f'):>6}"
             f"{fmt(r.get('memory_estimate_mb'), '.0f'):>8}"
         )

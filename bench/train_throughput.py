@@ -46,6 +46,7 @@ CONTENDERS = (
     "forge-packed",
     "forge-blockmask",
     "forge-qlora",
+    "forge-bf16",
     "trl",
     "trl-packed",
     "trl-qlora",
@@ -390,11 +391,26 @@ def watch_memory(proc: subprocess.Popen, limit: int | None) -> tuple[int, bool]:
 
 
 def add_derived(res: dict, peak: float) -> None:
+    """MFU = useful FLOP/s / matmul peak. Useful FLOPs: the linear layers on every real token
+    (``4*N_mm + 6*N_lora``), but the LM head only on trained tokens (a prompt position's logits
+    feed no loss: Forge skips them, the others compute them), plus the attention score and
+    context matmuls over each example's causal pairs (``12 * width * layers`` per pair: QK^T and
+    PV forward, twice that backward). ``mfu_linear_only`` is the formula of the earlier tables:
+    linear layers on every real token, attention left out."""
     if "error" in res:
         return
     flops_tok = 4 * res["n_matmul_params"] + 6 * res["n_trainable"]
     res["flops_per_real_token"] = flops_tok
-    res["mfu"] = res["real_tokens_per_s"] * flops_tok / peak
+    res["mfu_linear_only"] = res["real_tokens_per_s"] * flops_tok / peak
+    head = res.get("n_head_params", 0)
+    attn = 12 * res.get("attention_width", 0) * res.get("n_layers", 0)
+    useful = (
+        res["real_tokens_per_s"] * (flops_tok - 4 * head)
+        + res["trained_tokens_per_s"] * 4 * head
+        + res.get("attention_pairs_per_s", 0) * attn
+    )
+    res["useful_flops_per_s"] = useful
+    res["mfu"] = useful / peak
 
 
 def ensure_llamafactory_venv() -> Path:
@@ -469,6 +485,36 @@ def after_import(hooks: dict) -> None:
     sys.meta_path.insert(0, AfterImport())
 
 
+def attention_pairs(inputs: dict) -> int:
+    """Causal (query, key) pairs inside each example of a micro-batch: the attention work that is
+    useful whatever the kernel (masked or cross-example pairs a contender computes are not counted).
+    Examples come from Forge's ``cu_seq_lens_q``, the allowed entries of a 4D block mask, TRL's
+    packed ``position_ids`` (each example restarts at 0), or a 2D mask's row lengths."""
+    import torch
+
+    def tri(n: torch.Tensor) -> int:
+        n = n.long()
+        return int((n * (n + 1) // 2).sum())
+
+    cu = inputs.get("cu_seq_lens_q")
+    if cu is not None:
+        return tri(cu.diff())
+    mask = inputs.get("attention_mask")
+    if mask is not None and mask.dim() == 4:  # allowed = True (bool) or 0 (additive float)
+        return int(mask[:, 0].sum()) if mask.dtype == torch.bool else int((mask[:, 0] == 0).sum())
+    ids = inputs["input_ids"]
+    pos = inputs.get("position_ids")
+    if mask is None and pos is not None:  # packed padding-free rows: an example starts at position 0
+        total = 0
+        for row in pos.reshape(-1, pos.shape[-1]):
+            starts = (row == 0).nonzero().flatten().tolist() + [row.numel()]
+            total += tri(torch.tensor(starts).diff())
+        return total
+    if mask is not None and mask.dim() == 2:
+        return tri(mask.sum(-1))
+    return tri(torch.full((ids.shape[0],), ids.shape[-1]))
+
+
 class Probe:
     """Timestamps each optimizer step and counts the tokens of each training micro-batch."""
 
@@ -480,9 +526,10 @@ class Probe:
         self.step_end: list[float] = []
         self.real: list[int] = []
         self.trained: list[int] = []
+        self.pairs: list[int] = []  # causal (query, key) pairs attention computed usefully, per step
         self.losses: list[float] = []
         self.model = None
-        self._pending = [0, 0]  # tokens of the micro-batches since the last optimizer step
+        self._pending = [0, 0, 0]  # tokens and attention pairs of the micro-batches since the last step
 
     @staticmethod
     def _process_start() -> float:
@@ -510,7 +557,8 @@ class Probe:
             # one entry per optimizer step, whatever the gradient accumulation
             probe.real.append(probe._pending[0])
             probe.trained.append(probe._pending[1])
-            probe._pending = [0, 0]
+            probe.pairs.append(probe._pending[2])
+            probe._pending = [0, 0, 0]
             return orig_step_end(self, args, state, control)
 
         def on_log(self, args, state, control, logs):
@@ -556,6 +604,7 @@ class Probe:
                 trained = int(((lab != -100) & inputs["completion_mask"].bool()).sum())
         self._pending[0] += real
         self._pending[1] += trained
+        self._pending[2] += attention_pairs(inputs)
 
     def result(self, name: str, steps: int) -> dict:
         n = len(self.step_end)
@@ -564,6 +613,7 @@ class Probe:
         window = self.step_end[-1] - self.step_end[0]
         real = sum(self.real[1:n])
         trained = sum(self.trained[1:n])
+        pairs = sum(self.pairs[1:n])
         return {
             "name": name,
             "steps": n,
@@ -573,6 +623,7 @@ class Probe:
             "s_per_step": window / (n - 1),
             "real_tokens_per_s": real / window,
             "trained_tokens_per_s": trained / window,
+            "attention_pairs_per_s": pairs / window,
             "real_tokens": sum(self.real[:n]),
             "trained_tokens": sum(self.trained[:n]),
             "first_loss": self.losses[0] if self.losses else None,
@@ -590,7 +641,17 @@ def model_counts(model) -> dict:
 
     mm = sum(numel(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
     train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"n_matmul_params": mm, "n_trainable": train}
+    head = next((m for n, m in model.named_modules() if n.endswith("lm_head") and hasattr(m, "weight")), None)
+    c = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    return {
+        "n_matmul_params": mm,
+        "n_trainable": train,
+        "n_head_params": numel(head.weight) if head is not None and not head.weight.requires_grad else 0,
+        "attention_width": heads * head_dim,  # query heads x head dim
+        "n_layers": c.num_hidden_layers,
+    }
 
 
 def dataset_file(name: str) -> Path:
@@ -619,6 +680,7 @@ FORGE_VARIANTS = {
     "forge-packed": {"packing": True},  # packed rows, still padding-free
     "forge-blockmask": {"packing": True, "padding_free": False},  # padded packed rows, dense 4D mask
     "forge-qlora": {"quantization_bit": 4},  # QLoRA: 4-bit frozen weights (bitsandbytes)
+    "forge-bf16": {"dtype": "bfloat16"},  # bf16 weights on CPU too (LLaMA-Factory's CPU default)
 }
 
 
@@ -638,9 +700,8 @@ def child_forge(args, probe: Probe, name: str) -> dict:
         logging_steps=1,
         device=args.device,
         num_threads=args.threads or None,
-        dtype="bfloat16" if args.device == "cuda" else "float32",
         output_dir=tempfile.mkdtemp(prefix="forge-bench-"),
-        **FORGE_VARIANTS[name],
+        **{"dtype": "bfloat16" if args.device == "cuda" else "float32", **FORGE_VARIANTS[name]},
     )
     res = probe.result(name, args.steps)
     res.update(model_counts(run.trainer.model))
@@ -898,12 +959,13 @@ def main(argv=None) -> int:
             print(f"  {name} FAILED: {res['error']}\n{res['stderr_tail']}")
         results.append(res)
     print(
-        "\nFLOPs per real token = 4*N_matmul(frozen Linear incl. LM head) + 6*N_lora; "
-        "MFU = real tokens/s * that / matmul peak. Steady state = steps 2..N."
+        "\nMFU = useful FLOP/s / matmul peak: 4*N_matmul(frozen Linear, LM head on trained tokens only) + "
+        "6*N_lora per real token, + 12*width*layers per causal attention pair inside an example; "
+        "'lin MFU' = the earlier formula (linear layers on every real token, no attention). Steady state = steps 2..N."
     )
     hdr = (
         f"{'contender':<20}{'trained tok/s':>14}{'real tok/s':>12}{'s/step':>9}{'1st step s':>11}{'(tokens)':>9}"
-        f"{'peak RSS MB':>12}{'anon MB':>8}{'loss first->last':>20}{'MFU %':>8}{'peak GF/s':>10}{'load':>6}{'est MB':>8}"
+        f"{'peak RSS MB':>12}{'anon MB':>8}{'loss first->last':>20}{'MFU %':>8}{'lin MFU':>8}{'peak GF/s':>10}{'load':>6}{'est MB':>8}"
     )
     print(hdr)
     ok = {r["name"]: r for r in results if "error" not in r}
@@ -916,6 +978,7 @@ def main(argv=None) -> int:
             f"{fmt(r.get('first_step_real_tokens'), 'd'):>9}"
             f"{fmt(r.get('peak_rss_mb'), '.0f'):>12}{fmt(r.get('peak_anon_mb'), '.0f'):>8}{loss:>20}"
             f"{fmt(None if mfu is None else 100 * mfu, '.2f'):>8}"
+            f"{fmt(None if r.get('mfu_linear_only') is None else 100 * r['mfu_linear_only'], '.2f'):>8}"
             f"{fmt(r.get('matmul_peak_flops', 0) / 1e9):>10}{fmt((r.get('loadavg_before') or [None])[0], '.1f'):>6}"
             f"{fmt(r.get('memory_estimate_mb'), '.0f'):>8}"
         )

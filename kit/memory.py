@@ -321,8 +321,8 @@ def preflight(
 
     Fits as configured: nothing to do. Does not fit but fits with gradient checkpointing (and the
     run has it off): ``enable_checkpointing`` with the reason in ``message``. Fits in no way:
-    :class:`WillNotFit`, naming the knobs (gradient checkpointing, 4-bit QLoRA, fewer tokens per
-    forward pass, a shorter cutoff) with the estimate each gives. ``available`` defaults to this
+    :class:`WillNotFit`, naming the knobs (gradient checkpointing, 4-bit QLoRA, bf16 weights instead
+    of fp32, fewer tokens per forward pass, a shorter cutoff) with the estimate each gives. ``available`` defaults to this
     machine's free memory; None when it is unknown. ``model``: a ``meta`` model to use (tests).
     """
     available = available_bytes(device) if available is None else available
@@ -331,8 +331,8 @@ def preflight(
     model = meta_model(cfg, path) if model is None else model
     bits = cfg.quant.bits
 
-    def est(c: RunConfig, b=bits) -> MemoryEstimate:
-        return estimate(model, c, device=device, dtype_bytes=dtype_bytes, quant_bits=b)
+    def est(c: RunConfig, b=bits, nbytes=dtype_bytes) -> MemoryEstimate:
+        return estimate(model, c, device=device, dtype_bytes=nbytes, quant_bits=b)
 
     first = est(cfg)
     if first.total <= available:
@@ -354,6 +354,8 @@ def preflight(
         options.append(f"train.gradient_checkpointing=true ({_gb(gc_est.total)})")
     if bits is None and cfg.adapter.type == "lora":
         options.append(f"quant.bits=4 with gradient checkpointing ({_gb(est(with_gc, 4).total)})")
+    if dtype_bytes == 4:  # fp32 weights (the CPU default): bf16 halves them (slower matmuls on most CPUs)
+        options.append(f"model.dtype=bfloat16 with gradient checkpointing ({_gb(est(with_gc, nbytes=2).total)})")
     tokens = forward_tokens(cfg, device)
     for fewer in (tokens // 2, tokens // 4):
         if fewer >= 128:

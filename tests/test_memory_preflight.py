@@ -36,6 +36,7 @@ def test_preflight_fits_checkpoints_or_names_the_knobs(tiny_cfg, tiny_model_dir)
     msg = str(e.value)
     assert "will not fit" in msg and "train.gradient_checkpointing=true" in msg and "quant.bits=4" in msg
     assert "train.micro_batch_tokens=" in msg and e.value.key == "train.gradient_checkpointing"
+    assert "model.dtype=bfloat16" in msg  # fp32 weights: bf16 halves them
     assert isinstance(e.value, kit.ConfigError)  # front ends print it as one line (ForgeError)
 
 

@@ -83,12 +83,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for s in range(0, hidden.shape[0], chunk):
             h, y = hidden[s : s + chunk], target[s : s + chunk]
             logits = (h @ weight.t()).to(loss.dtype)  # as the plain path: the head's dtype, then fp32
-            lse = torch.logsumexp(logits, dim=-1)
-            loss += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
-            correct += (logits.argmax(-1) == y).sum()
+            # the softmax in place of the logits, five passes over the chunk and no second buffer of
+            # its size (logsumexp would allocate one, and the argmax pass comes with the max)
+            top, best = logits.max(dim=-1)
+            correct += (best == y).sum()
+            shifted = logits.sub_(top[:, None])
+            target_shifted = shifted.gather(1, y[:, None]).squeeze(1)
+            total = shifted.exp_().sum(dim=-1)
+            loss += (total.log() - target_shifted).sum()  # lse - target logit, both shifted by the max
             if grad_h is None and grad_w is None:
                 continue
-            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            probs = shifted.div_(total[:, None])
             probs[torch.arange(len(y), device=probs.device), y] -= 1.0  # d(sum of losses)/d(logits)
             g = probs.to(hidden.dtype)
             if grad_h is not None:

@@ -202,10 +202,11 @@ def runtime_bytes(model_config: Any, cfg: RunConfig, device: str = "cpu", dtype_
     if device != "cpu":
         return workspace
     # glibc keeps freed blocks while a CPU run trains (kit.runtime.training_allocator), and passes of
-    # different sizes leave them fragmented: the peak RSS grew step by step to ~1.5x the per-pass
-    # transient memory (kept activations + loss workspace) on the default workload (bench/README.md)
+    # different sizes leave them fragmented: beyond one pass's transient memory (kept activations +
+    # loss workspace) the peak RSS held another 0.8-1.2x of it in runs whose every pass was full
+    # (bench/memory_estimate.py: defaults, long rows 2048/4096, QLoRA; bench/README.md)
     transient = activation_bytes(model_config, cfg, device, dtype_bytes) + workspace
-    return RUNTIME_BYTES + workspace + transient // 2
+    return RUNTIME_BYTES + workspace + transient * 11 // 10
 
 
 def estimate(

@@ -154,7 +154,9 @@ def test_block_mask_equals_the_rule_position_by_position(dtype):
         assert torch.equal(got, _reference_mask(rows, length, dtype))
 
 
-@pytest.mark.parametrize("script", ["train_throughput.py", "generate_throughput.py", "largest_model.py"])
+@pytest.mark.parametrize(
+    "script", ["train_throughput.py", "generate_throughput.py", "largest_model.py", "memory_estimate.py"]
+)
 def test_bench_help(script):
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True, text=True, timeout=60

@@ -342,9 +342,10 @@ class Run:
 
     def _train(self, trainer) -> None:
         from .hooks import NothingLeftToTrain  # loaded by _setup already (the training stack, see there)
+        from .models.loading import is_quantized
 
         resume = str(self._resume_from) if self._resume_from else None
-        with training_allocator(self.device):
+        with training_allocator(self.device, quantized=is_quantized(trainer.model)):
             try:
                 self._result = trainer.train(resume_from_checkpoint=resume)
             except NothingLeftToTrain:  # resumed from the last step's checkpoint: save its weights

@@ -33,6 +33,7 @@ from ..config import ConfigError, ModelConfig, QuantConfig, RunConfig
 from ..errors import ForgeError
 from ..paths import models_dir
 from ..rundir import RunDir, find_adapter_dir
+from ..runtime import return_free_memory
 from .registry import ModelInfo, get_family, resolve_model_info
 
 log = logging.getLogger(__name__)
@@ -467,6 +468,14 @@ def check_prequantized(path: str) -> Optional[str]:
     return method
 
 
+_BNB_PARAM_TYPES = ("Params4bit", "Int8Params")  # bitsandbytes' quantized parameter classes
+
+
+def is_quantized(model: Any) -> bool:
+    """Whether ``model`` holds bitsandbytes 4/8-bit weights (quantized at load or saved that way)."""
+    return any(type(p).__name__ in _BNB_PARAM_TYPES for p in model.parameters())
+
+
 def needs_bitsandbytes(cfg: RunConfig) -> bool:
     """Whether a run uses bitsandbytes: it quantizes, trains with the 8-bit optimizer, initialises
     LoRA with LoftQ, or loads a checkpoint that was saved quantized by bitsandbytes."""
@@ -529,6 +538,8 @@ def load_model(cfg: RunConfig, *, with_adapter: bool = True, model_cls: Any = No
         raise ours from None
     if q is None and device != "cpu":
         model.to(device)
+    if device == "cpu":
+        return_free_memory()  # the load's freed copies (kit.runtime.return_free_memory)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     model = apply_rope_scaling(model, cfg)  # model.rope_scaling (kit.models.rope)

@@ -40,9 +40,31 @@ KERNEL_READY_JS = """() => window.Jupyter && Jupyter.notebook && Jupyter.noteboo
     && Jupyter.WidgetManager !== undefined"""
 
 
+# widgetsnbextension 3.6 rebuilds the kernel's live widgets once it connects: it opens a
+# "jupyter.widget.control" comm to ask for every widget's state. A fresh kernel has not imported
+# ipywidgets yet, so nothing answers and the comm closes ("fallback to fetching individual model
+# state"), then a comm_info request lists the widgets to fetch one by one. When the Board cell
+# reaches the kernel before that control comm (a cell sent right at kernel start can), the kernel
+# answers it after the cell with the Board's 411 widget states, the manager resets every model to
+# them and re-renders the cell's output, and the Board stays blank: 3 of 13 runs of this test here,
+# and 1 in 3 with the cell sent as soon as the manager exists (no error in the console). A learner
+# clicks Run seconds later; the test waits for the manager's load instead: the control comm's
+# close, then a comm_info round trip of its own (the kernel answers shell requests in order, so the
+# manager's comm_info is answered before the cell runs).
+MANAGER_FALLBACK = "fallback to fetching individual model state"
+COMM_INFO_ROUND_TRIP_JS = """() => new Promise(done => Jupyter.notebook.kernel.comm_info('jupyter.widget', done))"""
+
+
 def _open_classic(page, base: str) -> None:
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
     page.goto(f"{base}/notebooks/board.ipynb", wait_until="domcontentloaded", timeout=60_000)
     page.wait_for_function(KERNEL_READY_JS, timeout=90_000)
+    for _ in range(300):  # the control comm's answer (a close, on a widgets 7 kernel): up to 30 s
+        if any(MANAGER_FALLBACK in text for text in console):
+            break
+        page.wait_for_timeout(100)
+    page.evaluate(COMM_INFO_ROUND_TRIP_JS)
 
 
 def _run_classic_cell(page, index: int) -> None:

@@ -141,6 +141,39 @@ def test_a_cache_hit_reads_no_row_and_returns_the_same_data(tiny_model_dir, tmp_
     assert not info3["cache_hit"] and changed.to_list() + ev3.to_list() != first.to_list() + ev1.to_list()
 
 
+def test_batches_encoded_in_threads_are_written_in_file_order(tiny_model_dir, tmp_path, default_tokenizer, monkeypatch):
+    """Several batches are encoded at once (kit.data.pipeline.ENCODE_THREADS); the first one is made
+    the slowest, so later ones finish first: the Arrow file still holds the rows in file order."""
+    import threading
+    import time
+
+    import kit.data.pipeline as P
+
+    p = tmp_path / "chat.jsonl"
+    write_jsonl(p, rows_of(40))
+    c = cfg_for(tiny_model_dir, tmp_path, dataset=str(p))
+    monkeypatch.setattr(P, "ENCODE_BATCH", 3)
+    monkeypatch.setattr(P, "ENCODE_THREADS", 1)
+    one, _, _ = build_tokenized(c, default_tokenizer, "sft")
+    real, threads, calls = P._encode_sft_batch, set(), []
+
+    def slow_first(batch, tok, d):
+        calls.append(batch[0]["messages"][0]["content"])
+        threads.add(threading.current_thread().name)
+        if len(calls) == 1:
+            time.sleep(0.5)
+        return real(batch, tok, d)
+
+    monkeypatch.setattr(P, "_encode_sft_batch", slow_first)
+    monkeypatch.setattr(P, "ENCODE_THREADS", 3)
+    monkeypatch.setattr(P, "data_cache_dir", lambda: tmp_path / "another-cache")
+    three, _, info = build_tokenized(c, default_tokenizer, "sft")
+    assert not info["cache_hit"] and len(calls) == 14 and len(threads) > 1
+    assert three.to_list() == one.to_list() and len(one) == 40
+    expected = [encode_chat(default_tokenizer, r["messages"], 64) for r in rows_of(40)]
+    assert sorted(map(str, one.to_list())) == sorted(map(str, expected))
+
+
 def test_a_bad_row_is_named_on_the_streaming_path(tiny_model_dir, tmp_path):
     p = tmp_path / "bad.jsonl"
     rows = rows_of(30)

@@ -206,7 +206,10 @@ def encode_chats(
                 continue
             checks.append((p, at))
             pieces += [piece for _, _, piece in at]
-        piece_ids = [e.ids for e in backend.encode_batch(pieces, add_special_tokens=False)] if pieces else []
+        # the pieces are mostly the same few strings (``assistant\n``, ``\n``): each distinct one is encoded once
+        distinct = list(dict.fromkeys(pieces))
+        known = {piece: e.ids for piece, e in zip(distinct, backend.encode_batch(distinct, add_special_tokens=False))}
+        piece_ids = [known[piece] for piece in pieces]
         j = 0
         for p, at in checks:
             k, ids = plans[p][0], all_ids[p]
